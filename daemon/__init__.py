@@ -1,0 +1,1 @@
+"""The refill daemon: config, Agora client, shared budget, scheduler, CLI and simulator."""

@@ -1,0 +1,35 @@
+"""The one exception base of ridpool and its meaningful subclasses.
+
+Every error a user can meet derives from `RidpoolError`, so a CLI or a starter can catch one type. Messages say
+what was wrong and what to do about it.
+"""
+
+from __future__ import annotations
+
+
+class RidpoolError(Exception):
+    """Base of every error raised by ridpool."""
+
+
+class PoolEmpty(RidpoolError):
+    """The pool holds nothing fresh enough for this pop (try again, or acquire on demand)."""
+
+
+class UnknownPool(RidpoolError):
+    """No daemon ever published this pool name under this key prefix."""
+
+
+class CnameNotServed(RidpoolError):
+    """The pool does not serve the requested channel, or needs one named."""
+
+
+class PoolUnavailable(RidpoolError):
+    """Redis could not be reached or answered with an error; nothing was popped."""
+
+
+class ConfigError(RidpoolError):
+    """The configuration is invalid; `problems` lists every violation as 'field.path: reason'."""
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = list(problems)
+        super().__init__("invalid configuration:\n" + "\n".join(f"  - {p}" for p in self.problems))
