@@ -1,1 +1,41 @@
-"""Placeholder."""
+"""ridpool's consumer side: pop pooled Agora Cloud Recording resourceIds from Redis.
+
+    from pool import PoolClient, PoolEmpty
+    client = PoolClient.from_url("redis://127.0.0.1:6379/0", prefix="ridpool")
+    entry = client.pop("rooms", cname="room-2", min_ttl=10.0, wait=2.0)
+
+Where things live: `keys` (every Redis key name), `functions.lua` (the server-side steps, each headed by its
+KEYS/ARGV/reply) and `functions` (their Python builders and reply parsers), `entry` (the entry and its msgpack
+codec), `client` / `aio` (sync and asyncio clients), `stats` (reading a pool's state), `errors` (one base).
+"""
+
+from pool.aio import AsyncPoolClient
+from pool.client import PoolClient
+from pool.entry import Entry
+from pool.errors import (
+    CnameNotServed,
+    ConfigError,
+    CorruptEntry,
+    InvalidArgument,
+    PoolEmpty,
+    PoolUnavailable,
+    RidpoolError,
+    UnknownPool,
+)
+from pool.stats import ChannelStats, PoolStats
+
+__all__ = [
+    "AsyncPoolClient",
+    "ChannelStats",
+    "CnameNotServed",
+    "ConfigError",
+    "CorruptEntry",
+    "Entry",
+    "InvalidArgument",
+    "PoolClient",
+    "PoolEmpty",
+    "PoolStats",
+    "PoolUnavailable",
+    "RidpoolError",
+    "UnknownPool",
+]

@@ -33,3 +33,11 @@ class ConfigError(RidpoolError):
     def __init__(self, problems: list[str]) -> None:
         self.problems = list(problems)
         super().__init__("invalid configuration:\n" + "\n".join(f"  - {p}" for p in self.problems))
+
+
+class InvalidArgument(RidpoolError, ValueError):
+    """An argument given to a client or the CLI is out of range or malformed."""
+
+
+class CorruptEntry(RidpoolError):
+    """Bytes that should hold an entry do not decode as one of a known version."""

@@ -1,0 +1,83 @@
+"""The asyncio client: `AsyncPoolClient` mirrors `PoolClient` method for method."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import redis
+import redis.asyncio
+
+from pool import functions, stats
+from pool.client import WAIT_SLICE, _for, check_wait
+from pool.entry import Entry
+from pool.errors import PoolEmpty
+from pool.keys import check_prefix, pool_keys, registry
+
+
+class AsyncPoolClient:
+    """Pops entries from ridpool's pools with redis.asyncio; safe to share between tasks."""
+
+    def __init__(self, client: redis.asyncio.Redis, *, prefix: str = "ridpool") -> None:
+        self.redis = client
+        self.prefix = check_prefix(prefix)
+
+    @classmethod
+    def from_url(cls, url: str, *, prefix: str = "ridpool", **kwargs: Any) -> AsyncPoolClient:
+        kwargs.setdefault("socket_timeout", 5.0)
+        kwargs.setdefault("socket_connect_timeout", 5.0)
+        return cls(redis.asyncio.Redis.from_url(url, **kwargs), prefix=prefix)
+
+    async def pop(self, pool: str, *, cname: str | None = None, min_ttl: float = 0.0, wait: float = 0.0) -> Entry:
+        """See `PoolClient.pop`."""
+        keys = pool_keys(self.prefix, pool)
+        wait = check_wait(wait)
+        deadline = time.monotonic() + wait
+        while True:
+            last = time.monotonic() >= deadline
+            call = functions.pop_call(keys, cname, min_ttl, record_miss=last)
+            entry = functions.parse_pop(await functions.aexecute(self.redis, call))
+            if entry is not None:
+                return entry
+            if last:
+                raise PoolEmpty(f"pool {pool!r} has no entry with {min_ttl:g} s left" + _for(cname))
+            remaining = deadline - time.monotonic()
+            if remaining > 0:
+                await self._block(keys.ready(cname), min(remaining, WAIT_SLICE))
+
+    async def _block(self, key: str, seconds: float) -> None:
+        try:
+            await self.redis.blpop([key], timeout=max(seconds, 0.01))
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            raise functions.unavailable(exc, functions._where(self.redis)) from None
+
+    async def stats(self, pool: str) -> stats.PoolStats:
+        keys = pool_keys(self.prefix, pool)
+        try:
+            first = await self._pipeline(stats.first_round(keys))
+            second = await self._pipeline(stats.second_round(keys, first))
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            raise functions.unavailable(exc, functions._where(self.redis)) from None
+        return stats.build(keys, first, second)
+
+    async def pools(self) -> list[str]:
+        try:
+            names = await self.redis.smembers(registry(self.prefix))
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            raise functions.unavailable(exc, functions._where(self.redis)) from None
+        return sorted(n.decode() if isinstance(n, bytes) else str(n) for n in names)
+
+    async def _pipeline(self, commands: list[tuple[str, ...]]) -> list[Any]:
+        pipe = self.redis.pipeline(transaction=False)
+        for command in commands:
+            pipe.execute_command(*command)
+        return await pipe.execute()
+
+    async def aclose(self) -> None:
+        await self.redis.aclose()
+
+    async def __aenter__(self) -> AsyncPoolClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()

@@ -1,0 +1,100 @@
+"""The synchronous client recording starters import: `PoolClient.pop`, `PoolClient.stats`."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import redis
+
+from pool import functions, stats
+from pool.entry import Entry
+from pool.errors import InvalidArgument, PoolEmpty
+from pool.keys import check_prefix, pool_keys, registry
+
+# A waiting pop blocks on its queue's wake-up list in slices, so it also notices entries added by paths that
+# did not signal and never blocks longer than the socket timeout allows.
+WAIT_SLICE = 1.0
+
+
+def check_wait(wait: float) -> float:
+    if not (isinstance(wait, int | float) and 0 <= wait <= 300):
+        raise InvalidArgument(f"wait must be a number of seconds from 0 to 300, got {wait!r}")
+    return float(wait)
+
+
+class PoolClient:
+    """Pops entries from the pools a ridpool daemon keeps in Redis. Thread-safe (redis-py's connection pool)."""
+
+    def __init__(self, client: redis.Redis, *, prefix: str = "ridpool") -> None:
+        self.redis = client
+        self.prefix = check_prefix(prefix)
+
+    @classmethod
+    def from_url(cls, url: str, *, prefix: str = "ridpool", **kwargs: Any) -> PoolClient:
+        kwargs.setdefault("socket_timeout", 5.0)
+        kwargs.setdefault("socket_connect_timeout", 5.0)
+        return cls(redis.Redis.from_url(url, **kwargs), prefix=prefix)
+
+    def pop(self, pool: str, *, cname: str | None = None, min_ttl: float = 0.0, wait: float = 0.0) -> Entry:
+        """Take the oldest entry with at least `min_ttl` seconds left, waiting up to `wait` seconds for one.
+
+        Raises PoolEmpty when none came, UnknownPool / CnameNotServed for a pool or channel nobody configured,
+        PoolUnavailable when Redis cannot be reached.
+        """
+        keys = pool_keys(self.prefix, pool)
+        wait = check_wait(wait)
+        deadline = time.monotonic() + wait
+        while True:
+            last = time.monotonic() >= deadline
+            call = functions.pop_call(keys, cname, min_ttl, record_miss=last)
+            entry = functions.parse_pop(functions.execute(self.redis, call))
+            if entry is not None:
+                return entry
+            if last:
+                raise PoolEmpty(f"pool {pool!r} has no entry with {min_ttl:g} s left" + _for(cname))
+            remaining = deadline - time.monotonic()
+            if remaining > 0:
+                self._block(keys.ready(cname), min(remaining, WAIT_SLICE))
+
+    def _block(self, key: str, seconds: float) -> None:
+        try:
+            self.redis.blpop([key], timeout=max(seconds, 0.01))
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            raise functions.unavailable(exc, functions._where(self.redis)) from None
+
+    def stats(self, pool: str) -> stats.PoolStats:
+        keys = pool_keys(self.prefix, pool)
+        try:
+            first = self._pipeline(stats.first_round(keys))
+            second = self._pipeline(stats.second_round(keys, first))
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            raise functions.unavailable(exc, functions._where(self.redis)) from None
+        return stats.build(keys, first, second)
+
+    def pools(self) -> list[str]:
+        """Names of every pool a daemon has published under this prefix."""
+        try:
+            names = self.redis.smembers(registry(self.prefix))
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            raise functions.unavailable(exc, functions._where(self.redis)) from None
+        return sorted(n.decode() if isinstance(n, bytes) else str(n) for n in names)
+
+    def _pipeline(self, commands: list[tuple[str, ...]]) -> list[Any]:
+        pipe = self.redis.pipeline(transaction=False)
+        for command in commands:
+            pipe.execute_command(*command)  # type: ignore[no-untyped-call]
+        return pipe.execute()
+
+    def close(self) -> None:
+        self.redis.close()
+
+    def __enter__(self) -> PoolClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _for(cname: str | None) -> str:
+    return f" for cname {cname!r}" if cname else ""

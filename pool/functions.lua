@@ -1,0 +1,300 @@
+#!lua name=ridpool
+--[[
+The server-side steps of ridpool, one Redis Function library (Redis >= 7.0), loaded with FUNCTION LOAD REPLACE.
+
+Every step that must be atomic lives here and nowhere else. Every key a function touches arrives in KEYS (Redis
+Cluster needs that) and all keys of one call share one hash tag. Time is always Redis server time (TIME), so
+replicas on hosts with skewed clocks agree on what has expired.
+
+An entry is stored as a msgpack array: {version, resourceId, appid, cname, uid, pool, sentAt_ms, expiresAt_ms,
+requestId}; it sits in a queue (zset) scored by expiresAt_ms, the server time at which it stops being offered.
+Every key that holds an ID expires (PEXPIREAT) with the longest-lived ID it holds, so Redis forgets every ID by
+itself even when no daemon runs.
+]]
+
+local LIBRARY_VERSION = '1'
+local ENTRY_VERSION = 1
+local MAX_LIFE_MS = 300000 -- Agora's five minutes: no entry may claim to live longer
+
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+
+-- Keep a zset's own expiry at its highest score (the longest-lived member), or drop it when empty.
+local function expire_with_top(key)
+  local top = redis.call('ZRANGE', key, -1, -1, 'WITHSCORES')
+  if top[2] then
+    redis.call('PEXPIREAT', key, top[2])
+  else
+    redis.call('DEL', key)
+  end
+end
+
+-- Drop the entries of a queue that have stopped being offered. Not counted here: Redis may expire a whole
+-- queue before any call sees its dead entries, so "expired unused" is derived instead (added - pops - live).
+local function purge_dead(queue, now)
+  if redis.call('ZREMRANGEBYSCORE', queue, '-inf', now) > 0 then
+    expire_with_top(queue)
+  end
+end
+
+--[[
+ridpool_pop: hand out the oldest entry that still has at least min_ttl to live; never the same one twice.
+KEYS[1] meta   PREFIX:{POOL}:meta
+KEYS[2] stats  PREFIX:{POOL}:stats
+KEYS[3] queue  PREFIX:{POOL}:q (template pool) or PREFIX:{POOL}:q:<cname> (named channel)
+ARGV[1] cname        '' for a template pool, else the channel to pop for
+ARGV[2] min_ttl_ms   the least remaining life the caller accepts (integer ms, >= 0)
+ARGV[3] record_miss  '1' to count an empty answer as a miss ('0' for the early tries of a waiting pop)
+Reply: a flat array of field/value pairs: resourceId, appid, cname, uid, pool, sentAt (server ms), expiresAt
+(server ms), expiresIn (ms), requestId; or nil when nothing fresh enough is there.
+Errors: 'UNKNOWN_POOL ...', 'CNAME_REQUIRED ...', 'CNAME_NOT_SERVED ...', 'BAD_ARGUMENT ...', 'BAD_ENTRY ...'.
+]]
+local function pop(keys, args)
+  local meta, stats, queue = keys[1], keys[2], keys[3]
+  local cname = args[1]
+  local min_ttl = tonumber(args[2])
+  if min_ttl == nil or min_ttl < 0 then
+    return redis.error_reply('BAD_ARGUMENT min_ttl_ms must be a non-negative number')
+  end
+  local mode = redis.call('HGET', meta, 'mode')
+  if not mode then
+    return redis.error_reply('UNKNOWN_POOL no daemon has published this pool')
+  end
+  if mode == 'template' then
+    if cname ~= '' then
+      return redis.error_reply('CNAME_NOT_SERVED this pool labels each entry itself; pop without a cname')
+    end
+  elseif cname == '' then
+    return redis.error_reply('CNAME_REQUIRED this pool serves named channels; pop with the cname to record')
+  elseif redis.call('HEXISTS', meta, 'c:' .. cname) == 0 then
+    return redis.error_reply('CNAME_NOT_SERVED this pool does not serve that channel')
+  end
+
+  local now = now_ms()
+  purge_dead(queue, now)
+  local found = redis.call('ZRANGEBYSCORE', queue, math.max(now + min_ttl, now + 1), '+inf',
+    'WITHSCORES', 'LIMIT', 0, 1)
+  if not found[1] then
+    if args[3] == '1' then
+      redis.call('HINCRBY', stats, 'misses', 1)
+    end
+    return nil
+  end
+  local e = cmsgpack.unpack(found[1])
+  if type(e) ~= 'table' or e[1] ~= ENTRY_VERSION then
+    return redis.error_reply('BAD_ENTRY an entry of an unknown format is queued; upgrade this client')
+  end
+  redis.call('ZREM', queue, found[1])
+  expire_with_top(queue)
+  redis.call('HINCRBY', stats, 'pops', 1)
+  local expires_at = tonumber(found[2])
+  return {
+    'resourceId', e[2], 'appid', e[3], 'cname', e[4], 'uid', e[5], 'pool', e[6],
+    'sentAt', e[7], 'expiresAt', expires_at, 'expiresIn', expires_at - now, 'requestId', e[9],
+  }
+end
+
+--[[
+ridpool_add: store one acquired entry, once; release the lease it was acquired under.
+KEYS[1] stats     KEYS[2] ledger    KEYS[3] queue    KEYS[4] ready    KEYS[5] inflight    KEYS[6] uids
+ARGV[1] entry     msgpack entry (see the top of this file); its expiresAt is ARGV[3]
+ARGV[2] resourceId
+ARGV[3] expires_at_ms  server time at which the entry stops being offered
+ARGV[4] lease token ('' for none)
+ARGV[5] uid to hold in the uids zset until the entry expires ('' when the pool's uid is fixed)
+Reply: 'ADDED'; 'EXISTS' (this very entry is already queued: a retried add); 'REFUSED' (the ID was added
+before and popped or replaced: never offered twice); 'EXPIRED' (already past its time: not stored).
+]]
+local function add(keys, args)
+  local stats, ledger, queue, ready, inflight, uids = keys[1], keys[2], keys[3], keys[4], keys[5], keys[6]
+  local entry, rid, token, uid = args[1], args[2], args[4], args[5]
+  local expires_at = tonumber(args[3])
+  if rid == '' or expires_at == nil then
+    return redis.error_reply('BAD_ARGUMENT an entry needs a resourceId and an expiry')
+  end
+  local now = now_ms()
+  if token ~= '' then
+    redis.call('ZREM', inflight, token)
+  end
+  if expires_at - now > MAX_LIFE_MS then
+    return redis.error_reply('BAD_ARGUMENT an entry cannot live more than five minutes')
+  end
+  local digest = redis.sha1hex(rid)
+  redis.call('ZREMRANGEBYSCORE', ledger, '-inf', now)
+  if redis.call('ZSCORE', ledger, digest) then
+    if redis.call('ZSCORE', queue, entry) then
+      return 'EXISTS'
+    end
+    redis.call('HINCRBY', stats, 'refused', 1)
+    return 'REFUSED'
+  end
+  if expires_at <= now then
+    redis.call('HINCRBY', stats, 'late', 1)
+    return 'EXPIRED'
+  end
+  redis.call('ZADD', ledger, expires_at, digest)
+  expire_with_top(ledger)
+  redis.call('ZADD', queue, expires_at, entry)
+  expire_with_top(queue)
+  if uid ~= '' then
+    redis.call('ZADD', uids, expires_at, uid)
+    expire_with_top(uids)
+  end
+  redis.call('HINCRBY', stats, 'added', 1)
+  -- Wake one waiting pop; the list is kept short so idle pools do not pile up stale tokens.
+  redis.call('RPUSH', ready, '1')
+  redis.call('LTRIM', ready, -16, -1)
+  redis.call('PEXPIREAT', ready, expires_at)
+  return 'ADDED'
+end
+
+-- The slot a lease token was taken for: what follows its second tab.
+local function lease_slot(token)
+  local first = string.find(token, '\t', 1, true)
+  local second = first and string.find(token, '\t', first + 1, true)
+  return second and string.sub(token, second + 1) or nil
+end
+
+--[[
+ridpool_reserve: lease acquires for one channel of a pool, up to what it lacks, so that replicas never overfill.
+KEYS[1] queue     KEYS[2] inflight    KEYS[3] uids
+ARGV[1] slot         the channel ('' for a template pool); leases are counted per slot and capped per pool
+ARGV[2] target       entries to keep ready in this slot
+ARGV[3] cap          acquires in flight for the whole pool, across replicas
+ARGV[4] want         the most leases this caller takes now
+ARGV[5] lease_ms     how long a lease holds; a crashed replica's leases lapse after it
+ARGV[6] token_base   a unique string; tokens are token_base:i
+ARGV[7..] uid candidates, tried in order, for a uid_range pool (none for a fixed uid)
+Reply: a flat array of token, uid pairs (uid '' for a fixed-uid pool); empty when nothing is needed.
+A lease token is '<token_base>:<i>\t<uid>\t<slot>' (the slot last: a web label may hold anything but a tab).
+]]
+local function reserve(keys, args)
+  local queue, inflight, uids = keys[1], keys[2], keys[3]
+  local slot = args[1]
+  local target, cap, want, lease = tonumber(args[2]), tonumber(args[3]), tonumber(args[4]), tonumber(args[5])
+  local base = args[6]
+  local now = now_ms()
+  purge_dead(queue, now)
+  redis.call('ZREMRANGEBYSCORE', inflight, '-inf', now)
+  redis.call('ZREMRANGEBYSCORE', uids, '-inf', now)
+  local leases = redis.call('ZRANGE', inflight, 0, -1)
+  local mine = 0
+  for _, token in ipairs(leases) do
+    if lease_slot(token) == slot then
+      mine = mine + 1
+    end
+  end
+  local n = math.min(target - redis.call('ZCARD', queue) - mine, cap - #leases, want)
+  local out = {}
+  if n <= 0 then
+    return out
+  end
+  local candidate = 7
+  for i = 1, n do
+    local uid = ''
+    if #args >= 7 then
+      while args[candidate] and redis.call('ZSCORE', uids, args[candidate]) do
+        candidate = candidate + 1
+      end
+      if not args[candidate] then
+        break -- out of free uid candidates: take fewer leases, the next round brings new candidates
+      end
+      uid = args[candidate]
+      candidate = candidate + 1
+      redis.call('ZADD', uids, now + lease, uid)
+    end
+    local token = base .. ':' .. i .. '\t' .. uid .. '\t' .. slot
+    redis.call('ZADD', inflight, now + lease, token)
+    out[#out + 1] = token
+    out[#out + 1] = uid
+  end
+  expire_with_top(inflight)
+  if #args >= 7 then
+    expire_with_top(uids)
+  end
+  return out
+end
+
+--[[
+ridpool_release: give back a lease whose acquire failed, and the uid it held.
+KEYS[1] inflight   KEYS[2] uids
+ARGV[1] token      ARGV[2] uid ('' for none)
+Reply: 1 if the lease was still held, else 0.
+]]
+local function release(keys, args)
+  local removed = redis.call('ZREM', keys[1], args[1])
+  if args[2] ~= '' then
+    redis.call('ZREM', keys[2], args[2])
+  end
+  return removed
+end
+
+--[[
+ridpool_sweep: drop a queue's dead entries and report what is left.
+KEYS[1] queue
+Reply: {live entries, server now ms, expiresAt ms of the oldest live entry or -1}.
+]]
+local function sweep(keys, args)
+  local now = now_ms()
+  purge_dead(keys[1], now)
+  local oldest = redis.call('ZRANGE', keys[1], 0, 0, 'WITHSCORES')
+  return {redis.call('ZCARD', keys[1]), now, tonumber(oldest[2] or -1)}
+end
+
+--[[
+ridpool_take: draw one request from an account's shared budget: at most `limit` grants in any `window_ms`.
+A sliding log, not a token bucket: a ceiling on every window, even when requests reach Agora bunched together.
+KEYS[1] rate       PREFIX:{acct:NAME}:rate
+KEYS[2] cooldown   PREFIX:{acct:NAME}:cooldown
+ARGV[1] limit      grants per window (integer >= 1)
+ARGV[2] window_ms  the window (integer ms)
+ARGV[3] member     a unique id for this grant
+Reply: 0 when granted, else the ms to wait before asking again.
+]]
+local function take(keys, args)
+  local rate, cooldown = keys[1], keys[2]
+  local limit, window = tonumber(args[1]), tonumber(args[2])
+  local wait = redis.call('PTTL', cooldown)
+  if wait > 0 then
+    return wait
+  end
+  local t = redis.call('TIME')
+  local now_us = tonumber(t[1]) * 1000000 + tonumber(t[2])
+  local window_us = window * 1000
+  redis.call('ZREMRANGEBYSCORE', rate, '-inf', now_us - window_us)
+  if redis.call('ZCARD', rate) < limit then
+    redis.call('ZADD', rate, now_us, args[3])
+    redis.call('PEXPIRE', rate, window)
+    return 0
+  end
+  local oldest = redis.call('ZRANGE', rate, 0, 0, 'WITHSCORES')
+  return math.max(1, math.ceil((tonumber(oldest[2]) + window_us - now_us) / 1000))
+end
+
+--[[
+ridpool_cooldown: make every replica of an account wait (after a 429); never shortens a longer wait.
+KEYS[1] cooldown   ARGV[1] ms
+Reply: the wait now in force, ms.
+]]
+local function cooldown(keys, args)
+  local ms = tonumber(args[1])
+  if redis.call('PTTL', keys[1]) < ms then
+    redis.call('SET', keys[1], '1', 'PX', ms)
+  end
+  return redis.call('PTTL', keys[1])
+end
+
+redis.register_function('ridpool_pop', pop)
+redis.register_function('ridpool_add', add)
+redis.register_function('ridpool_reserve', reserve)
+redis.register_function('ridpool_release', release)
+redis.register_function('ridpool_sweep', sweep)
+redis.register_function('ridpool_take', take)
+redis.register_function('ridpool_cooldown', cooldown)
+redis.register_function{
+  function_name = 'ridpool_version',
+  callback = function() return LIBRARY_VERSION end,
+  flags = {'no-writes'},
+}

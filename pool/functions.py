@@ -1,0 +1,267 @@
+"""Python side of the function library in `functions.lua`: one builder and one reply parser per function.
+
+A builder returns a `Call` (function name, KEYS, ARGV); the sync and asyncio clients execute it the same way
+(`execute` / `aexecute`), so the arguments and the reading of replies exist once. Redis error replies become
+ridpool exceptions here; a Redis that lost the library (a restart, a FUNCTION FLUSH) gets it loaded again.
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from importlib import resources
+from typing import Any
+
+import redis
+import redis.asyncio
+
+from pool.entry import Entry, encode
+from pool.errors import (
+    CnameNotServed,
+    CorruptEntry,
+    InvalidArgument,
+    PoolUnavailable,
+    RidpoolError,
+    UnknownPool,
+)
+from pool.keys import AccountKeys, PoolKeys
+
+LIBRARY = resources.files("pool").joinpath("functions.lua").read_text(encoding="utf-8")
+LIBRARY_NAME = "ridpool"
+
+Arg = str | int | bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Call:
+    """One FCALL: the function, its KEYS and its ARGV."""
+
+    function: str
+    keys: tuple[str, ...]
+    args: tuple[Arg, ...]
+
+
+# -- pop -------------------------------------------------------------------------------------------------
+
+
+def pop_call(keys: PoolKeys, cname: str | None, min_ttl: float, *, record_miss: bool = True) -> Call:
+    if not (isinstance(min_ttl, int | float) and math.isfinite(min_ttl) and 0 <= min_ttl < 300):
+        raise InvalidArgument(f"min_ttl must be a number of seconds from 0 to below 300, got {min_ttl!r}")
+    if cname == "":
+        raise InvalidArgument("cname must not be empty; leave it out to pop from a template pool")
+    return Call(
+        "ridpool_pop",
+        (keys.meta, keys.stats, keys.queue(cname)),
+        (cname or "", math.ceil(min_ttl * 1000), "1" if record_miss else "0"),
+    )
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def parse_pop(reply: Any) -> Entry | None:
+    if reply is None:
+        return None
+    fields = dict(zip(map(_text, reply[::2]), reply[1::2], strict=True))
+    try:
+        return Entry(
+            resource_id=_text(fields["resourceId"]),
+            appid=_text(fields["appid"]),
+            cname=_text(fields["cname"]),
+            uid=_text(fields["uid"]),
+            pool=_text(fields["pool"]),
+            sent_at_ms=int(fields["sentAt"]),
+            expires_at_ms=int(fields["expiresAt"]),
+            request_id=_text(fields["requestId"]),
+            expires_in=int(fields["expiresIn"]) / 1000,
+        )
+    except (KeyError, ValueError) as exc:
+        raise CorruptEntry(f"unexpected pop reply: {exc}") from None
+
+
+# -- add -------------------------------------------------------------------------------------------------
+
+
+class AddResult(enum.Enum):
+    ADDED = "ADDED"
+    EXISTS = "EXISTS"  # the same entry was already stored: a retried add
+    REFUSED = "REFUSED"  # the ID was stored before and popped: it is never offered twice
+    EXPIRED = "EXPIRED"  # past its time already: not stored
+
+
+def add_call(keys: PoolKeys, entry: Entry, *, queue_cname: str | None, lease: str = "", uid: str = "") -> Call:
+    return Call(
+        "ridpool_add",
+        (
+            keys.stats,
+            keys.ledger,
+            keys.queue(queue_cname),
+            keys.ready(queue_cname),
+            keys.inflight,
+            keys.uids,
+        ),
+        (encode(entry), entry.resource_id, entry.expires_at_ms, lease, uid),
+    )
+
+
+def parse_add(reply: Any) -> AddResult:
+    return AddResult(_text(reply))
+
+
+# -- reserve / release -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Lease:
+    """One reserved acquire: release it if the acquire fails, hand it to add when it succeeds."""
+
+    token: str
+    uid: str  # '' when the pool's uid is fixed
+
+
+def reserve_call(
+    keys: PoolKeys,
+    *,
+    queue_cname: str | None,
+    target: int,
+    cap: int,
+    want: int,
+    lease_ms: int,
+    token_base: str,
+    uid_candidates: Sequence[int] = (),
+) -> Call:
+    return Call(
+        "ridpool_reserve",
+        (keys.queue(queue_cname), keys.inflight, keys.uids),
+        (queue_cname or "", target, cap, want, lease_ms, token_base, *uid_candidates),
+    )
+
+
+def parse_reserve(reply: Any) -> list[Lease]:
+    return [Lease(_text(t), _text(u)) for t, u in zip(reply[::2], reply[1::2], strict=True)]
+
+
+def release_call(keys: PoolKeys, lease: Lease) -> Call:
+    return Call("ridpool_release", (keys.inflight, keys.uids), (lease.token, lease.uid))
+
+
+# -- sweep -----------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class QueueState:
+    live: int
+    now_ms: int
+    oldest_expires_at_ms: int | None
+
+
+def sweep_call(keys: PoolKeys, queue_cname: str | None) -> Call:
+    return Call("ridpool_sweep", (keys.queue(queue_cname),), ())
+
+
+def parse_sweep(reply: Any) -> QueueState:
+    live, now, oldest = (int(x) for x in reply)
+    return QueueState(live, now, None if oldest < 0 else oldest)
+
+
+# -- the shared budget -----------------------------------------------------------------------------------
+
+
+def take_call(keys: AccountKeys, *, limit: int, window_ms: int, member: str) -> Call:
+    return Call("ridpool_take", (keys.rate, keys.cooldown), (limit, window_ms, member))
+
+
+def parse_wait(reply: Any) -> float:
+    """Seconds to wait (0.0: granted)."""
+    return int(reply) / 1000
+
+
+def cooldown_call(keys: AccountKeys, seconds: float) -> Call:
+    return Call("ridpool_cooldown", (keys.cooldown,), (max(1, math.ceil(seconds * 1000)),))
+
+
+# -- execution -------------------------------------------------------------------------------------------
+
+_ERRORS: dict[str, type[RidpoolError]] = {
+    "UNKNOWN_POOL": UnknownPool,
+    "CNAME_REQUIRED": CnameNotServed,
+    "CNAME_NOT_SERVED": CnameNotServed,
+    "BAD_ARGUMENT": InvalidArgument,
+    "BAD_ENTRY": CorruptEntry,
+}
+
+
+def _missing_library(exc: redis.ResponseError) -> bool:
+    return "function not found" in str(exc).lower()
+
+
+def _translate(exc: redis.ResponseError, call: Call) -> RidpoolError:
+    code, _, message = str(exc).partition(" ")
+    kind = _ERRORS.get(code)
+    if kind is None:
+        return PoolUnavailable(f"Redis refused {call.function}: {exc}")
+    return kind(f"{_subject(call)}: {message}")
+
+
+def _subject(call: Call) -> str:
+    # Names the pool (and channel) from the key, for messages: "pool 'rooms' (cname 'room-9')".
+    first = call.keys[0]
+    pool = first[first.find("{") + 1 : first.find("}")]
+    if call.function == "ridpool_pop" and call.args[0]:
+        return f"pool {pool!r}, cname {_text(call.args[0])!r}"
+    return f"pool {pool!r}"
+
+
+def unavailable(exc: Exception, where: str) -> PoolUnavailable:
+    """The error a caller sees when Redis cannot be reached: never confused with an empty pool."""
+    return PoolUnavailable(f"Redis at {where} is unavailable ({type(exc).__name__}: {exc}); nothing was popped")
+
+
+def _where(client: redis.Redis | redis.asyncio.Redis) -> str:
+    kwargs = client.connection_pool.connection_kwargs
+    if "path" in kwargs:
+        return str(kwargs["path"])
+    return f"{kwargs.get('host', '?')}:{kwargs.get('port', '?')}"
+
+
+def load_library(client: redis.Redis) -> None:
+    client.function_load(LIBRARY, replace=True)
+
+
+async def aload_library(client: redis.asyncio.Redis) -> None:
+    await client.function_load(LIBRARY, replace=True)
+
+
+def execute(client: redis.Redis, call: Call) -> Any:
+    """Run a call; load the library once if Redis lost it; map failures to ridpool errors."""
+    try:
+        try:
+            return client.fcall(call.function, len(call.keys), *call.keys, *call.args)
+        except redis.ResponseError as exc:
+            if not _missing_library(exc):
+                raise
+            load_library(client)
+            return client.fcall(call.function, len(call.keys), *call.keys, *call.args)
+    except redis.ResponseError as exc:
+        raise _translate(exc, call) from None
+    except (redis.ConnectionError, redis.TimeoutError) as exc:
+        raise unavailable(exc, _where(client)) from None
+
+
+async def aexecute(client: redis.asyncio.Redis, call: Call) -> Any:
+    """The asyncio twin of `execute`."""
+    try:
+        try:
+            return await client.fcall(call.function, len(call.keys), *call.keys, *call.args)
+        except redis.ResponseError as exc:
+            if not _missing_library(exc):
+                raise
+            await aload_library(client)
+            return await client.fcall(call.function, len(call.keys), *call.keys, *call.args)
+    except redis.ResponseError as exc:
+        raise _translate(exc, call) from None
+    except (redis.ConnectionError, redis.TimeoutError) as exc:
+        raise unavailable(exc, _where(client)) from None

@@ -1,0 +1,117 @@
+"""The one home of every Redis key name ridpool uses.
+
+Every key of one pool carries the pool's Cluster hash tag `{pool}`, so the functions that touch several of them
+run unchanged on Redis Cluster; account keys share the tag `{acct:NAME}`. Key names are built here and nowhere
+else: the daemon, the clients, the tests and the docs all go through these functions.
+
+    PREFIX:{POOL}:meta              hash   published by the daemon: mode, appid, size, max_age_ms, slots, c:<cname>
+    PREFIX:{POOL}:stats             hash   counters: added, pops, misses, expired, refused, acquires, errors, ...
+    PREFIX:{POOL}:q                 zset   entries of a template pool (member: msgpack entry, score: expires-at ms)
+    PREFIX:{POOL}:q:<cname>         zset   entries of one named channel of the pool
+    PREFIX:{POOL}:q...:ready        list   wake-up tokens for blocking pops on that queue
+    PREFIX:{POOL}:inflight          zset   reserved acquires (member: token, score: lease deadline ms)
+    PREFIX:{POOL}:uids              zset   uids held by live entries and leases of a uid_range pool
+    PREFIX:{POOL}:ledger            zset   sha1 of every ID added while it can live (refuses re-adds)
+    PREFIX:{acct:NAME}:rate         zset   the account's shared request log (sliding window)
+    PREFIX:{acct:NAME}:cooldown     string set after a 429: every replica waits out its PTTL
+    PREFIX:pools                    set    names of the pools ever published
+    PREFIX:replicas                 zset   replica id -> last heartbeat (server ms)
+    PREFIX:replica:<id>             hash   what a live replica says about itself (expires with its heartbeat)
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from pool.errors import InvalidArgument
+
+NAME_PATTERN = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+PREFIX_PATTERN = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
+
+
+def check_name(kind: str, name: str) -> str:
+    """Return `name` if it can sit inside a hash tag; braces or colons would split or shift the tag."""
+    if not NAME_PATTERN.match(name):
+        raise InvalidArgument(f"{kind} name {name!r} must be 1-64 characters from A-Z a-z 0-9 _ . -")
+    return name
+
+
+def check_prefix(prefix: str) -> str:
+    if not PREFIX_PATTERN.match(prefix):
+        raise InvalidArgument(f"key prefix {prefix!r} must be 1-64 characters from A-Z a-z 0-9 _ . : -")
+    return prefix
+
+
+@dataclass(frozen=True, slots=True)
+class PoolKeys:
+    """The keys of one pool; `queue(cname)` names a channel's queue (None: the template pool's one queue)."""
+
+    prefix: str
+    pool: str
+
+    @property
+    def tag(self) -> str:
+        return f"{self.prefix}:{{{self.pool}}}"
+
+    @property
+    def meta(self) -> str:
+        return f"{self.tag}:meta"
+
+    @property
+    def stats(self) -> str:
+        return f"{self.tag}:stats"
+
+    @property
+    def inflight(self) -> str:
+        return f"{self.tag}:inflight"
+
+    @property
+    def uids(self) -> str:
+        return f"{self.tag}:uids"
+
+    @property
+    def ledger(self) -> str:
+        return f"{self.tag}:ledger"
+
+    def queue(self, cname: str | None) -> str:
+        return f"{self.tag}:q" if cname is None else f"{self.tag}:q:{cname}"
+
+    def ready(self, cname: str | None) -> str:
+        return f"{self.queue(cname)}:ready"
+
+
+def pool_keys(prefix: str, pool: str) -> PoolKeys:
+    return PoolKeys(check_prefix(prefix), check_name("pool", pool))
+
+
+@dataclass(frozen=True, slots=True)
+class AccountKeys:
+    """The keys of one Agora account's shared request budget."""
+
+    prefix: str
+    account: str
+
+    @property
+    def rate(self) -> str:
+        return f"{self.prefix}:{{acct:{self.account}}}:rate"
+
+    @property
+    def cooldown(self) -> str:
+        return f"{self.prefix}:{{acct:{self.account}}}:cooldown"
+
+
+def account_keys(prefix: str, account: str) -> AccountKeys:
+    return AccountKeys(check_prefix(prefix), check_name("account", account))
+
+
+def registry(prefix: str) -> str:
+    return f"{prefix}:pools"
+
+
+def replicas(prefix: str) -> str:
+    return f"{prefix}:replicas"
+
+
+def replica(prefix: str, replica_id: str) -> str:
+    return f"{prefix}:replica:{replica_id}"

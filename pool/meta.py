@@ -1,0 +1,59 @@
+"""A pool's published metadata: what a daemon writes so that pops can tell an unknown pool or channel.
+
+The meta hash has no TTL on purpose: it holds no ID, and it must outlive every daemon so that a starter popping
+while no daemon runs gets PoolEmpty (the pool exists, it is just empty), not UnknownPool.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+import redis
+import redis.asyncio
+
+from pool.keys import PoolKeys, registry
+
+
+@dataclass(frozen=True, slots=True)
+class PoolMeta:
+    pool: str
+    appid: str
+    cnames: tuple[str, ...] | None  # None: a template pool, each entry labelled by the daemon
+    size: int  # entries kept ready per channel
+    max_age: float  # seconds an entry is offered after its acquire was sent
+    published_at_ms: int = 0
+
+    @property
+    def mode(self) -> str:
+        return "template" if self.cnames is None else "named"
+
+    def fields(self) -> dict[str, str]:
+        fields = {
+            "mode": self.mode,
+            "appid": self.appid,
+            "size": str(self.size),
+            "max_age_ms": str(round(self.max_age * 1000)),
+            "cnames": json.dumps(list(self.cnames or ())),
+            "published_at_ms": str(self.published_at_ms),
+        }
+        # One field per channel so that the pop function checks a channel with one HEXISTS.
+        fields.update({f"c:{name}": "1" for name in self.cnames or ()})
+        return fields
+
+
+def publish(client: redis.Redis, keys: PoolKeys, meta: PoolMeta) -> None:
+    """Replace the pool's metadata in one transaction (a channel dropped from the config stops being served)."""
+    with client.pipeline(transaction=True) as pipe:
+        pipe.delete(keys.meta)
+        pipe.hset(keys.meta, mapping=meta.fields())  # type: ignore[arg-type]
+        pipe.execute()
+    client.sadd(registry(keys.prefix), keys.pool)
+
+
+async def apublish(client: redis.asyncio.Redis, keys: PoolKeys, meta: PoolMeta) -> None:
+    async with client.pipeline(transaction=True) as pipe:
+        pipe.delete(keys.meta)
+        pipe.hset(keys.meta, mapping=meta.fields())  # type: ignore[arg-type]
+        await pipe.execute()
+    await client.sadd(registry(keys.prefix), keys.pool)

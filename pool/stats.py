@@ -1,0 +1,121 @@
+"""Reading a pool's state from Redis: what `stats()` returns and `ridpool status` shows.
+
+Two round trips (metadata and counters, then each channel's queue), read without a transaction: a status view,
+not an invariant. Ages are computed against Redis server time.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from pool.keys import PoolKeys
+
+# Counters kept in the stats hash by the functions and the daemon. "expired" (IDs that died unused) is derived,
+# not kept: added - pops - live, because Redis may expire a whole queue before anything could count its entries.
+COUNTERS = ("added", "pops", "misses", "refused", "late", "acquires", "errors", "rate_limited")
+
+
+@dataclass(frozen=True, slots=True)
+class ChannelStats:
+    cname: str | None  # None: the single queue of a template pool
+    size: int
+    oldest_age: float | None  # seconds since the oldest entry's acquire was sent
+
+
+@dataclass(frozen=True, slots=True)
+class PoolStats:
+    """One pool as Redis holds it now. `target` is per channel; `size` sums every channel's live entries."""
+
+    pool: str
+    known: bool  # False: no daemon ever published this pool
+    mode: str
+    appid: str
+    target: int
+    max_age: float
+    channels: tuple[ChannelStats, ...]
+    in_flight: int
+    counters: Mapping[str, int]
+    state: str  # 'ok', or 'error' while the last acquire of this pool failed on a non-retryable answer
+    last_error: str
+    published_at_ms: int | None
+    extra: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def size(self) -> int:
+        return sum(c.size for c in self.channels)
+
+    @property
+    def oldest_age(self) -> float | None:
+        ages = [c.oldest_age for c in self.channels if c.oldest_age is not None]
+        return max(ages) if ages else None
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _decode_hash(raw: Mapping[Any, Any]) -> dict[str, str]:
+    return {_text(k): _text(v) for k, v in raw.items()}
+
+
+def channel_names(meta: Mapping[str, str]) -> list[str | None]:
+    """The queues of a published pool: one per named channel, or the template pool's single queue."""
+    if meta.get("mode") != "named":
+        return [None]
+    names: list[str] = json.loads(meta.get("cnames", "[]"))
+    return list(names)
+
+
+def first_round(keys: PoolKeys) -> list[tuple[str, ...]]:
+    return [("TIME",), ("HGETALL", keys.meta), ("HGETALL", keys.stats), ("ZCARD", keys.inflight)]
+
+
+def server_ms(time_reply: Sequence[Any]) -> int:
+    return int(time_reply[0]) * 1000 + int(time_reply[1]) // 1000
+
+
+def second_round(keys: PoolKeys, first: Sequence[Any]) -> list[tuple[str, ...]]:
+    """Each channel's live entries (not yet past their time) and its oldest entry."""
+    now = server_ms(first[0])
+    commands: list[tuple[str, ...]] = []
+    for cname in channel_names(_decode_hash(first[1])):
+        commands.append(("ZCOUNT", keys.queue(cname), f"({now}", "+inf"))
+        commands.append(("ZRANGE", keys.queue(cname), "0", "0", "WITHSCORES"))
+    return commands
+
+
+def build(keys: PoolKeys, first: Sequence[Any], second: Sequence[Any]) -> PoolStats:
+    time_reply, meta_raw, stats_raw, in_flight = first
+    now_ms = server_ms(time_reply)
+    meta = _decode_hash(meta_raw)
+    raw = _decode_hash(stats_raw)
+    max_age_ms = int(meta.get("max_age_ms", "0"))
+    channels = []
+    for i, cname in enumerate(channel_names(meta)):
+        size, oldest = int(second[2 * i]), second[2 * i + 1]
+        age = None
+        if oldest and size:
+            # Scored by expires-at = sent-at + max_age, so the lowest score is the oldest entry.
+            age = max(0.0, (now_ms - (int(float(oldest[0][1])) - max_age_ms)) / 1000)
+        channels.append(ChannelStats(cname, size, age))
+    counters = {name: int(raw.get(name, "0")) for name in COUNTERS}
+    counters["expired"] = max(0, counters["added"] - counters["pops"] - sum(c.size for c in channels))
+    published = meta.get("published_at_ms")
+    return PoolStats(
+        pool=keys.pool,
+        known=bool(meta),
+        mode=meta.get("mode", ""),
+        appid=meta.get("appid", ""),
+        target=int(meta.get("size", "0")),
+        max_age=max_age_ms / 1000,
+        channels=tuple(channels),
+        in_flight=int(in_flight),
+        counters=counters,
+        state=raw.get("state", "ok"),
+        last_error=raw.get("last_error", ""),
+        published_at_ms=int(published) if published else None,
+        extra={k: v for k, v in raw.items() if k not in COUNTERS and k not in ("state", "last_error")},
+    )
