@@ -159,7 +159,7 @@ end
 
 --[[
 ridpool_reserve: lease acquires for one channel of a pool, up to what it lacks, so that replicas never overfill.
-KEYS[1] queue     KEYS[2] inflight    KEYS[3] uids
+KEYS[1] queue     KEYS[2] inflight    KEYS[3] uids    KEYS[4] hold (set while the pool backs off)
 ARGV[1] slot         the channel ('' for a template pool); leases are counted per slot and capped per pool
 ARGV[2] target       entries to keep ready in this slot
 ARGV[3] cap          acquires in flight for the whole pool, across replicas
@@ -167,11 +167,15 @@ ARGV[4] want         the most leases this caller takes now
 ARGV[5] lease_ms     how long a lease holds; a crashed replica's leases lapse after it
 ARGV[6] token_base   a unique string; tokens are token_base:i
 ARGV[7..] uid candidates, tried in order, for a uid_range pool (none for a fixed uid)
-Reply: a flat array of token, uid pairs (uid '' for a fixed-uid pool); empty when nothing is needed.
+Reply: a flat array of token, uid pairs (uid '' for a fixed-uid pool); empty when nothing is needed or the
+pool is held.
 A lease token is '<token_base>:<i>\t<uid>\t<slot>' (the slot last: a web label may hold anything but a tab).
 ]]
 local function reserve(keys, args)
   local queue, inflight, uids = keys[1], keys[2], keys[3]
+  if redis.call('EXISTS', keys[4]) == 1 then
+    return {}
+  end
   local slot = args[1]
   local target, cap, want, lease = tonumber(args[2]), tonumber(args[3]), tonumber(args[4]), tonumber(args[5])
   local base = args[6]

@@ -135,7 +135,7 @@ def reserve_call(
 ) -> Call:
     return Call(
         "ridpool_reserve",
-        (keys.queue(queue_cname), keys.inflight, keys.uids),
+        (keys.queue(queue_cname), keys.inflight, keys.uids, keys.hold),
         (queue_cname or "", target, cap, want, lease_ms, token_base, *uid_candidates),
     )
 

@@ -12,6 +12,7 @@ else: the daemon, the clients, the tests and the docs all go through these funct
     PREFIX:{POOL}:inflight          zset   reserved acquires (member: token, score: lease deadline ms)
     PREFIX:{POOL}:uids              zset   uids held by live entries and leases of a uid_range pool
     PREFIX:{POOL}:ledger            zset   sha1 of every ID added while it can live (refuses re-adds)
+    PREFIX:{POOL}:hold              string set while the pool backs off after failed acquires (PTTL: how long)
     PREFIX:{acct:NAME}:rate         zset   the account's shared request log (sliding window)
     PREFIX:{acct:NAME}:cooldown     string set after a 429: every replica waits out its PTTL
     PREFIX:pools                    set    names of the pools ever published
@@ -32,13 +33,13 @@ PREFIX_PATTERN = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
 
 def check_name(kind: str, name: str) -> str:
     """Return `name` if it can sit inside a hash tag; braces or colons would split or shift the tag."""
-    if not NAME_PATTERN.match(name):
+    if not NAME_PATTERN.fullmatch(name):
         raise InvalidArgument(f"{kind} name {name!r} must be 1-64 characters from A-Z a-z 0-9 _ . -")
     return name
 
 
 def check_prefix(prefix: str) -> str:
-    if not PREFIX_PATTERN.match(prefix):
+    if not PREFIX_PATTERN.fullmatch(prefix):
         raise InvalidArgument(f"key prefix {prefix!r} must be 1-64 characters from A-Z a-z 0-9 _ . : -")
     return prefix
 
@@ -73,6 +74,10 @@ class PoolKeys:
     @property
     def ledger(self) -> str:
         return f"{self.tag}:ledger"
+
+    @property
+    def hold(self) -> str:
+        return f"{self.tag}:hold"
 
     def queue(self, cname: str | None) -> str:
         return f"{self.tag}:q" if cname is None else f"{self.tag}:q:{cname}"

@@ -1,0 +1,228 @@
+"""The `ridpool` command: parse, configure logging, call one library function, map the outcome to an exit code.
+
+Exit codes (the README lists them): 0 done; 1 unexpected failure; 2 invalid configuration or arguments;
+3 the pool has nothing fresh enough; 4 unknown pool or a channel the pool does not serve; 5 Redis unreachable.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import math
+import os
+import signal
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from rich.console import Console
+
+from daemon import log, status
+from daemon.config import load_config, load_credentials
+from daemon.demo import run_demo
+from daemon.service import Daemon
+from daemon.simulator import Faults, Simulator, serve_forever
+from pool import CnameNotServed, PoolClient, PoolEmpty, PoolUnavailable, RidpoolError, UnknownPool
+from pool.errors import ConfigError, InvalidArgument
+
+EXIT_OK, EXIT_FAILURE, EXIT_INVALID, EXIT_EMPTY, EXIT_UNKNOWN, EXIT_REDIS = 0, 1, 2, 3, 4, 5
+_EXITS: list[tuple[type[RidpoolError], int]] = [
+    (ConfigError, EXIT_INVALID),
+    (InvalidArgument, EXIT_INVALID),
+    (PoolEmpty, EXIT_EMPTY),
+    (UnknownPool, EXIT_UNKNOWN),
+    (CnameNotServed, EXIT_UNKNOWN),
+    (PoolUnavailable, EXIT_REDIS),
+]
+
+
+def _seconds(name: str, upper: float) -> Callable[[str], float]:
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{name} must be a number of seconds, got {text!r}") from None
+        if not (math.isfinite(value) and 0 <= value < upper):
+            raise argparse.ArgumentTypeError(f"{name} must be from 0 to below {upper:g} seconds, got {text!r}")
+        return value
+
+    return parse
+
+
+def _probability(text: str) -> float:
+    value = _seconds("a probability", 1.0000001)(text)
+    return value
+
+
+def _redis_source(parser: argparse.ArgumentParser, required: bool) -> None:
+    group = parser.add_mutually_exclusive_group(required=required)
+    group.add_argument("-c", "--config", type=Path, help="the daemon's TOML config (its [redis] section is used)")
+    group.add_argument("--redis-url", help="Redis URL, e.g. redis://127.0.0.1:6379/0")
+    parser.add_argument("--prefix", default=None, help="key prefix (default: the config's, or 'ridpool')")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ridpool", description="Pools of fresh Agora Cloud Recording resourceIds.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    run = sub.add_parser("run", help="run the refill daemon")
+    run.add_argument("-c", "--config", type=Path, required=True)
+    run.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    run.add_argument("--log-format", default="auto", choices=["auto", "json", "console"])
+
+    check = sub.add_parser("check-config", help="validate a config file (exit 0 or 2)")
+    check.add_argument("-c", "--config", type=Path, required=True)
+
+    pop = sub.add_parser("pop", help="pop one entry and print it as JSON")
+    pop.add_argument("pool")
+    pop.add_argument("--cname", help="the channel to record (pools of named channels need it)")
+    pop.add_argument("--min-ttl", type=_seconds("--min-ttl", 300), default=0.0, help="least life left, seconds")
+    pop.add_argument("--wait", type=_seconds("--wait", 300.0001), default=0.0, help="block up to S seconds")
+    _redis_source(pop, required=True)
+
+    status = sub.add_parser("status", help="pools, counters and live replicas")
+    _redis_source(status, required=False)
+    status.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
+    sim = sub.add_parser("simulate", help="run the built-in Agora acquire simulator")
+    sim.add_argument("--host", default="127.0.0.1")
+    sim.add_argument("--port", type=int, default=8080)
+    sim.add_argument("--rate-limit", type=int, default=10, help="requests per second per customer (Agora: 10)")
+    sim.add_argument("--latency", type=_seconds("--latency", 60), default=0.0, help="mean added latency, s")
+    sim.add_argument("--jitter", type=_seconds("--jitter", 60), default=0.0, help="+- latency jitter, s")
+    for fault in ("5xx", "timeout", "malformed", "429", "overload"):
+        sim.add_argument(f"--p-{fault}", type=_probability, default=0.0, help=f"probability of a {fault} answer")
+    sim.add_argument("--seed", type=int, default=None)
+
+    demo = sub.add_parser("demo", help="Redis + simulator + daemon, pools filling and pops, live")
+    demo.add_argument("--redis-url", help="use this Redis instead of starting redis-server on a free port")
+    demo.add_argument(
+        "--duration",
+        type=_seconds("--duration", 86400),
+        default=None,
+        help="stop after S seconds (default: until Ctrl-C)",
+    )
+    return parser
+
+
+def _client(args: argparse.Namespace) -> PoolClient:
+    if args.config is not None:
+        config = load_config(args.config)
+        return PoolClient.from_url(config.redis.url, prefix=args.prefix or config.redis.key_prefix)
+    url = args.redis_url or os.environ.get("RIDPOOL_REDIS_URL", "redis://127.0.0.1:6379/0")
+    return PoolClient.from_url(url, prefix=args.prefix or "ridpool")
+
+
+def cmd_pop(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        entry = client.pop(args.pool, cname=args.cname, min_ttl=args.min_ttl, wait=args.wait)
+    print(
+        json.dumps(
+            {
+                "resourceId": entry.resource_id,
+                "appid": entry.appid,
+                "cname": entry.cname,
+                "uid": entry.uid,
+                "pool": entry.pool,
+                "expiresIn": entry.expires_in,
+                "sentAt": entry.sent_at_ms,
+                "expiresAt": entry.expires_at_ms,
+                "requestId": entry.request_id,
+            }
+        )
+    )
+    return EXIT_OK
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    pools = None
+    if args.config is not None:
+        pools = [p.name for p in load_config(args.config).pools]
+    with _client(args) as client:
+        state = status.gather(client, pools)
+    if args.json:
+        print(json.dumps(status.as_json(state), indent=2))
+    else:
+        status.render(state, Console(width=None if Console().is_terminal else 130))
+    return EXIT_OK
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    config = load_config(args.config)
+    for warning in config.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    names = ", ".join(f"{p.name} ({len(p.slots)}x{p.size})" for p in config.pools)
+    print(f"{args.config}: valid; pools: {names}")
+    return EXIT_OK
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    config = load_config(args.config)
+    credentials = load_credentials()
+    as_json = {"auto": None, "json": True, "console": False}[args.log_format]
+    log.configure(secrets=[credentials.customer_secret.get_secret_value()], json=as_json, level=args.log_level)
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await Daemon(config, credentials).run(stop)
+
+    asyncio.run(main())
+    return EXIT_OK
+
+
+def cmd_simulate(args: argparse.Namespace) -> int:
+    customer_id = os.environ.get("AGORA_CUSTOMER_ID", "demo-customer")
+    secret = os.environ.get("AGORA_CUSTOMER_SECRET", "demo-secret")
+    faults = Faults(
+        latency=args.latency,
+        jitter=args.jitter,
+        p_5xx=args.p_5xx,
+        p_timeout=args.p_timeout,
+        p_malformed=args.p_malformed,
+        p_429=args.p_429,
+        p_overload=args.p_overload,
+    )
+    sim = Simulator(
+        customer_id=customer_id,
+        customer_secret=secret,
+        host=args.host,
+        port=args.port,
+        rate_limit=args.rate_limit,
+        faults=faults,
+        seed=args.seed,
+    )
+    serve_forever(sim.start())
+    return EXIT_OK
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    return run_demo(redis_url=args.redis_url, duration=args.duration)
+
+
+COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
+    "run": cmd_run,
+    "check-config": cmd_check_config,
+    "pop": cmd_pop,
+    "status": cmd_status,
+    "simulate": cmd_simulate,
+    "demo": cmd_demo,
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except RidpoolError as exc:
+        print(f"ridpool {args.command}: {exc}", file=sys.stderr)
+        return next((code for kind, code in _EXITS if isinstance(exc, kind)), EXIT_FAILURE)
+    except KeyboardInterrupt:
+        return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,35 @@
+"""Redis server time, read once and carried forward with the local monotonic clock.
+
+Entries are stamped with the server time their acquire was sent, so every replica and every pop agree on an
+entry's age whatever the hosts' wall clocks say. Reading TIME before each acquire would cost a round trip; instead
+the offset between server time and `time.monotonic()` is refreshed every refill round. The estimate errs early
+(TIME is read before its reply arrives), so an entry is taken to be, if anything, older than it is.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import redis.asyncio
+
+from pool import functions
+
+
+class ServerClock:
+    def __init__(self, monotonic: Callable[[], float] = time.monotonic) -> None:
+        self.monotonic = monotonic
+        self.offset_ms: float | None = None
+
+    async def sync(self, client: redis.asyncio.Redis) -> None:
+        try:
+            seconds, micros = await client.time()
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            raise functions.unavailable(exc, functions._where(client)) from None
+        self.offset_ms = seconds * 1000 + micros / 1000 - self.monotonic() * 1000
+
+    def server_ms(self, monotonic: float) -> int:
+        """Server time (ms) at the given monotonic instant; needs one sync first."""
+        if self.offset_ms is None:
+            raise RuntimeError("ServerClock.sync() must run before server_ms()")
+        return int(monotonic * 1000 + self.offset_ms)

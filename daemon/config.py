@@ -1,0 +1,432 @@
+"""The daemon's configuration: one TOML file, validated once into frozen typed objects.
+
+Every violation in a file is reported at once as `field.path: reason`, so an operator fixes a config in one
+pass. Cross-field rules (cname against scene, uid_range against pool size) still run when other fields of the
+same table are wrong. Credentials come from the environment only and never appear in any message.
+"""
+
+import copy
+import json
+import math
+import os
+import re
+import secrets
+import tomllib
+import uuid
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    SecretStr,
+    Strict,
+    ValidationError,
+    ValidatorFunctionWrapHandler,
+    model_validator,
+)
+from pydantic_core import ErrorDetails, InitErrorDetails, PydanticCustomError
+
+from pool.errors import ConfigError
+from pool.keys import NAME_PATTERN, PREFIX_PATTERN
+
+UID_MAX = 2**32 - 1
+UID_WARN_ABOVE = 2**31 - 1  # Agora has been seen to answer code 2 above this
+AGORA_DEFAULT_RATE = 10.0
+_HEX32 = re.compile(r"[0-9a-fA-F]{32}")
+_DECIMAL = re.compile(r"[1-9][0-9]*")
+_CHANNEL_CHAR = re.compile(r"[a-zA-Z0-9 !#$%&()+\-:;<=.>?@\[\]^_{}|~,]")
+_PLACEHOLDER = re.compile(r"\{([^{}]*)\}")
+_EXPANSION_BYTES = {"uuid": 32, "n": 10}  # longest expansion of each template placeholder
+
+Loc = tuple[str | int, ...]
+Problem = tuple[Loc, str, object]  # where, why, the offending value
+
+
+def _show(value: object) -> str:
+    """A value as the operator wrote it in TOML."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    text = json.dumps(value, default=str, ensure_ascii=False) if isinstance(value, str | list | tuple) else str(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _check(test: Callable[[Any], object], reason: str, *, show: bool = True) -> AfterValidator:
+    def validate(value: Any) -> Any:
+        if not test(value):
+            raise ValueError(f"{reason} (got {_show(value)})" if show else reason)
+        return value
+
+    return AfterValidator(validate)
+
+
+SInt = Annotated[int, Strict()]  # a TOML bool is never an int
+SFloat = Annotated[float, Strict()]  # accepts TOML ints, never bools
+SStr = Annotated[str, Strict()]
+Name = Annotated[SStr, _check(NAME_PATTERN.fullmatch, "must be 1 to 64 characters from A-Z a-z 0-9 _ . -")]
+Positive = Annotated[SFloat, _check(lambda x: x > 0, "must be greater than 0")]
+AtLeastOne = Annotated[SInt, _check(lambda n: n >= 1, "must be at least 1")]
+Prefix = Annotated[SStr, _check(PREFIX_PATTERN.fullmatch, "must be 1 to 64 characters from A-Z a-z 0-9 _ . : -")]
+Cnames = Annotated[tuple[SStr, ...], _check(lambda c: c and len(set(c)) == len(c), "must list channels, each once")]
+UidRange = Annotated[
+    tuple[SInt, SInt],
+    _check(lambda r: 1 <= r[0] <= r[1] <= UID_MAX, f"must be [low, high], 1 <= low <= high <= {UID_MAX}"),
+]
+
+
+def _base_url(url: str) -> str:
+    if "@" in url.partition("://")[2].partition("/")[0]:
+        raise ValueError("must not contain credentials; they come from AGORA_CUSTOMER_ID/AGORA_CUSTOMER_SECRET")
+    try:
+        parts = urlsplit(url)
+        ok = parts.scheme in ("http", "https") and parts.hostname and parts.port != 0 and parts.path in ("", "/")
+    except ValueError:  # a malformed port or IPv6 address
+        ok = False
+    if not ok or parts.query or parts.fragment:
+        raise ValueError(f"must be an http(s) URL with no path, such as https://api.sd-rtn.com (got {_show(url)})")
+    return f"{parts.scheme}://{parts.netloc}"
+
+
+def _one_or_many_urls(value: object) -> object:
+    # A single string is validated here so that its problems are named `agora.base_url`, not `[0]`.
+    return [_base_url(value)] if isinstance(value, str) else value
+
+
+def _redis_url(url: str) -> str:
+    if urlsplit(url).scheme not in ("redis", "rediss", "unix"):
+        # The URL itself is not shown: it may hold a Redis password.
+        raise ValueError("must be a redis://, rediss:// or unix:// URL")
+    return url
+
+
+def _uid(value: object) -> object:
+    if isinstance(value, int) and not isinstance(value, bool):
+        raise ValueError(f'must be a string: write uid = "{value}"')
+    return value
+
+
+Uid = Annotated[
+    SStr,
+    BeforeValidator(_uid),
+    _check(lambda u: _DECIMAL.fullmatch(u) and int(u) <= UID_MAX, f"must be 1 to {UID_MAX}"),
+]
+BaseUrls = Annotated[
+    tuple[Annotated[SStr, AfterValidator(_base_url)], ...],
+    BeforeValidator(_one_or_many_urls),
+    _check(lambda urls: urls and len(set(urls)) == len(urls), "must name one or more hosts, each once"),
+]
+
+
+def _json_only(value: Any, where: str = "") -> Any:
+    """Reject what TOML has and JSON has not (dates, times, nan, inf): startParameter goes to Agora as JSON."""
+    if isinstance(value, dict):
+        for key, item in value.items():
+            _json_only(item, f"{where}.{key}" if where else key)
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            _json_only(item, f"{where}[{i}]")
+    elif not isinstance(value, str | int | float) or (isinstance(value, float) and not math.isfinite(value)):
+        raise ValueError(f"{where or 'value'} is {_show(value)}, which is not a JSON value")
+    return value
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+def _with_rules(
+    cls: type[BaseModel],
+    data: Any,
+    handler: ValidatorFunctionWrapHandler,
+    rules: Callable[[dict[str, Any], Mapping[str, Any]], list[Problem]],
+) -> Any:
+    """Validate fields, then run cross-field `rules` over the fields that are valid, and report both at once."""
+    errors: list[InitErrorDetails] = []
+    try:
+        model = handler(data)
+        values = dict(model)
+        raw: Mapping[str, Any] = data if isinstance(data, Mapping) else values
+    except ValidationError as exc:
+        if not isinstance(data, Mapping):
+            raise
+        model, raw = None, data
+        carried = exc.errors()
+        failed = {e["loc"][0] for e in carried if e["loc"]}
+        errors = [_carry(e["type"], e["loc"], e["msg"], e["input"]) for e in carried]
+        values = {
+            name: data[name] if name in data else field.get_default(call_default_factory=True)
+            for name, field in cls.model_fields.items()
+            if name not in failed and (name in data or not field.is_required())
+        }
+    errors += [_carry("rule", loc, msg, value) for loc, msg, value in rules(values, raw)]
+    if errors:
+        raise ValidationError.from_exception_data(cls.__name__, errors)
+    return model
+
+
+def _carry(kind: str, loc: Loc, msg: str, value: object) -> InitErrorDetails:
+    # "{m}" keeps braces in messages (a cname like "web-{x}") from being read as a template.
+    return InitErrorDetails(type=PydanticCustomError(kind, "{m}", {"m": msg}), loc=loc, input=value)
+
+
+class RedisSettings(_Frozen):
+    url: Annotated[SStr, AfterValidator(_redis_url)] = "redis://127.0.0.1:6379/0"
+    key_prefix: Prefix = "ridpool"
+    socket_timeout: Positive = 5.0
+
+
+class AgoraSettings(_Frozen):
+    base_url: BaseUrls
+    rate_limit: Positive = 8.0  # acquires per second for all replicas together
+    timeout: Annotated[SFloat, _check(lambda t: 0 < t <= 60, "must be greater than 0 and at most 60")] = 10.0
+    max_in_flight: AtLeastOne = 10  # per account, per replica
+    account: Name = "default"
+
+
+class PoolConfig(_Frozen):
+    name: Name
+    appid: Annotated[SStr, _check(_HEX32.fullmatch, "must be 32 hexadecimal characters")]
+    cname: SStr | None = None
+    cnames: Cnames | None = None
+    uid: Uid | None = None
+    uid_range: UidRange | None = None
+    scene: Annotated[SInt, _check(lambda s: s in (0, 1, 2), "must be 0, 1 (web page recording) or 2")] = 0
+    region: Literal["CN", "AP", "EU", "NA"] | None = None
+    resource_expired_hour: Annotated[SInt, _check(lambda h: 1 <= h <= 720, "must be 1 to 720")] | None = None
+    size: Annotated[SInt, _check(lambda n: n >= 0, "must be 0 or more")] = 0
+    # Seconds an entry is offered, counted from sending its acquire; Agora's IDs live five minutes.
+    max_age: Annotated[SFloat, _check(lambda a: 0 < a < 300, "must be greater than 0 and below 300")] = 270.0
+    max_in_flight: AtLeastOne = 5  # across replicas
+    start_parameter: Annotated[dict[str, Any], AfterValidator(_json_only)] | None = None
+    exclude_resource_ids: tuple[Annotated[SStr, _check(bool, "must not be empty")], ...] | None = None
+    region_affinity: Annotated[SInt, _check(lambda r: 0 <= r <= 4, "must be 0 to 4")] | None = None
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _rules(cls, data: Any, handler: ValidatorFunctionWrapHandler) -> Any:
+        return _with_rules(cls, data, handler, _pool_rules)
+
+    @property
+    def is_template(self) -> bool:
+        return self.scene == 1 and self.cname is not None and bool(_PLACEHOLDER.search(self.cname))
+
+    @property
+    def slots(self) -> tuple[str, ...]:
+        """The channels the pool keeps `size` entries ready for; "" is the one slot of a template."""
+        if self.cnames is not None:
+            return self.cnames
+        return ("",) if self.is_template else (str(self.cname),)
+
+    def expand_cname(self) -> str:
+        """The literal cname, or a fresh label from the template."""
+        if self.cname is None:
+            raise ValueError(f"pool {self.name!r} lists several cnames: pick one of its slots")
+        if not self.is_template:
+            return self.cname
+        fresh = {"uuid": lambda: uuid.uuid4().hex, "n": lambda: str(secrets.randbelow(10**10))}
+        return _PLACEHOLDER.sub(lambda m: fresh[m.group(1)](), self.cname)
+
+    def client_request(self) -> dict[str, object]:
+        """Agora's `clientRequest`, holding only what is set (scene only when not 0)."""
+        fields: dict[str, object] = {
+            "region": self.region,
+            "resourceExpiredHour": self.resource_expired_hour,
+            "scene": self.scene or None,
+            "startParameter": copy.deepcopy(self.start_parameter),
+            "excludeResourceIds": None if self.exclude_resource_ids is None else list(self.exclude_resource_ids),
+            "regionAffinity": self.region_affinity,
+        }
+        return {key: value for key, value in fields.items() if value is not None}
+
+
+def _exactly_one(v: dict[str, Any], first: str, second: str) -> list[Problem]:
+    if first not in v or second not in v:
+        return []  # one of them is already reported as invalid
+    given = (v[first] is not None) + (v[second] is not None)
+    if given == 1:
+        return []
+    return [((first,), f"give exactly one of {first} or {second} ({'both' if given else 'neither'} given)", None)]
+
+
+def _cname_problems(loc: Loc, name: str, scene: int, template_allowed: bool) -> list[Problem]:
+    placeholders = _PLACEHOLDER.findall(name)
+    if scene == 1:
+        unknown = [p for p in placeholders if p not in _EXPANSION_BYTES]
+        if placeholders and not template_allowed:
+            why = "templates are not allowed in cnames; give one template as cname instead"
+        elif unknown:
+            why = f"unknown placeholder {{{unknown[0]}}}; only {{uuid}} and {{n}} are allowed"
+        elif "{" in (rest := _PLACEHOLDER.sub("", name)) or "}" in rest:
+            why = "has an unmatched brace; a template uses {uuid} or {n}"
+        elif not 0 < (size := len(rest.encode()) + sum(_EXPANSION_BYTES[p] for p in placeholders)) <= 128:
+            why = f"label must be 1 to 128 bytes (is {size} bytes at its longest)"
+        else:
+            return []
+    elif used := [p for p in placeholders if p in _EXPANSION_BYTES]:
+        why = f"{{{used[0]}}} makes a template, which needs scene 1 (web page recording), not scene {scene}"
+    elif not 0 < (size := len(name.encode())) < 64:
+        why = f"must be 1 to 63 bytes for scene {scene} (is {size})"
+    elif bad := "".join(dict.fromkeys(c for c in name if not _CHANNEL_CHAR.fullmatch(c))):
+        why = f"has characters Agora refuses in a channel name: {_show(bad)}"
+    else:
+        return []
+    return [(loc, f"{why} (got {_show(name)})", name)]
+
+
+def _pool_rules(v: dict[str, Any], _raw: Mapping[str, Any]) -> list[Problem]:
+    problems = _exactly_one(v, "cname", "cnames") + _exactly_one(v, "uid", "uid_range")
+    scene = v.get("scene")
+    if isinstance(scene, int):
+        if isinstance(v.get("cname"), str):
+            problems += _cname_problems(("cname",), v["cname"], scene, template_allowed=True)
+        for i, name in enumerate(v.get("cnames") or ()):
+            problems += _cname_problems(("cnames", i), name, scene, template_allowed=False)
+    if v.get("uid_range") is not None and all(k in v for k in ("size", "max_in_flight", "cnames")):
+        lo, hi = v["uid_range"]
+        channels = len(v["cnames"] or ())
+        live = v["size"] * max(channels, 1) + v["max_in_flight"]
+        if hi - lo + 1 < live:
+            per = f"size {v['size']} x {channels} cnames" if channels else f"size {v['size']}"
+            why = f"holds {hi - lo + 1} uids but the pool can have {live} live entries ({per} + max_in_flight"
+            problems.append((("uid_range",), f"{why} {v['max_in_flight']}) (got {_show([lo, hi])})", [lo, hi]))
+    return problems
+
+
+class Config(_Frozen):
+    redis: RedisSettings = Field(default_factory=RedisSettings)
+    agora: AgoraSettings
+    pools: Annotated[tuple[PoolConfig, ...], _check(len, "at least one [[pools]] table is required", show=False)] = (
+        Field(default=(), validate_default=True)
+    )
+    warnings: tuple[str, ...] = ()  # filled by the loader, never read from the file
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _rules(cls, data: Any, handler: ValidatorFunctionWrapHandler) -> Any:
+        return _with_rules(cls, data, handler, _unique_pool_names)
+
+
+def _unique_pool_names(_v: dict[str, Any], raw: Mapping[str, Any]) -> list[Problem]:
+    # Read from the raw tables, so a duplicate is reported even beside a pool with other problems.
+    pools = raw.get("pools")
+    names = [
+        p.get("name") if isinstance(p, Mapping) else getattr(p, "name", None)
+        for p in (pools if isinstance(pools, list | tuple) else ())
+    ]
+    return [
+        (("pools", i, "name"), f"duplicate pool name {_show(name)} (also pools[{names.index(name)}])", name)
+        for i, name in enumerate(names)
+        if isinstance(name, str) and names.index(name) < i
+    ]
+
+
+class Credentials(_Frozen):
+    """One Agora account's customer ID and secret; the secret's repr and str are redacted."""
+
+    customer_id: str
+    customer_secret: SecretStr
+
+    def basic_auth(self) -> tuple[str, str]:
+        return self.customer_id, self.customer_secret.get_secret_value()
+
+
+_MESSAGES = {
+    "missing": "required",
+    "extra_forbidden": "unknown field",
+    "int_type": "must be an integer",
+    "float_type": "must be a number",
+    "string_type": "must be a string",
+    "bool_type": "must be true or false",
+    "tuple_type": "must be a list",
+    "list_type": "must be a list",
+    "dict_type": "must be a table",
+    "model_type": "must be a table",
+}
+
+
+def _problem(error: ErrorDetails) -> str:
+    path = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in error["loc"]).lstrip(".")
+    kind, value = error["type"], error["input"]
+    message = _MESSAGES.get(kind) or re.sub(r"^(Input|Tuple|List) should (be|have)", r"must \2", error["msg"])
+    message = message.removeprefix("Value error, ").replace(" after validation", "")
+    # Our own rules already name the value where it helps (and never name a URL that may hold a password).
+    if kind not in ("value_error", "rule", "missing", "extra_forbidden") and isinstance(value, str | int | float):
+        message += f" (got {_show(value)})"
+    return f"{path or 'config'}: {message}"
+
+
+def _warnings(config: Config) -> tuple[str, ...]:
+    found = []
+    if config.agora.rate_limit > AGORA_DEFAULT_RATE:
+        found.append(
+            f"agora.rate_limit: {_show(config.agora.rate_limit)} is above Agora's default 10/s quota; "
+            "make sure Agora raised it for this account"
+        )
+    for i, pool in enumerate(config.pools):
+        field, top = ("uid", int(pool.uid)) if pool.uid else ("uid_range", pool.uid_range[1] if pool.uid_range else 0)
+        if top > UID_WARN_ABOVE:
+            found.append(
+                f"pools[{i}].{field}: {top} is above 2^31-1; Agora has been seen to reject such uids with code 2"
+            )
+    return tuple(found)
+
+
+def parse_config(data: Mapping[str, object], *, source: str = "<config>") -> Config:
+    """Validate parsed TOML; raises ConfigError listing every problem, or returns a Config with its warnings."""
+    if not isinstance(data, Mapping):
+        raise ConfigError([f"{source}: must be a table of settings (got {type(data).__name__})"])
+    problems = ["warnings: unknown field"] if "warnings" in data else []
+    try:
+        config = Config.model_validate({key: value for key, value in data.items() if key != "warnings"})
+    except ValidationError as exc:
+        problems += [_problem(error) for error in exc.errors()]
+    if problems:
+        raise ConfigError(list(dict.fromkeys(problems)))
+    return config.model_copy(update={"warnings": _warnings(config)})
+
+
+def load_config(path: str | os.PathLike[str]) -> Config:
+    """Read and validate a TOML file; raises ConfigError naming the file for unreadable or malformed TOML."""
+    name = os.fspath(path)
+    try:
+        text = Path(name).read_bytes().decode("utf-8")
+    except FileNotFoundError:
+        raise ConfigError([f"{name}: file not found"]) from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError([f"{name}: not UTF-8 text (bad byte at offset {exc.start})"]) from None
+    except OSError as exc:
+        raise ConfigError([f"{name}: cannot read ({exc.strerror})"]) from None
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        where = re.search(r" \(at line (\d+), column (\d+)\)$", str(exc))
+        if where:
+            reason = str(exc)[: where.start()]
+            raise ConfigError([f"{name}: invalid TOML at line {where[1]}, column {where[2]}: {reason}"]) from None
+        raise ConfigError([f"{name}: invalid TOML: {exc}"]) from None
+    return parse_config(data, source=name)
+
+
+def load_credentials(environ: Mapping[str, str] = os.environ) -> Credentials:
+    """The Agora account from AGORA_CUSTOMER_ID / AGORA_CUSTOMER_SECRET; no message ever holds their values."""
+    problems = []
+    for var, what in (("AGORA_CUSTOMER_ID", "customer ID"), ("AGORA_CUSTOMER_SECRET", "customer secret")):
+        value = environ.get(var, "")
+        if not value:
+            problems.append(f"{var}: not set or empty; export the Agora account's {what} (Agora console, RESTful API)")
+        elif value != value.strip():
+            problems.append(f"{var}: has leading or trailing whitespace; remove it")
+    if ":" in environ.get("AGORA_CUSTOMER_ID", ""):
+        problems.append("AGORA_CUSTOMER_ID: must not contain ':' (it is the user name of HTTP Basic auth)")
+    if problems:
+        raise ConfigError(problems)
+    return Credentials(
+        customer_id=environ["AGORA_CUSTOMER_ID"], customer_secret=SecretStr(environ["AGORA_CUSTOMER_SECRET"])
+    )

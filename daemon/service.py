@@ -1,0 +1,211 @@
+"""The daemon: wires config, Redis, the Agora client, the budget and the refiller, and runs them on APScheduler.
+
+APScheduler is only a local ticker (refill rounds, heartbeat, metadata); every replica is the same and all
+coordination happens in Redis, so replicas can be added or killed at any time. Redis outages slow the daemon
+down (jobs skip with a growing backoff) and never stop it; when Redis comes back, empty or not, the function
+library is loaded again on first use and the pools' metadata republished.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import time
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import httpx
+import redis.asyncio
+import structlog
+from apscheduler.schedulers.asyncio import AsyncIOScheduler
+
+from daemon import planner
+from daemon.agora import AcquireClient
+from daemon.clock import ServerClock
+from daemon.config import Config, Credentials
+from daemon.limiter import Budget
+from daemon.refill import Refiller
+from pool import keys as keyspace
+from pool.errors import PoolUnavailable
+from pool.meta import PoolMeta, apublish
+
+log = structlog.get_logger("ridpool.daemon")
+VERSION = "0.1.0"
+
+
+@dataclass(frozen=True, slots=True)
+class Timing:
+    """Every interval the daemon keeps; tests shrink them instead of sleeping."""
+
+    tick: float = 1.0  # between refill rounds
+    heartbeat: float = 2.0  # a replica is shown live for 3 heartbeats after its last
+    publish: float = 10.0  # republishing pool metadata (restores it after Redis lost it)
+    grace: float = 3.0  # at shutdown, how long in-flight acquires may still finish
+    backoff_scale: float = 1.0  # scales Agora's 1 s / 3 s / 6 s retry backoff
+    redis_backoff_cap: float = 8.0  # longest pause between attempts to reach a Redis that is down
+
+
+class Daemon:
+    def __init__(
+        self,
+        config: Config,
+        credentials: Credentials,
+        *,
+        timing: Timing | None = None,
+        replica_id: str | None = None,
+        http: httpx.AsyncClient | None = None,
+    ) -> None:
+        self.config = config
+        self.timing = timing or Timing()
+        self.replica_id = replica_id or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        self.prefix = config.redis.key_prefix
+        self.redis = redis.asyncio.Redis.from_url(
+            config.redis.url,
+            socket_timeout=config.redis.socket_timeout,
+            socket_connect_timeout=config.redis.socket_timeout,
+            health_check_interval=30,
+        )
+        self.http = http or httpx.AsyncClient(
+            timeout=httpx.Timeout(config.agora.timeout, connect=min(5.0, config.agora.timeout)),
+            limits=httpx.Limits(max_connections=config.agora.max_in_flight * 2, keepalive_expiry=30),
+        )
+        self.clock = ServerClock()
+        self.budget = Budget(
+            self.redis, keyspace.account_keys(self.prefix, config.agora.account), config.agora.rate_limit
+        )
+        self.refiller = Refiller(
+            self.redis,
+            config,
+            AcquireClient(self.http, config.agora.base_url, credentials, backoff_scale=self.timing.backoff_scale),
+            self.budget,
+            self.clock,
+            replica_id=self.replica_id,
+            lease_seconds=planner.lease_seconds(config.agora.timeout, self.timing.backoff_scale),
+        )
+        self.started_at = time.time()
+        self.redis_down_since: float | None = None
+        self.redis_retry_at = 0.0
+        self.redis_failures = 0
+
+    # -- jobs ----------------------------------------------------------------------------------------------
+
+    async def _guarded(self, name: str, job: Any) -> None:
+        """Run one job; Redis trouble pauses the jobs with backoff, anything else is logged, never fatal."""
+        if self.redis_down_since is not None and time.monotonic() < self.redis_retry_at:
+            return
+        try:
+            await job()
+        except PoolUnavailable as exc:
+            self._redis_failed(exc)
+            return
+        except Exception as exc:
+            log.error("daemon.job_failed", job=name, error=f"{type(exc).__name__}: {exc}")
+            return
+        if self.redis_down_since is not None:
+            log.info("redis.recovered", down_seconds=round(time.monotonic() - self.redis_down_since, 1))
+            self.redis_down_since, self.redis_failures = None, 0
+            await self._guarded("publish", self.publish)  # an empty Redis after a restart lost the metadata
+
+    def _redis_failed(self, exc: PoolUnavailable) -> None:
+        self.redis_failures += 1
+        pause = min(self.timing.redis_backoff_cap, 0.25 * 2 ** (self.redis_failures - 1))
+        self.redis_retry_at = time.monotonic() + pause
+        if self.redis_down_since is None:
+            self.redis_down_since = time.monotonic()
+            log.error("redis.unavailable", error=str(exc), retry_in=pause)
+
+    async def refill(self) -> None:
+        await self.refiller.round()
+
+    async def publish(self) -> None:
+        await self.clock.sync(self.redis)
+        now = self.clock.server_ms(time.monotonic())
+        try:
+            for pool in self.config.pools:
+                meta = PoolMeta(
+                    pool.name, pool.appid, None if pool.is_template else pool.slots, pool.size, pool.max_age, now
+                )
+                await apublish(self.redis, keyspace.pool_keys(self.prefix, pool.name), meta)
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            raise PoolUnavailable(f"Redis unavailable while publishing metadata: {exc}") from None
+
+    async def heartbeat(self) -> None:
+        await self.clock.sync(self.redis)
+        now = self.clock.server_ms(time.monotonic())
+        ttl_ms = round(self.timing.heartbeat * 3 * 1000)
+        info = {
+            "host": socket.gethostname(),
+            "pid": str(os.getpid()),
+            "version": VERSION,
+            "started_at": datetime.fromtimestamp(self.started_at, UTC).isoformat(timespec="seconds"),
+            "pools": ",".join(p.name for p in self.config.pools),
+            "in_flight": str(len(self.refiller.tasks)),
+            "granted": str(self.budget.granted),
+        }
+        try:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                pipe.zadd(keyspace.replicas(self.prefix), {self.replica_id: now})
+                pipe.zremrangebyscore(keyspace.replicas(self.prefix), "-inf", now - 10 * ttl_ms)
+                pipe.hset(keyspace.replica(self.prefix, self.replica_id), mapping=info)  # type: ignore[arg-type]
+                pipe.pexpire(keyspace.replica(self.prefix, self.replica_id), ttl_ms)
+                await pipe.execute()
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            raise PoolUnavailable(f"Redis unavailable for the heartbeat: {exc}") from None
+
+    # -- life cycle ----------------------------------------------------------------------------------------
+
+    async def run(self, stop: asyncio.Event) -> int:
+        """Run until `stop` is set; returns the number of acquires abandoned at shutdown."""
+        log.info(
+            "daemon.started",
+            replica=self.replica_id,
+            pools=[p.name for p in self.config.pools],
+            rate_limit=self.config.agora.rate_limit,
+            hosts=list(self.config.agora.base_url),
+        )
+        for warning in self.config.warnings:
+            log.warning("config.warning", warning=warning)
+        scheduler = AsyncIOScheduler(timezone=UTC)
+        now = datetime.now(UTC)
+        jobs = (
+            ("publish", self.publish, self.timing.publish),
+            ("heartbeat", self.heartbeat, self.timing.heartbeat),
+            ("refill", self.refill, self.timing.tick),
+        )
+        for name, job, every in jobs:
+            scheduler.add_job(
+                self._guarded,
+                "interval",
+                args=(name, job),
+                seconds=every,
+                id=name,
+                next_run_time=now,
+                max_instances=1,
+                coalesce=True,
+                misfire_grace_time=None,
+            )
+        scheduler.start()
+        try:
+            await stop.wait()
+        finally:
+            log.info("daemon.stopping", replica=self.replica_id, in_flight=len(self.refiller.tasks))
+            scheduler.shutdown(wait=False)
+            abandoned = await self.refiller.stop(self.timing.grace)
+            await self._leave()
+            await self.http.aclose()
+            await self.redis.aclose()
+            log.info("daemon.stopped", replica=self.replica_id, abandoned=abandoned)
+        return abandoned
+
+    async def _leave(self) -> None:
+        """Take this replica off the live list at once rather than letting its heartbeat lapse."""
+        try:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                pipe.zrem(keyspace.replicas(self.prefix), self.replica_id)
+                pipe.delete(keyspace.replica(self.prefix, self.replica_id))
+                await asyncio.wait_for(pipe.execute(), 1.0)
+        except (redis.RedisError, TimeoutError):
+            pass
