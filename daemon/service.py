@@ -9,6 +9,7 @@ library is loaded again on first use and the pools' metadata republished.
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import socket
 import time
@@ -28,6 +29,7 @@ from daemon.clock import ServerClock
 from daemon.config import Config, Credentials
 from daemon.limiter import Budget
 from daemon.refill import Refiller
+from pool import functions
 from pool import keys as keyspace
 from pool.errors import PoolUnavailable
 from pool.meta import PoolMeta, apublish
@@ -64,9 +66,9 @@ class Daemon:
         self.prefix = config.redis.key_prefix
         self.redis = redis.asyncio.Redis.from_url(
             config.redis.url,
-            socket_timeout=config.redis.socket_timeout,
-            socket_connect_timeout=config.redis.socket_timeout,
-            health_check_interval=30,
+            **functions.connection_defaults(
+                {"socket_timeout": config.redis.socket_timeout, "health_check_interval": 30}, asyncio=True
+            ),
         )
         self.http = http or httpx.AsyncClient(
             timeout=httpx.Timeout(config.agora.timeout, connect=min(5.0, config.agora.timeout)),
@@ -168,6 +170,9 @@ class Daemon:
         )
         for warning in self.config.warnings:
             log.warning("config.warning", warning=warning)
+        # A refill round that outlasts its tick is normal (it waits for the budget); APScheduler would warn on
+        # every skipped tick.
+        logging.getLogger("apscheduler").setLevel(logging.ERROR)
         scheduler = AsyncIOScheduler(timezone=UTC)
         now = datetime.now(UTC)
         jobs = (

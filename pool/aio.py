@@ -24,9 +24,9 @@ class AsyncPoolClient:
 
     @classmethod
     def from_url(cls, url: str, *, prefix: str = "ridpool", **kwargs: Any) -> AsyncPoolClient:
-        kwargs.setdefault("socket_timeout", 5.0)
-        kwargs.setdefault("socket_connect_timeout", 5.0)
-        return cls(redis.asyncio.Redis.from_url(url, **kwargs), prefix=prefix)
+        return cls(
+            redis.asyncio.Redis.from_url(url, **functions.connection_defaults(kwargs, asyncio=True)), prefix=prefix
+        )
 
     async def pop(self, pool: str, *, cname: str | None = None, min_ttl: float = 0.0, wait: float = 0.0) -> Entry:
         """See `PoolClient.pop`."""

@@ -32,9 +32,7 @@ class PoolClient:
 
     @classmethod
     def from_url(cls, url: str, *, prefix: str = "ridpool", **kwargs: Any) -> PoolClient:
-        kwargs.setdefault("socket_timeout", 5.0)
-        kwargs.setdefault("socket_connect_timeout", 5.0)
-        return cls(redis.Redis.from_url(url, **kwargs), prefix=prefix)
+        return cls(redis.Redis.from_url(url, **functions.connection_defaults(kwargs, asyncio=False)), prefix=prefix)
 
     def pop(self, pool: str, *, cname: str | None = None, min_ttl: float = 0.0, wait: float = 0.0) -> Entry:
         """Take the oldest entry with at least `min_ttl` seconds left, waiting up to `wait` seconds for one.

@@ -217,7 +217,7 @@ def _subject(call: Call) -> str:
 
 def unavailable(exc: Exception, where: str) -> PoolUnavailable:
     """The error a caller sees when Redis cannot be reached: never confused with an empty pool."""
-    return PoolUnavailable(f"Redis at {where} is unavailable ({type(exc).__name__}: {exc}); nothing was popped")
+    return PoolUnavailable(f"Redis at {where} is unavailable ({type(exc).__name__}: {exc})")
 
 
 def _where(client: redis.Redis | redis.asyncio.Redis) -> str:
@@ -225,6 +225,24 @@ def _where(client: redis.Redis | redis.asyncio.Redis) -> str:
     if "path" in kwargs:
         return str(kwargs["path"])
     return f"{kwargs.get('host', '?')}:{kwargs.get('port', '?')}"
+
+
+def connection_defaults(kwargs: dict[str, Any], *, asyncio: bool) -> dict[str, Any]:
+    """Client settings for a starter: fail within about a second when Redis is down, and retry a command once
+    its connection turns out stale (after a Redis restart), pipelines included.
+
+    A pop retried after a lost reply may take a second entry and waste the first; it can never hand one out twice.
+    """
+    from redis.asyncio.retry import Retry as AsyncRetry
+    from redis.backoff import ExponentialWithJitterBackoff
+    from redis.retry import Retry
+
+    kwargs.setdefault("socket_timeout", 5.0)
+    kwargs.setdefault("socket_connect_timeout", 2.0)
+    backoff = ExponentialWithJitterBackoff(base=0.05, cap=0.5)
+    kwargs.setdefault("retry", AsyncRetry(backoff, 3) if asyncio else Retry(backoff, 3))
+    kwargs.setdefault("retry_on_error", [redis.ConnectionError, redis.TimeoutError])
+    return kwargs
 
 
 def load_library(client: redis.Redis) -> None:
