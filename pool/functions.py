@@ -16,6 +16,9 @@ from typing import Any
 
 import redis
 import redis.asyncio
+from redis.asyncio.retry import Retry as AsyncRetry
+from redis.backoff import ExponentialWithJitterBackoff
+from redis.retry import Retry
 
 from pool.entry import Entry, encode
 from pool.errors import (
@@ -233,10 +236,6 @@ def connection_defaults(kwargs: dict[str, Any], *, asyncio: bool) -> dict[str, A
 
     A pop retried after a lost reply may take a second entry and waste the first; it can never hand one out twice.
     """
-    from redis.asyncio.retry import Retry as AsyncRetry
-    from redis.backoff import ExponentialWithJitterBackoff
-    from redis.retry import Retry
-
     kwargs.setdefault("socket_timeout", 5.0)
     kwargs.setdefault("socket_connect_timeout", 2.0)
     backoff = ExponentialWithJitterBackoff(base=0.05, cap=0.5)

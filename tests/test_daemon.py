@@ -9,6 +9,7 @@ import pytest
 import redis
 from structlog.testing import capture_logs
 
+from daemon.config import Credentials
 from daemon.simulator import Faults, Simulator
 from pool import AsyncPoolClient, PoolEmpty
 from pool.keys import account_keys, pool_keys
@@ -92,8 +93,6 @@ async def test_a_wrong_secret_marks_the_pool_in_error_and_does_not_hammer_agora(
     redis_url: str, sim: Simulator, aclient: AsyncPoolClient
 ) -> None:
     """A 401 is not retried: the pool shows state error with Agora's reason, and attempts are held back."""
-    from daemon.config import Credentials
-
     wrong = Credentials(customer_id=CUSTOMER_ID, customer_secret="wrong-secret")  # type: ignore[arg-type]
     config = make_config(redis_url, sim.url, web_pool(3))
     async with running(config, credentials=wrong):
