@@ -1,0 +1,116 @@
+"""The `ridpool` command as an operator runs it: real processes, real Redis, the simulator over HTTP."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import redis
+import yaml
+
+from daemon.cli import build_parser
+from daemon.simulator import Simulator
+from pool import PoolClient
+from pool.keys import pool_keys
+from tests.conftest import PREFIX
+from tests.daemonkit import CUSTOMER_ID, SECRET
+from tests.poolkit import fill, publish_pool
+from tests.servers import wait_for
+
+pytestmark = pytest.mark.integration
+ROOT = Path(__file__).parent.parent
+RIDPOOL = [sys.executable, "-m", "daemon.cli"]
+
+
+def ridpool(*args: str, env: dict[str, str] | None = None, timeout: float = 30) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*RIDPOOL, *args], capture_output=True, text=True, timeout=timeout, cwd=ROOT, env={**os.environ, **(env or {})}
+    )
+
+
+def test_check_config_accepts_the_example_config() -> None:
+    """config/example.toml (the issue's file as written) validates with exit 0."""
+    done = ridpool("check-config", "-c", "config/example.toml")
+    assert done.returncode == 0, done.stderr
+    assert "web (1x20)" in done.stdout and "rooms (3x3)" in done.stdout
+
+
+def test_pop_prints_one_json_object_with_what_start_needs(r: redis.Redis, redis_url: str) -> None:
+    """`ridpool pop` prints resourceId, appid, cname, uid (a string), pool and expiresIn, exit 0."""
+    publish_pool(r, PREFIX, "rooms", cnames=("room-1", "room-2"))
+    [entry] = fill(r, PREFIX, "rooms", 1, cname="room-2", named=True)
+    done = ridpool("pop", "rooms", "--cname", "room-2", "--min-ttl", "5", "--redis-url", redis_url, "--prefix", PREFIX)
+    assert done.returncode == 0, done.stderr
+    out = json.loads(done.stdout)
+    assert out["resourceId"] == entry.resource_id and out["cname"] == "room-2" and out["uid"] == entry.uid
+    assert out["appid"] == entry.appid and out["pool"] == "rooms" and 0 < out["expiresIn"] <= 200
+
+
+def test_status_shows_pools_and_counters_as_table_and_json(r: redis.Redis, redis_url: str) -> None:
+    """`ridpool status` reads every published pool: size against target, pops, state; --json for machines."""
+    publish_pool(r, PREFIX, "web", size=4)
+    fill(r, PREFIX, "web", 3, life=270)
+    PoolClient(redis.Redis.from_url(redis_url), prefix=PREFIX).pop("web")
+    table = ridpool("status", "--redis-url", redis_url, "--prefix", PREFIX)
+    assert table.returncode == 0, table.stderr
+    assert "web" in table.stdout and "2/4" in table.stdout and "live replicas: none" in table.stdout
+    data = json.loads(ridpool("status", "--json", "--redis-url", redis_url, "--prefix", PREFIX).stdout)
+    [web] = data["pools"]
+    assert (web["size"], web["target"], web["pops"], web["state"]) == (2, 4, 1, "ok")
+
+
+def test_ridpool_run_fills_pools_and_exits_0_within_5_s_of_sigterm(
+    tmp_path: Path, redis_url: str, r: redis.Redis
+) -> None:
+    """The daemon as a process: fills its pool, logs JSON events without the secret, SIGTERM ends it cleanly."""
+    with Simulator(customer_id=CUSTOMER_ID, customer_secret=SECRET) as sim:
+        config = tmp_path / "ridpool.toml"
+        config.write_text(
+            f'[redis]\nurl = "{redis_url}"\nkey_prefix = "{PREFIX}"\n[agora]\nbase_url = "{sim.url}"\n'
+            'rate_limit = 10\n[[pools]]\nname = "web"\nappid = "0123456789abcdef0123456789abcdef"\n'
+            'cname = "web-{uuid}"\nuid = "527841"\nscene = 1\nsize = 5\n'
+        )
+        env = {**os.environ, "AGORA_CUSTOMER_ID": CUSTOMER_ID, "AGORA_CUSTOMER_SECRET": SECRET}
+        proc = subprocess.Popen(
+            [*RIDPOOL, "run", "-c", str(config)],
+            cwd=ROOT,
+            env=env,
+            text=True,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        try:
+            queue = pool_keys(PREFIX, "web").queue(None)
+            wait_for(lambda: r.zcard(queue) == 5, timeout=20, what="the daemon to fill web")
+            proc.send_signal(signal.SIGTERM)
+            started = time.monotonic()
+            out, err = proc.communicate(timeout=10)
+            took = time.monotonic() - started
+        finally:
+            proc.kill()
+    assert proc.returncode == 0 and took < 5, (proc.returncode, took, err[-2000:])
+    events = [json.loads(line)["event"] for line in err.splitlines() if line.startswith("{")]
+    assert {"daemon.started", "refill.stored", "daemon.stopping", "daemon.stopped"} <= set(events)
+    assert SECRET not in out + err and "Traceback" not in err
+
+
+def test_compose_runs_commands_the_cli_really_has() -> None:
+    """docker-compose.yml parses, runs Redis, the daemon and (demo profile) the simulator with real subcommands."""
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    services = compose["services"]
+    assert {"redis", "ridpool", "simulator"} <= set(services)
+    assert services["simulator"]["profiles"] == ["demo"]
+    parser = build_parser()
+    for name in ("ridpool", "simulator"):
+        args = parser.parse_args(services[name]["command"])
+        assert args.command in ("run", "simulate")
+    config_path = services["ridpool"]["command"][-1].removeprefix("/app/")
+    assert ridpool("check-config", "-c", config_path).returncode == 0
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    assert 'ENTRYPOINT ["ridpool"]' in dockerfile
