@@ -30,7 +30,13 @@ RIDPOOL = [sys.executable, "-m", "daemon.cli"]
 
 def ridpool(*args: str, env: dict[str, str] | None = None, timeout: float = 30) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [*RIDPOOL, *args], capture_output=True, text=True, timeout=timeout, cwd=ROOT, env={**os.environ, **(env or {})}
+        [*RIDPOOL, *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=ROOT,
+        check=False,
+        env={**os.environ, **(env or {})},
     )
 
 
