@@ -1,1 +1,0 @@
-"""ridpool's benchmarks: `python -m benchmarks.run [--quick]` measures and writes docs/benchmarks.md."""
