@@ -37,22 +37,21 @@ _EXITS: list[tuple[type[RidpoolError], int]] = [
 ]
 
 
-def _seconds(name: str, upper: float) -> Callable[[str], float]:
+def _number(name: str, low: float, high: float, *, high_included: bool = False) -> Callable[[str], float]:
+    """An argparse type for a finite number in [low, high) (or [low, high]) whose error names the option."""
+    bound = f"from {low:g} to {high:g}" if high_included else f"from {low:g} to below {high:g}"
+
     def parse(text: str) -> float:
         try:
             value = float(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"{name} must be a number of seconds, got {text!r}") from None
-        if not (math.isfinite(value) and 0 <= value < upper):
-            raise argparse.ArgumentTypeError(f"{name} must be from 0 to below {upper:g} seconds, got {text!r}")
+            raise argparse.ArgumentTypeError(f"{name} must be a number, got {text!r}") from None
+        inside = low <= value <= high if high_included else low <= value < high
+        if not (math.isfinite(value) and inside):
+            raise argparse.ArgumentTypeError(f"{name} must be {bound}, got {text!r}")
         return value
 
     return parse
-
-
-def _probability(text: str) -> float:
-    value = _seconds("a probability", 1.0000001)(text)
-    return value
 
 
 def _redis_source(parser: argparse.ArgumentParser, required: bool) -> None:
@@ -77,8 +76,10 @@ def build_parser() -> argparse.ArgumentParser:
     pop = sub.add_parser("pop", help="pop one entry and print it as JSON")
     pop.add_argument("pool")
     pop.add_argument("--cname", help="the channel to record (pools of named channels need it)")
-    pop.add_argument("--min-ttl", type=_seconds("--min-ttl", 300), default=0.0, help="least life left, seconds")
-    pop.add_argument("--wait", type=_seconds("--wait", 300.0001), default=0.0, help="block up to S seconds")
+    pop.add_argument("--min-ttl", type=_number("--min-ttl", 0, 300), default=0.0, help="least life left, seconds")
+    pop.add_argument(
+        "--wait", type=_number("--wait", 0, 300, high_included=True), default=0.0, help="block up to S seconds"
+    )
     _redis_source(pop, required=True)
 
     status = sub.add_parser("status", help="pools, counters and live replicas")
@@ -89,17 +90,22 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--host", default="127.0.0.1")
     sim.add_argument("--port", type=int, default=8080)
     sim.add_argument("--rate-limit", type=int, default=10, help="requests per second per customer (Agora: 10)")
-    sim.add_argument("--latency", type=_seconds("--latency", 60), default=0.0, help="mean added latency, s")
-    sim.add_argument("--jitter", type=_seconds("--jitter", 60), default=0.0, help="+- latency jitter, s")
+    sim.add_argument("--latency", type=_number("--latency", 0, 60), default=0.0, help="mean added latency, s")
+    sim.add_argument("--jitter", type=_number("--jitter", 0, 60), default=0.0, help="+- latency jitter, s")
     for fault in ("5xx", "timeout", "malformed", "429", "overload"):
-        sim.add_argument(f"--p-{fault}", type=_probability, default=0.0, help=f"probability of a {fault} answer")
+        sim.add_argument(
+            f"--p-{fault}",
+            type=_number(f"--p-{fault}", 0, 1, high_included=True),
+            default=0.0,
+            help=f"probability of a {fault} answer",
+        )
     sim.add_argument("--seed", type=int, default=None)
 
     demo = sub.add_parser("demo", help="Redis + simulator + daemon, pools filling and pops, live")
     demo.add_argument("--redis-url", help="use this Redis instead of starting redis-server on a free port")
     demo.add_argument(
         "--duration",
-        type=_seconds("--duration", 86400),
+        type=_number("--duration", 0, 86400),
         default=None,
         help="stop after S seconds (default: until Ctrl-C)",
     )

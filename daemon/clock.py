@@ -25,7 +25,7 @@ class ServerClock:
         try:
             seconds, micros = await client.time()
         except (redis.ConnectionError, redis.TimeoutError) as exc:
-            raise functions.unavailable(exc, functions._where(client)) from None
+            raise functions.unavailable(exc, functions.where(client)) from None
         self.offset_ms = seconds * 1000 + micros / 1000 - self.monotonic() * 1000
 
     def server_ms(self, monotonic: float) -> int:

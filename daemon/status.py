@@ -42,7 +42,7 @@ def gather(client: PoolClient, pools: Sequence[str] | None = None) -> Status:
             if info:  # the hash expires with the heartbeat: an empty one is a replica that stopped or died
                 replicas.append(Replica(rid, info))
     except (redis.ConnectionError, redis.TimeoutError) as exc:
-        raise functions.unavailable(exc, functions._where(client.redis)) from None
+        raise functions.unavailable(exc, functions.where(client.redis)) from None
     return Status(stats, replicas)
 
 

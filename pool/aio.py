@@ -49,7 +49,7 @@ class AsyncPoolClient:
         try:
             await self.redis.blpop([key], timeout=max(seconds, 0.01))
         except (redis.ConnectionError, redis.TimeoutError) as exc:
-            raise functions.unavailable(exc, functions._where(self.redis)) from None
+            raise functions.unavailable(exc, functions.where(self.redis)) from None
 
     async def stats(self, pool: str) -> stats.PoolStats:
         keys = pool_keys(self.prefix, pool)
@@ -57,14 +57,14 @@ class AsyncPoolClient:
             first = await self._pipeline(stats.first_round(keys))
             second = await self._pipeline(stats.second_round(keys, first))
         except (redis.ConnectionError, redis.TimeoutError) as exc:
-            raise functions.unavailable(exc, functions._where(self.redis)) from None
+            raise functions.unavailable(exc, functions.where(self.redis)) from None
         return stats.build(keys, first, second)
 
     async def pools(self) -> list[str]:
         try:
             names = await self.redis.smembers(registry(self.prefix))
         except (redis.ConnectionError, redis.TimeoutError) as exc:
-            raise functions.unavailable(exc, functions._where(self.redis)) from None
+            raise functions.unavailable(exc, functions.where(self.redis)) from None
         return sorted(n.decode() if isinstance(n, bytes) else str(n) for n in names)
 
     async def _pipeline(self, commands: list[tuple[str, ...]]) -> list[Any]:

@@ -59,7 +59,7 @@ class PoolClient:
         try:
             self.redis.blpop([key], timeout=max(seconds, 0.01))
         except (redis.ConnectionError, redis.TimeoutError) as exc:
-            raise functions.unavailable(exc, functions._where(self.redis)) from None
+            raise functions.unavailable(exc, functions.where(self.redis)) from None
 
     def stats(self, pool: str) -> stats.PoolStats:
         keys = pool_keys(self.prefix, pool)
@@ -67,7 +67,7 @@ class PoolClient:
             first = self._pipeline(stats.first_round(keys))
             second = self._pipeline(stats.second_round(keys, first))
         except (redis.ConnectionError, redis.TimeoutError) as exc:
-            raise functions.unavailable(exc, functions._where(self.redis)) from None
+            raise functions.unavailable(exc, functions.where(self.redis)) from None
         return stats.build(keys, first, second)
 
     def pools(self) -> list[str]:
@@ -75,7 +75,7 @@ class PoolClient:
         try:
             names = self.redis.smembers(registry(self.prefix))
         except (redis.ConnectionError, redis.TimeoutError) as exc:
-            raise functions.unavailable(exc, functions._where(self.redis)) from None
+            raise functions.unavailable(exc, functions.where(self.redis)) from None
         return sorted(n.decode() if isinstance(n, bytes) else str(n) for n in names)
 
     def _pipeline(self, commands: list[tuple[str, ...]]) -> list[Any]:

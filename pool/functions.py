@@ -223,7 +223,7 @@ def unavailable(exc: Exception, where: str) -> PoolUnavailable:
     return PoolUnavailable(f"Redis at {where} is unavailable ({type(exc).__name__}: {exc})")
 
 
-def _where(client: redis.Redis | redis.asyncio.Redis) -> str:
+def where(client: redis.Redis | redis.asyncio.Redis) -> str:
     kwargs = client.connection_pool.connection_kwargs
     if "path" in kwargs:
         return str(kwargs["path"])
@@ -265,7 +265,7 @@ def execute(client: redis.Redis, call: Call) -> Any:
     except redis.ResponseError as exc:
         raise _translate(exc, call) from None
     except (redis.ConnectionError, redis.TimeoutError) as exc:
-        raise unavailable(exc, _where(client)) from None
+        raise unavailable(exc, where(client)) from None
 
 
 async def aexecute(client: redis.asyncio.Redis, call: Call) -> Any:
@@ -281,4 +281,4 @@ async def aexecute(client: redis.asyncio.Redis, call: Call) -> Any:
     except redis.ResponseError as exc:
         raise _translate(exc, call) from None
     except (redis.ConnectionError, redis.TimeoutError) as exc:
-        raise unavailable(exc, _where(client)) from None
+        raise unavailable(exc, where(client)) from None
