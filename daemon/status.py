@@ -62,6 +62,7 @@ def as_json(status: Status) -> dict[str, Any]:
                 "maxAge": s.max_age,
                 "state": s.state,
                 "lastError": s.last_error,
+                "starts": dict(s.starts),
                 **dict(s.counters),
             }
             for s in status.pools

@@ -61,6 +61,14 @@ class PoolClient:
         except (redis.ConnectionError, redis.TimeoutError) as exc:
             raise functions.unavailable(exc, functions.where(self.redis)) from None
 
+    def report(self, entry: Entry, *, ok: bool, code: int | str | None = None) -> float:
+        """Tell how `start` went with a popped entry (Agora's error code on failure); returns its age in seconds.
+
+        Counted by the entry's age, so that `stats().starts` shows failure rates by age.
+        """
+        call = functions.report_call(pool_keys(self.prefix, entry.pool), entry, ok=ok, code=code)
+        return int(functions.execute(self.redis, call)) / 1000
+
     def stats(self, pool: str) -> stats.PoolStats:
         keys = pool_keys(self.prefix, pool)
         try:

@@ -290,7 +290,34 @@ local function cooldown(keys, args)
   return redis.call('PTTL', keys[1])
 end
 
+--[[
+ridpool_report: a starter says how `start` went with a popped entry, so failure rates by ID age can be seen
+and max_age tuned on evidence rather than argued.
+KEYS[1] starts   PREFIX:{POOL}:starts (hash of counters; holds no ID)
+ARGV[1] sent_at_ms   the entry's sentAt
+ARGV[2] outcome      'ok' or 'failed'
+ARGV[3] code         Agora's error code for a failure ('' when none)
+Fields counted: '<outcome>:<age bucket>' with buckets of 30 s by age at report time ('0-29', '30-59', ...,
+'300+'), and 'code:<code>' for failures. Reply: the age in ms.
+]]
+local function report(keys, args)
+  local sent = tonumber(args[1])
+  local outcome = args[2]
+  if sent == nil or (outcome ~= 'ok' and outcome ~= 'failed') then
+    return redis.error_reply("BAD_ARGUMENT report takes sent_at_ms and 'ok' or 'failed'")
+  end
+  local age = math.max(0, now_ms() - sent)
+  local low = math.floor(age / 30000) * 30
+  local bucket = low >= 300 and '300+' or (low .. '-' .. (low + 29))
+  redis.call('HINCRBY', keys[1], outcome .. ':' .. bucket, 1)
+  if outcome == 'failed' and args[3] ~= '' then
+    redis.call('HINCRBY', keys[1], 'code:' .. args[3], 1)
+  end
+  return age
+end
+
 redis.register_function('ridpool_pop', pop)
+redis.register_function('ridpool_report', report)
 redis.register_function('ridpool_add', add)
 redis.register_function('ridpool_reserve', reserve)
 redis.register_function('ridpool_release', release)

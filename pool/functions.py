@@ -85,6 +85,17 @@ def parse_pop(reply: Any) -> Entry | None:
         raise CorruptEntry(f"unexpected pop reply: {exc}") from None
 
 
+# -- report ----------------------------------------------------------------------------------------------
+
+
+def report_call(keys: PoolKeys, entry: Entry, *, ok: bool, code: int | str | None = None) -> Call:
+    return Call(
+        "ridpool_report",
+        (keys.starts,),
+        (entry.sent_at_ms, "ok" if ok else "failed", "" if code is None else str(code)),
+    )
+
+
 # -- add -------------------------------------------------------------------------------------------------
 
 

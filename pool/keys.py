@@ -12,6 +12,7 @@ else: the daemon, the clients, the tests and the docs all go through these funct
     PREFIX:{POOL}:inflight          zset   reserved acquires (member: token, score: lease deadline ms)
     PREFIX:{POOL}:uids              zset   uids held by live entries and leases of a uid_range pool
     PREFIX:{POOL}:ledger            zset   sha1 of every ID added while it can live (refuses re-adds)
+    PREFIX:{POOL}:starts            hash   starters' reports of `start`: ok/failed by ID age bucket, failure codes
     PREFIX:{POOL}:hold              string set while the pool backs off after failed acquires (PTTL: how long)
     PREFIX:{acct:NAME}:rate         zset   the account's shared request log (sliding window)
     PREFIX:{acct:NAME}:cooldown     string set after a 429: every replica waits out its PTTL
@@ -74,6 +75,10 @@ class PoolKeys:
     @property
     def ledger(self) -> str:
         return f"{self.tag}:ledger"
+
+    @property
+    def starts(self) -> str:
+        return f"{self.tag}:starts"
 
     @property
     def hold(self) -> str:

@@ -41,6 +41,7 @@ class PoolStats:
     state: str  # 'ok', or 'error' while the last acquire of this pool failed on a non-retryable answer
     last_error: str
     published_at_ms: int | None
+    starts: Mapping[str, int] = field(default_factory=dict)  # starters' reports: 'ok:0-29', 'failed:30-59', ...
     extra: Mapping[str, str] = field(default_factory=dict)
 
     @property
@@ -70,7 +71,13 @@ def channel_names(meta: Mapping[str, str]) -> list[str | None]:
 
 
 def first_round(keys: PoolKeys) -> list[tuple[str, ...]]:
-    return [("TIME",), ("HGETALL", keys.meta), ("HGETALL", keys.stats), ("ZCARD", keys.inflight)]
+    return [
+        ("TIME",),
+        ("HGETALL", keys.meta),
+        ("HGETALL", keys.stats),
+        ("ZCARD", keys.inflight),
+        ("HGETALL", keys.starts),
+    ]
 
 
 def server_ms(time_reply: Sequence[Any]) -> int:
@@ -88,7 +95,7 @@ def second_round(keys: PoolKeys, first: Sequence[Any]) -> list[tuple[str, ...]]:
 
 
 def build(keys: PoolKeys, first: Sequence[Any], second: Sequence[Any]) -> PoolStats:
-    time_reply, meta_raw, stats_raw, in_flight = first
+    time_reply, meta_raw, stats_raw, in_flight, starts_raw = first
     now_ms = server_ms(time_reply)
     meta = _decode_hash(meta_raw)
     raw = _decode_hash(stats_raw)
@@ -117,5 +124,6 @@ def build(keys: PoolKeys, first: Sequence[Any], second: Sequence[Any]) -> PoolSt
         state=raw.get("state", "ok"),
         last_error=raw.get("last_error", ""),
         published_at_ms=int(published) if published else None,
+        starts={k: int(v) for k, v in _decode_hash(starts_raw).items()},
         extra={k: v for k, v in raw.items() if k not in COUNTERS and k not in ("state", "last_error")},
     )

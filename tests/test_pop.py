@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import shlex
 import subprocess
 import threading
@@ -269,3 +270,22 @@ def test_the_readme_redis_cli_fcall_pops(r: redis.Redis, redis_server: RedisServ
     fields = dict(zip(out[::2], out[1::2], strict=True))
     assert fields["resourceId"] == entry.resource_id and fields["cname"] == "room-2"
     assert 0 < int(fields["expiresIn"]) <= 200_000
+
+
+def test_starters_reports_are_counted_by_the_age_of_the_id(r: redis.Redis, client: PoolClient) -> None:
+    """report() counts start outcomes by ID age bucket and failure code, so max_age is tuned on evidence."""
+    publish_pool(r, PREFIX, "web")
+    fresh, old = fill(r, PREFIX, "web", 2, life=270)
+    old = dataclasses.replace(old, sent_at_ms=old.sent_at_ms - 100_000)
+    assert 0 <= client.report(fresh, ok=True) < 5
+    assert 100 <= client.report(old, ok=False, code=433) < 105
+    client.report(fresh, ok=False, code=433)
+    assert client.stats("web").starts == {"ok:0-29": 1, "failed:90-119": 1, "failed:0-29": 1, "code:433": 2}
+
+
+async def test_the_async_client_reports_too(r: redis.Redis, aclient: AsyncPoolClient) -> None:
+    """AsyncPoolClient.report mirrors the sync one."""
+    publish_pool(r, PREFIX, "web")
+    [entry] = fill(r, PREFIX, "web", 1)
+    await aclient.report(entry, ok=True)
+    assert (await aclient.stats("web")).starts == {"ok:0-29": 1}
