@@ -59,21 +59,24 @@ def encode(entry: Entry) -> bytes:
     return packed
 
 
-def decode(data: bytes) -> Entry:
-    """Unpack a stored entry; raise CorruptEntry for anything that is not a known version's layout."""
+_TYPES = (int, str, str, str, str, str, int, int, str)
+
+
+def decode(data: bytes, expires_in: float | None = None) -> Entry:
+    """Unpack a stored entry; raise CorruptEntry for anything that is not a known version's layout.
+
+    On every pop's path, so it checks types with one pass and builds the Entry once.
+    """
     try:
         fields = msgpack.unpackb(data, raw=False)
     except (ValueError, msgpack.UnpackException) as exc:
         raise CorruptEntry(f"not a msgpack entry: {exc}") from None
-    if not isinstance(fields, list) or not fields or fields[0] != ENTRY_VERSION:
+    if type(fields) is not list or not fields or fields[0] != ENTRY_VERSION:
         version = fields[0] if isinstance(fields, list) and fields else None
         raise CorruptEntry(f"unknown entry version {version!r} (this client reads {ENTRY_VERSION})")
     if len(fields) != _FIELDS:
         raise CorruptEntry(f"entry version {ENTRY_VERSION} has {_FIELDS} fields, got {len(fields)}")
-    _, rid, appid, cname, uid, pool, sent, expires, request_id = fields
-    texts = (rid, appid, cname, uid, pool, request_id)
-    if not all(isinstance(t, str) for t in texts) or not all(
-        isinstance(t, int) and not isinstance(t, bool) for t in (sent, expires)
-    ):
-        raise CorruptEntry("entry fields have the wrong types")
-    return Entry(rid, appid, cname, uid, pool, sent, expires, request_id)
+    for value, kind in zip(fields, _TYPES, strict=True):
+        if type(value) is not kind:  # exact: a bool is not an int here
+            raise CorruptEntry("entry fields have the wrong types")
+    return Entry(*fields[1:], expires_in=expires_in)

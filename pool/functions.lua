@@ -14,6 +14,8 @@ itself even when no daemon runs.
 
 local LIBRARY_VERSION = '1'
 local ENTRY_VERSION = 1
+-- How every entry of this version starts: a 9-element msgpack array (0x99) whose first element is 1.
+local ENTRY_HEAD = '\153\001'
 local MAX_LIFE_MS = 300000 -- Agora's five minutes: no entry may claim to live longer
 
 local function now_ms()
@@ -39,6 +41,67 @@ local function purge_dead(queue, now)
   end
 end
 
+-- A member was removed from a zset: if it held the key's expiry (it was the longest-lived), move the expiry to
+-- the new longest-lived member. PEXPIRETIME is O(1), so the common pop (the oldest of several) pays no ZRANGE.
+local function removed_from(key, score)
+  if score >= redis.call('PEXPIRETIME', key) then
+    expire_with_top(key)
+  end
+end
+
+-- The pop itself, shared by ridpool_pop and ridpool_pop_packed: checks, then takes the entry out.
+-- Returns member, expires_at, now; or nil, error reply; or nil, nil for a miss.
+local function take_entry(keys, args)
+  local meta, stats, queue = keys[1], keys[2], keys[3]
+  local cname = args[1]
+  local min_ttl = tonumber(args[2])
+  if min_ttl == nil or min_ttl < 0 then
+    return nil, redis.error_reply('BAD_ARGUMENT min_ttl_ms must be a non-negative number')
+  end
+  local known = redis.call('HMGET', meta, 'mode', 'c:' .. cname)
+  local mode = known[1]
+  if not mode then
+    return nil, redis.error_reply('UNKNOWN_POOL no daemon has published this pool')
+  end
+  if mode == 'template' then
+    if cname ~= '' then
+      return nil, redis.error_reply('CNAME_NOT_SERVED this pool labels each entry itself; pop without a cname')
+    end
+  elseif cname == '' then
+    return nil, redis.error_reply('CNAME_REQUIRED this pool serves named channels; pop with the cname to record')
+  elseif not known[2] then
+    return nil, redis.error_reply('CNAME_NOT_SERVED this pool does not serve that channel')
+  end
+
+  local now = now_ms()
+  local least = math.max(now + min_ttl, now + 1)
+  -- The oldest entry is the answer in the common case (fresh pool, min_ttl below its remaining life): one
+  -- lookup. Dead entries met at the head are dropped; younger ones are searched only when the head is too old.
+  local found = redis.call('ZRANGE', queue, 0, 0, 'WITHSCORES')
+  if found[2] and tonumber(found[2]) <= now then
+    purge_dead(queue, now)
+    found = redis.call('ZRANGE', queue, 0, 0, 'WITHSCORES')
+  end
+  if found[2] and tonumber(found[2]) < least then
+    found = redis.call('ZRANGEBYSCORE', queue, least, '+inf', 'WITHSCORES', 'LIMIT', 0, 1)
+  end
+  if not found[1] then
+    if args[3] == '1' then
+      redis.call('HINCRBY', stats, 'misses', 1)
+    end
+    return nil, nil
+  end
+  if string.sub(found[1], 1, 2) ~= ENTRY_HEAD then
+    -- Left in place, not wasted: a client of the version that wrote it can still take it.
+    return nil, redis.error_reply('BAD_ENTRY an entry of an unknown format is queued; upgrade this client')
+  end
+  local expires_at = tonumber(found[2])
+  redis.call('ZREM', queue, found[1])
+  removed_from(queue, expires_at)
+  redis.call('HINCRBY', stats, 'pops', 1)
+  return found[1], expires_at, now
+end
+
 --[[
 ridpool_pop: hand out the oldest entry that still has at least min_ttl to live; never the same one twice.
 KEYS[1] meta   PREFIX:{POOL}:meta
@@ -52,48 +115,28 @@ Reply: a flat array of field/value pairs: resourceId, appid, cname, uid, pool, s
 Errors: 'UNKNOWN_POOL ...', 'CNAME_REQUIRED ...', 'CNAME_NOT_SERVED ...', 'BAD_ARGUMENT ...', 'BAD_ENTRY ...'.
 ]]
 local function pop(keys, args)
-  local meta, stats, queue = keys[1], keys[2], keys[3]
-  local cname = args[1]
-  local min_ttl = tonumber(args[2])
-  if min_ttl == nil or min_ttl < 0 then
-    return redis.error_reply('BAD_ARGUMENT min_ttl_ms must be a non-negative number')
+  local member, expires_at, now = take_entry(keys, args)
+  if not member then
+    return expires_at
   end
-  local mode = redis.call('HGET', meta, 'mode')
-  if not mode then
-    return redis.error_reply('UNKNOWN_POOL no daemon has published this pool')
-  end
-  if mode == 'template' then
-    if cname ~= '' then
-      return redis.error_reply('CNAME_NOT_SERVED this pool labels each entry itself; pop without a cname')
-    end
-  elseif cname == '' then
-    return redis.error_reply('CNAME_REQUIRED this pool serves named channels; pop with the cname to record')
-  elseif redis.call('HEXISTS', meta, 'c:' .. cname) == 0 then
-    return redis.error_reply('CNAME_NOT_SERVED this pool does not serve that channel')
-  end
-
-  local now = now_ms()
-  purge_dead(queue, now)
-  local found = redis.call('ZRANGEBYSCORE', queue, math.max(now + min_ttl, now + 1), '+inf',
-    'WITHSCORES', 'LIMIT', 0, 1)
-  if not found[1] then
-    if args[3] == '1' then
-      redis.call('HINCRBY', stats, 'misses', 1)
-    end
-    return nil
-  end
-  local e = cmsgpack.unpack(found[1])
-  if type(e) ~= 'table' or e[1] ~= ENTRY_VERSION then
-    return redis.error_reply('BAD_ENTRY an entry of an unknown format is queued; upgrade this client')
-  end
-  redis.call('ZREM', queue, found[1])
-  expire_with_top(queue)
-  redis.call('HINCRBY', stats, 'pops', 1)
-  local expires_at = tonumber(found[2])
+  local e = cmsgpack.unpack(member)
   return {
     'resourceId', e[2], 'appid', e[3], 'cname', e[4], 'uid', e[5], 'pool', e[6],
     'sentAt', e[7], 'expiresAt', expires_at, 'expiresIn', expires_at - now, 'requestId', e[9],
   }
+end
+
+--[[
+ridpool_pop_packed: ridpool_pop for clients that read msgpack (the Python client): same KEYS, ARGV and errors.
+Reply: {entry as stored (msgpack, see the top of this file), expiresIn ms}; or nil. Cheaper on both sides than
+eighteen fields: no unpacking in Redis, two elements to parse in the client.
+]]
+local function pop_packed(keys, args)
+  local member, expires_at, now = take_entry(keys, args)
+  if not member then
+    return expires_at
+  end
+  return {member, expires_at - now}
 end
 
 --[[
@@ -317,6 +360,7 @@ local function report(keys, args)
 end
 
 redis.register_function('ridpool_pop', pop)
+redis.register_function('ridpool_pop_packed', pop_packed)
 redis.register_function('ridpool_report', report)
 redis.register_function('ridpool_add', add)
 redis.register_function('ridpool_reserve', reserve)

@@ -20,7 +20,7 @@ from redis.asyncio.retry import Retry as AsyncRetry
 from redis.backoff import ExponentialWithJitterBackoff
 from redis.retry import Retry
 
-from pool.entry import Entry, encode
+from pool.entry import Entry, decode, encode
 from pool.errors import (
     CnameNotServed,
     CorruptEntry,
@@ -50,12 +50,12 @@ class Call:
 
 
 def pop_call(keys: PoolKeys, cname: str | None, min_ttl: float, *, record_miss: bool = True) -> Call:
-    if not (isinstance(min_ttl, int | float) and math.isfinite(min_ttl) and 0 <= min_ttl < 300):
+    if not (type(min_ttl) in (int, float) and 0 <= min_ttl < 300):  # NaN fails the comparison
         raise InvalidArgument(f"min_ttl must be a number of seconds from 0 to below 300, got {min_ttl!r}")
     if cname == "":
         raise InvalidArgument("cname must not be empty; leave it out to pop from a template pool")
     return Call(
-        "ridpool_pop",
+        "ridpool_pop_packed",
         (keys.meta, keys.stats, keys.queue(cname)),
         (cname or "", math.ceil(min_ttl * 1000), "1" if record_miss else "0"),
     )
@@ -66,23 +66,11 @@ def _text(value: Any) -> str:
 
 
 def parse_pop(reply: Any) -> Entry | None:
+    """Read ridpool_pop_packed's reply: the stored entry and its remaining life in ms."""
     if reply is None:
         return None
-    fields = dict(zip(map(_text, reply[::2]), reply[1::2], strict=True))
-    try:
-        return Entry(
-            resource_id=_text(fields["resourceId"]),
-            appid=_text(fields["appid"]),
-            cname=_text(fields["cname"]),
-            uid=_text(fields["uid"]),
-            pool=_text(fields["pool"]),
-            sent_at_ms=int(fields["sentAt"]),
-            expires_at_ms=int(fields["expiresAt"]),
-            request_id=_text(fields["requestId"]),
-            expires_in=int(fields["expiresIn"]) / 1000,
-        )
-    except (KeyError, ValueError) as exc:
-        raise CorruptEntry(f"unexpected pop reply: {exc}") from None
+    blob, expires_in = reply
+    return decode(blob, int(expires_in) / 1000)
 
 
 # -- report ----------------------------------------------------------------------------------------------

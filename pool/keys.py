@@ -23,6 +23,7 @@ else: the daemon, the clients, the tests and the docs all go through these funct
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 
@@ -91,7 +92,9 @@ class PoolKeys:
         return f"{self.queue(cname)}:ready"
 
 
+@functools.lru_cache(maxsize=4096)
 def pool_keys(prefix: str, pool: str) -> PoolKeys:
+    """The keys of one pool (cached: built and checked once per pool name, not on every pop)."""
     return PoolKeys(check_prefix(prefix), check_name("pool", pool))
 
 
