@@ -79,4 +79,5 @@ def decode(data: bytes, expires_in: float | None = None) -> Entry:
     for value, kind in zip(fields, _TYPES, strict=True):
         if type(value) is not kind:  # exact: a bool is not an int here
             raise CorruptEntry("entry fields have the wrong types")
-    return Entry(*fields[1:], expires_in=expires_in)
+    _, rid, appid, cname, uid, pool, sent, expires, request_id = fields
+    return Entry(rid, appid, cname, uid, pool, sent, expires, request_id, expires_in)
