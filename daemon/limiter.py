@@ -6,7 +6,9 @@ window. Grants spaced evenly at the full rate still reach Agora bunched by the n
 limiter on Agora's side then counts one too many. So a grant is allowed only when fewer than `limit` were made
 in the last `window`, where the window is one second plus a margin for that bunching (NETWORK_JITTER): any
 `limit + 1` requests are then more than a second apart when they arrive, as long as the network delays them by
-less than the margin. The cost is a sustained rate of `limit / window` (10/s configured gives 9.5/s).
+less than the margin. Grants are also spaced `window / limit` apart, because requests sent in a burst are the
+ones that get bunched the most, and a grant whose round trip took much longer than usual is not used (its
+request would leave late). The cost is a sustained rate of `limit / window` (10/s configured gives 9.5/s).
 
 Why not a library: throttled-py's GCRA was evaluated; it paces at the full rate (the bunching problem above)
 and keeps its state in its own key format, which a starter in another language could not draw from without
@@ -18,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import math
 import random
+import time
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -76,6 +79,8 @@ class Budget:
         self.rng = rng or random.Random()
         self.consecutive_429s = 0
         self.granted = 0
+        self.stale = 0
+        self.best_rtt = math.inf
 
     async def take(self) -> None:
         """Return once a request may be sent. Raises PoolUnavailable when Redis cannot be reached."""
@@ -83,8 +88,17 @@ class Budget:
             call = functions.take_call(
                 self.keys, limit=self.window.limit, window_ms=self.window.window_ms, member=uuid.uuid4().hex
             )
+            sent = time.monotonic()
             wait = functions.parse_wait(await functions.aexecute(self.redis, call))
+            rtt = time.monotonic() - sent
+            # The best round trip drifts up slowly so that a lasting change of network path is learnt.
+            self.best_rtt = min(rtt, self.best_rtt + 0.001)
             if wait <= 0:
+                if rtt - self.best_rtt > NETWORK_JITTER / 2:
+                    # The grant may be older than the margin allows by the time the request leaves (a stalled
+                    # event loop, a slow reply): sending it now could bunch it with later grants. Waste it.
+                    self.stale += 1
+                    continue
                 self.granted += 1
                 return
             # A little jitter so that replicas woken by the same expiry do not all ask in the same millisecond.

@@ -291,8 +291,10 @@ local function sweep(keys, args)
 end
 
 --[[
-ridpool_take: draw one request from an account's shared budget: at most `limit` grants in any `window_ms`.
+ridpool_take: draw one request from an account's shared budget: at most `limit` grants in any `window_ms`,
+and grants at least window_ms / limit apart.
 A sliding log, not a token bucket: a ceiling on every window, even when requests reach Agora bunched together.
+The spacing keeps grants from leaving in bursts, which the network and the senders bunch up the most.
 KEYS[1] rate       PREFIX:{acct:NAME}:rate
 KEYS[2] cooldown   PREFIX:{acct:NAME}:cooldown
 ARGV[1] limit      grants per window (integer >= 1)
@@ -311,6 +313,11 @@ local function take(keys, args)
   local now_us = tonumber(t[1]) * 1000000 + tonumber(t[2])
   local window_us = window * 1000
   redis.call('ZREMRANGEBYSCORE', rate, '-inf', now_us - window_us)
+  local newest = redis.call('ZRANGE', rate, -1, -1, 'WITHSCORES')
+  local spaced = newest[2] and tonumber(newest[2]) + window_us / limit or now_us
+  if spaced > now_us then
+    return math.max(1, math.ceil((spaced - now_us) / 1000))
+  end
   if redis.call('ZCARD', rate) < limit then
     redis.call('ZADD', rate, now_us, args[3])
     redis.call('PEXPIRE', rate, window)
