@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
 
 import pytest
@@ -44,7 +45,7 @@ async def test_concurrent_takers_never_exceed_the_limit_in_any_window(redis_url:
     assert len(grants) >= 40 and len(grants) == sum(b.granted + b.stale for b in budgets)
     for i in range(len(grants) - window.limit):
         assert grants[i + window.limit] - grants[i] >= window.window_ms / 1000
-    gaps = [b - a for a, b in zip(grants, grants[1:], strict=False)]
+    gaps = [b - a for a, b in itertools.pairwise(grants)]
     assert min(gaps) >= window.window_ms / window.limit / 1e3 - 1e-6
 
 
