@@ -117,7 +117,11 @@ def _client(args: argparse.Namespace) -> PoolClient:
         config = load_config(args.config)
         return PoolClient.from_url(config.redis.url, prefix=args.prefix or config.redis.key_prefix)
     url = args.redis_url or os.environ.get("RIDPOOL_REDIS_URL", "redis://127.0.0.1:6379/0")
-    return PoolClient.from_url(url, prefix=args.prefix or "ridpool")
+    try:
+        return PoolClient.from_url(url, prefix=args.prefix or "ridpool")
+    except ValueError as exc:
+        # Not the URL itself: it may hold a password.
+        raise InvalidArgument(f"--redis-url is not a usable Redis URL ({str(exc).split(':')[0]})") from None
 
 
 def cmd_pop(args: argparse.Namespace) -> int:

@@ -31,6 +31,7 @@ from pydantic import (
     model_validator,
 )
 from pydantic_core import ErrorDetails, InitErrorDetails, PydanticCustomError
+from redis.connection import parse_url
 
 from pool.errors import ConfigError
 from pool.keys import NAME_PATTERN, PREFIX_PATTERN
@@ -103,6 +104,16 @@ def _redis_url(url: str) -> str:
     if urlsplit(url).scheme not in ("redis", "rediss", "unix"):
         # The URL itself is not shown: it may hold a Redis password.
         raise ValueError("must be a redis://, rediss:// or unix:// URL")
+    try:
+        # What redis-py itself will make of it (port, database, query options), so that a URL check-config
+        # accepts is one `run` can use.
+        options = parse_url(url)  # type: ignore[no-untyped-call]
+        port = options.get("port", 6379)
+        if not 0 < int(port) < 65536:
+            raise ValueError("port out of range")
+    except (ValueError, TypeError) as exc:
+        reason = str(exc).split(":")[0] if "://" not in str(exc) else "malformed"
+        raise ValueError(f"is not a usable Redis URL ({reason})") from None
     return url
 
 
@@ -414,6 +425,9 @@ def load_config(path: str | os.PathLike[str]) -> Config:
     return parse_config(data, source=name)
 
 
+MIN_SECRET = 16
+
+
 def load_credentials(environ: Mapping[str, str] = os.environ) -> Credentials:
     """The Agora account from AGORA_CUSTOMER_ID / AGORA_CUSTOMER_SECRET; no message ever holds their values."""
     problems = []
@@ -423,6 +437,10 @@ def load_credentials(environ: Mapping[str, str] = os.environ) -> Credentials:
             problems.append(f"{var}: not set or empty; export the Agora account's {what} (Agora console, RESTful API)")
         elif value != value.strip():
             problems.append(f"{var}: has leading or trailing whitespace; remove it")
+        elif var == "AGORA_CUSTOMER_SECRET" and len(value) < MIN_SECRET:
+            # Agora's secrets are 32 characters. A short one is a mistake, and it would also be scrubbed out of
+            # ordinary words in every log line.
+            problems.append(f"{var}: shorter than {MIN_SECRET} characters; Agora's customer secrets are 32")
     if ":" in environ.get("AGORA_CUSTOMER_ID", ""):
         problems.append("AGORA_CUSTOMER_ID: must not contain ':' (it is the user name of HTTP Basic auth)")
     if problems:

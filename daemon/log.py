@@ -24,14 +24,21 @@ class Scrub:
 
     def __call__(self, _logger: Any, _name: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
         for key, value in event.items():
-            text = value if isinstance(value, str) else None
-            if text is None and isinstance(value, BaseException):
-                text = str(value)
-            if text is not None:
-                for secret in self.secrets:
-                    text = text.replace(secret, REDACTED)
-                event[key] = text
+            event[key] = self.clean(value)
         return event
+
+    def clean(self, value: Any) -> Any:
+        if isinstance(value, BaseException):
+            value = f"{type(value).__name__}: {value}"
+        if isinstance(value, str):
+            for secret in self.secrets:
+                value = value.replace(secret, REDACTED)
+            return value
+        if isinstance(value, dict):
+            return {self.clean(k): self.clean(v) for k, v in value.items()}
+        if isinstance(value, list | tuple | set):
+            return [self.clean(v) for v in value]
+        return value
 
 
 def configure(

@@ -1,14 +1,11 @@
-"""Refill planning as pure functions of counts and clocks: which channel gets the next lease, how long a pool
-is held after failures, how long a lease must last. Table-tested; the refill loop only applies them.
+"""Refill planning as pure functions of counts and clocks: which channel gets the next lease and how long a
+pool is held after failures. Table-tested; the refill loop only applies them.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable
 from dataclasses import dataclass
-
-from daemon.agora import ATTEMPTS, BACKOFF
 
 # A pool whose acquires keep failing is held (no new leases, across replicas) for a while that doubles per
 # failure in a row: a wrong secret must not hammer Agora. The cap keeps it to a few attempts a minute.
@@ -45,11 +42,3 @@ def next_slot(slots: Iterable[Slot]) -> Slot | None:
 def hold_for(consecutive_failures: int) -> float:
     """Seconds a pool is held after its n-th failed acquire in a row (n >= 1)."""
     return float(min(HOLD_CAP, HOLD_FIRST * 2 ** max(0, consecutive_failures - 1)))
-
-
-def lease_seconds(timeout: float, backoff_scale: float = 1.0, budget_wait: float = 10.0) -> float:
-    """How long a lease must hold to outlive one acquire with all its attempts, backoffs and budget waits.
-
-    A lease that lapsed while its acquire still ran would let another replica reserve the same place.
-    """
-    return math.ceil(ATTEMPTS * (timeout + budget_wait) + backoff_scale * sum(BACKOFF) * 1.25 + 5)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
+import time
 import uuid
 from dataclasses import replace
 
@@ -60,6 +61,7 @@ class Refiller:
         self.rng = rng or random.Random()
         self.in_flight = asyncio.Semaphore(config.agora.max_in_flight)
         self.tasks: set[asyncio.Task[None]] = set()
+        self.leases: dict[str, PoolKeys] = {}  # token -> its pool: the leases this replica holds and renews
         self.stopping = False
 
     # -- one round -----------------------------------------------------------------------------------------
@@ -122,6 +124,7 @@ class Refiller:
         return functions.parse_reserve(await functions.aexecute(self.redis, call))
 
     def _spawn(self, pool: PoolConfig, slot: str, lease: Lease) -> None:
+        self.leases[lease.token] = self.keys[pool.name]
         task = asyncio.create_task(self._acquire(pool, slot, lease), name=f"acquire:{pool.name}")
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
@@ -158,7 +161,7 @@ class Refiller:
                 request_id=got.request_id,
             )
             await self._store(pool, keys, entry, lease, queue_cname(pool, slot))
-        except PoolUnavailable as exc:
+        except (PoolUnavailable, redis.RedisError) as exc:
             # The lease lapses by itself; an acquired ID that could not be stored is lost, never half-written.
             log.warning("refill.redis_unavailable", pool=pool.name, error=str(exc))
         except asyncio.CancelledError:
@@ -167,6 +170,7 @@ class Refiller:
                 await asyncio.wait_for(functions.aexecute(self.redis, functions.release_call(keys, lease)), 0.5)
             raise
         finally:
+            self.leases.pop(lease.token, None)
             self.in_flight.release()
 
     async def _store(self, pool: PoolConfig, keys: PoolKeys, entry: Entry, lease: Lease, cname: str | None) -> None:
@@ -220,6 +224,23 @@ class Refiller:
         wait = await self.budget.rate_limited()
         await self.redis.hincrby(keys.stats, "rate_limited", 1)
         log.warning("agora.rate_limited", request_id=exc.request_id, host=exc.host, cooldown_seconds=wait)
+
+    async def renew(self) -> int:
+        """Push the deadline of every lease still in use one lease length ahead; returns how many.
+
+        Leases are short and renewed while their acquire runs, so a replica that dies holding some frees its
+        share of the pool within one lease length. XX: a lease that lapsed meanwhile is not brought back.
+        """
+        if not self.leases:
+            return 0
+        deadline = self.clock.server_ms(time.monotonic()) + self.lease_ms
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for token, keys in list(self.leases.items()):
+                pipe.zadd(keys.inflight, {token: deadline}, xx=True, gt=True)
+            for keys in {k.inflight: k for k in self.leases.values()}.values():
+                pipe.pexpireat(keys.inflight, deadline, gt=True)
+            await pipe.execute()
+        return len(self.leases)
 
     # -- shutdown ------------------------------------------------------------------------------------------
 

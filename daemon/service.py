@@ -23,7 +23,6 @@ import redis.asyncio
 import structlog
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
-from daemon import planner
 from daemon.agora import AcquireClient
 from daemon.clock import ServerClock
 from daemon.config import Config, Credentials
@@ -48,6 +47,7 @@ class Timing:
     grace: float = 3.0  # at shutdown, how long in-flight acquires may still finish
     backoff_scale: float = 1.0  # scales Agora's 1 s / 3 s / 6 s retry backoff
     redis_backoff_cap: float = 8.0  # longest pause between attempts to reach a Redis that is down
+    lease: float = 15.0  # how long a lease holds unless renewed (every heartbeat): a dead replica's lapse after it
 
 
 class Daemon:
@@ -85,7 +85,7 @@ class Daemon:
             self.budget,
             self.clock,
             replica_id=self.replica_id,
-            lease_seconds=planner.lease_seconds(config.agora.timeout, self.timing.backoff_scale),
+            lease_seconds=self.timing.lease,
         )
         self.started_at = time.time()
         self.redis_down_since: float | None = None
@@ -120,6 +120,16 @@ class Daemon:
             log.error("redis.unavailable", error=str(exc), retry_in=pause)
 
     async def refill(self) -> None:
+        # A Redis that restarted empty lost the pools' metadata: put it back before pops meet UnknownPool.
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for pool in self.config.pools:
+                pipe.exists(keyspace.pool_keys(self.prefix, pool.name).meta)
+            try:
+                present = await pipe.execute()
+            except (redis.ConnectionError, redis.TimeoutError) as exc:
+                raise PoolUnavailable(f"Redis unavailable: {exc}") from None
+        if not all(present):
+            await self.publish()
         await self.refiller.round()
 
     async def publish(self) -> None:
@@ -136,6 +146,10 @@ class Daemon:
 
     async def heartbeat(self) -> None:
         await self.clock.sync(self.redis)
+        try:
+            await self.refiller.renew()
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            raise PoolUnavailable(f"Redis unavailable for lease renewal: {exc}") from None
         now = self.clock.server_ms(time.monotonic())
         ttl_ms = round(self.timing.heartbeat * 3 * 1000)
         info = {

@@ -9,7 +9,7 @@ import redis
 import redis.asyncio
 
 from pool import functions, stats
-from pool.client import WAIT_SLICE, _for, check_wait
+from pool.client import _for, check_wait, wait_slice
 from pool.entry import Entry
 from pool.errors import PoolEmpty
 from pool.keys import check_prefix, pool_keys, registry
@@ -21,6 +21,7 @@ class AsyncPoolClient:
     def __init__(self, client: redis.asyncio.Redis, *, prefix: str = "ridpool") -> None:
         self.redis = client
         self.prefix = check_prefix(prefix)
+        self._slice = wait_slice(client)
 
     @classmethod
     def from_url(cls, url: str, *, prefix: str = "ridpool", **kwargs: Any) -> AsyncPoolClient:
@@ -43,7 +44,7 @@ class AsyncPoolClient:
                 raise PoolEmpty(f"pool {pool!r} has no entry with {min_ttl:g} s left" + _for(cname))
             remaining = deadline - time.monotonic()
             if remaining > 0:
-                await self._block(keys.ready(cname), min(remaining, WAIT_SLICE))
+                await self._block(keys.ready(cname), min(remaining, self._slice))
 
     async def _block(self, key: str, seconds: float) -> None:
         try:

@@ -6,6 +6,7 @@ import time
 from typing import Any
 
 import redis
+import redis.asyncio
 
 from pool import functions, stats
 from pool.entry import Entry
@@ -15,6 +16,17 @@ from pool.keys import check_prefix, pool_keys, registry
 # A waiting pop blocks on its queue's wake-up list in slices, so it also notices entries added by paths that
 # did not signal and never blocks longer than the socket timeout allows.
 WAIT_SLICE = 1.0
+
+
+def wait_slice(client: redis.Redis | redis.asyncio.Redis) -> float:
+    """How long one BLPOP of a waiting pop may block: well under the socket timeout, or the read would time out.
+
+    Redis checks blocked clients' timeouts about every 100 ms, so a BLPOP can answer that much late.
+    """
+    timeout = client.connection_pool.connection_kwargs.get("socket_timeout")
+    if timeout is None:
+        return WAIT_SLICE
+    return max(0.01, min(WAIT_SLICE, float(timeout) / 2, float(timeout) - 0.15))
 
 
 def check_wait(wait: float) -> float:
@@ -29,6 +41,7 @@ class PoolClient:
     def __init__(self, client: redis.Redis, *, prefix: str = "ridpool") -> None:
         self.redis = client
         self.prefix = check_prefix(prefix)
+        self._slice = wait_slice(client)
 
     @classmethod
     def from_url(cls, url: str, *, prefix: str = "ridpool", **kwargs: Any) -> PoolClient:
@@ -53,7 +66,7 @@ class PoolClient:
                 raise PoolEmpty(f"pool {pool!r} has no entry with {min_ttl:g} s left" + _for(cname))
             remaining = deadline - time.monotonic()
             if remaining > 0:
-                self._block(keys.ready(cname), min(remaining, WAIT_SLICE))
+                self._block(keys.ready(cname), min(remaining, self._slice))
 
     def _block(self, key: str, seconds: float) -> None:
         try:

@@ -61,7 +61,8 @@ local function take_entry(keys, args)
   local known = redis.call('HMGET', meta, 'mode', 'c:' .. cname)
   local mode = known[1]
   if not mode then
-    return nil, redis.error_reply('UNKNOWN_POOL no daemon has published this pool')
+    return nil, redis.error_reply('UNKNOWN_POOL no daemon has published this pool (after a Redis restart, '
+      .. 'a running daemon publishes it again within a second)')
   end
   if mode == 'template' then
     if cname ~= '' then
@@ -208,7 +209,7 @@ ARGV[2] target       entries to keep ready in this slot
 ARGV[3] cap          acquires in flight for the whole pool, across replicas
 ARGV[4] want         the most leases this caller takes now
 ARGV[5] lease_ms     how long a lease holds; a crashed replica's leases lapse after it
-ARGV[6] token_base   a unique string; tokens are token_base:i
+ARGV[6] token_base   unique per call; tokens are token_base:i (a re-sent call gets its own leases back)
 ARGV[7..] uid candidates, tried in order, for a uid_range pool (none for a fixed uid)
 Reply: a flat array of token, uid pairs (uid '' for a fixed-uid pool); empty when nothing is needed or the
 pool is held.
@@ -228,10 +229,23 @@ local function reserve(keys, args)
   redis.call('ZREMRANGEBYSCORE', uids, '-inf', now)
   local leases = redis.call('ZRANGE', inflight, 0, -1)
   local mine = 0
+  local again = {}
+  local prefix = base .. ':'
   for _, token in ipairs(leases) do
     if lease_slot(token) == slot then
       mine = mine + 1
     end
+    if string.sub(token, 1, #prefix) == prefix then
+      -- This very call ran before and its reply was lost (the client re-sent it): hand back those leases
+      -- rather than leave them held by nobody until they lapse.
+      local first = string.find(token, '\t', 1, true)
+      local second = string.find(token, '\t', first + 1, true)
+      again[#again + 1] = token
+      again[#again + 1] = string.sub(token, first + 1, second - 1)
+    end
+  end
+  if #again > 0 then
+    return again
   end
   local n = math.min(target - redis.call('ZCARD', queue) - mine, cap - #leases, want)
   local out = {}

@@ -212,7 +212,7 @@ def _subject(call: Call) -> str:
     # Names the pool (and channel) from the key, for messages: "pool 'rooms' (cname 'room-9')".
     first = call.keys[0]
     pool = first[first.find("{") + 1 : first.find("}")]
-    if call.function == "ridpool_pop" and call.args[0]:
+    if call.function in ("ridpool_pop", "ridpool_pop_packed") and call.args[0]:
         return f"pool {pool!r}, cname {_text(call.args[0])!r}"
     return f"pool {pool!r}"
 

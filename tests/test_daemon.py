@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import Iterator
 
 import pytest
@@ -14,7 +15,7 @@ from daemon.simulator import Faults, Simulator
 from pool import AsyncPoolClient, PoolEmpty
 from pool.keys import account_keys, pool_keys
 from tests.conftest import PREFIX
-from tests.daemonkit import CUSTOMER_ID, SECRET, eventually, make_config, rooms_pool, running, web_pool
+from tests.daemonkit import CUSTOMER_ID, FAST, SECRET, eventually, make_config, rooms_pool, running, web_pool
 from tests.servers import RedisServer
 
 pytestmark = pytest.mark.integration
@@ -205,3 +206,22 @@ async def test_the_secret_is_in_no_log_and_no_redis_key_or_value(
     for key in r.scan_iter(count=1000):
         dump += key + (r.dump(key) or b"")
     assert dump and SECRET.encode() not in dump
+
+
+async def test_leases_are_renewed_while_slow_acquires_run_so_nothing_is_overfilled(
+    redis_url: str, sim: Simulator, aclient: AsyncPoolClient, r: redis.Redis
+) -> None:
+    """A lease shorter than an acquire is kept alive by its replica: no second acquire for the same place."""
+    sim.faults = Faults(latency=1.2)
+    inflight = pool_keys(PREFIX, "web").inflight
+    deadlines: list[float] = []
+    config = make_config(redis_url, sim.url, web_pool(2), rate_limit=10, timeout=5)
+    async with running(config, timing=dataclasses.replace(FAST, lease=0.4, heartbeat=0.1)):
+
+        def renewed() -> bool:
+            deadlines.extend(score for _, score in r.zrange(inflight, 0, -1, withscores=True))
+            return len(set(deadlines)) >= 4
+
+        await eventually(renewed, what="lease deadlines moving forward")
+        await eventually(lambda: _size_is(aclient, "web", 2), what="2 entries")
+    assert sim.stats().acquired == 2 and sim.stats().requests == 2

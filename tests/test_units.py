@@ -23,7 +23,7 @@ from daemon.agora import (
 )
 from daemon.config import Credentials
 from daemon.limiter import cooldown_for, window_for
-from daemon.planner import Slot, hold_for, lease_seconds, next_slot
+from daemon.planner import Slot, hold_for, next_slot
 
 HOST = "https://api.sd-rtn.com"
 
@@ -61,12 +61,6 @@ def test_repeated_429s_double_the_shared_cooldown_up_to_a_cap(n: int, seconds: f
 def test_a_failing_pool_is_held_longer_each_time_but_tried_a_few_times_a_minute(n: int, seconds: float) -> None:
     """A rejected request (wrong secret) is retried at most every 20 s: Agora is never hammered."""
     assert hold_for(n) == seconds
-
-
-def test_a_lease_outlives_every_attempt_of_an_acquire() -> None:
-    """The lease covers all attempts with their timeouts, budget waits and backoffs (1 + 3 + 6 s)."""
-    assert lease_seconds(10.0) >= ATTEMPTS * 10 + 10
-    assert lease_seconds(1.0, backoff_scale=0.0) < lease_seconds(1.0)
 
 
 @pytest.mark.parametrize(
