@@ -81,9 +81,16 @@ class Budget:
         self.granted = 0
         self.stale = 0
         self.best_rtt = math.inf
+        # One waiter per replica asks Redis; the others queue here (FIFO). Without it every waiting acquire
+        # would wake at each expiry and ask, and all but one be refused: load on Redis for nothing.
+        self.queue = asyncio.Lock()
 
     async def take(self) -> None:
         """Return once a request may be sent. Raises PoolUnavailable when Redis cannot be reached."""
+        async with self.queue:
+            await self._take()
+
+    async def _take(self) -> None:
         while True:
             call = functions.take_call(
                 self.keys, limit=self.window.limit, window_ms=self.window.window_ms, member=uuid.uuid4().hex

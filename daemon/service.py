@@ -100,6 +100,10 @@ class Daemon:
             return
         try:
             await job()
+        except asyncio.CancelledError:
+            # Shutdown cancels a job still running (a refill round waiting for the budget): that is the end
+            # of this job task, not an error worth a traceback in the log.
+            return
         except PoolUnavailable as exc:
             self._redis_failed(exc)
             return
@@ -211,6 +215,7 @@ class Daemon:
             await stop.wait()
         finally:
             log.info("daemon.stopping", replica=self.replica_id, in_flight=len(self.refiller.tasks))
+            self.refiller.stopping = True  # a round still running leases nothing more
             scheduler.shutdown(wait=False)
             abandoned = await self.refiller.stop(self.timing.grace)
             await self._leave()

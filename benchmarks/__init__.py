@@ -1,0 +1,1 @@
+"""ridpool's benchmarks: `python -m benchmarks.run [--quick]` measures and writes docs/benchmarks.md."""
