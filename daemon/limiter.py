@@ -6,7 +6,7 @@ window. Grants spaced evenly at the full rate still reach Agora bunched by the n
 limiter on Agora's side then counts one too many. So a grant is allowed only when fewer than `limit` were made
 in the last `window`, where the window is one second plus a margin for that bunching (NETWORK_JITTER): any
 `limit + 1` requests are then more than a second apart when they arrive, as long as the network delays them by
-less than the margin. Grants are also spaced `window / limit` apart, because requests sent in a burst are the
+less than the margin. Grants are also spaced (90% of `window / limit` apart), because requests sent in a burst are the
 ones that get bunched the most, and a grant whose round trip took much longer than usual is not used (its
 request would leave late). The cost is a sustained rate of `limit / window` (10/s configured gives 9.5/s).
 
@@ -109,7 +109,7 @@ class Budget:
                 self.granted += 1
                 return
             # A little jitter so that replicas woken by the same expiry do not all ask in the same millisecond.
-            await self.sleep(wait + self.rng.uniform(0, 0.01))
+            await self.sleep(wait + self.rng.uniform(0, 0.002))
 
     async def rate_limited(self) -> float:
         """Agora answered 429: make every replica of the account wait; returns the wait now in force."""

@@ -46,7 +46,7 @@ async def test_concurrent_takers_never_exceed_the_limit_in_any_window(redis_url:
     for i in range(len(grants) - window.limit):
         assert grants[i + window.limit] - grants[i] >= window.window_ms / 1000
     gaps = [b - a for a, b in itertools.pairwise(grants)]
-    assert min(gaps) >= window.window_ms / window.limit / 1e3 - 1e-6
+    assert min(gaps) >= 0.9 * window.window_ms / window.limit / 1e3 - 1e-6
 
 
 def test_grants_are_spaced_and_a_cooldown_stops_everyone(r: redis.Redis) -> None:
@@ -55,7 +55,7 @@ def test_grants_are_spaced_and_a_cooldown_stops_everyone(r: redis.Redis) -> None
     take = functions.take_call(keys, limit=10, window_ms=1050, member="a")
     assert functions.parse_wait(functions.execute(r, take)) == 0
     wait = functions.parse_wait(functions.execute(r, functions.take_call(keys, limit=10, window_ms=1050, member="b")))
-    assert 0.09 < wait <= 0.105
+    assert 0.09 < wait <= 0.095
     functions.execute(r, functions.cooldown_call(keys, 5.0))
     assert 4.9 < functions.parse_wait(functions.execute(r, take)) <= 5.0
     functions.execute(r, functions.cooldown_call(keys, 1.0))  # never shortens a longer wait
