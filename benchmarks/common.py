@@ -6,7 +6,6 @@ pool's keys (queue, ledger, ready list, counters) hold exactly what they hold in
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import math
 import os
@@ -17,7 +16,8 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -28,12 +28,13 @@ import redis
 
 from daemon.config import Config, Credentials, parse_config
 from daemon.localredis import free_port
-from daemon.service import Daemon, Timing
+from daemon.service import Timing
 from daemon.simulator import SimStats
 from pool import functions
 from pool.entry import Entry, encode
 from pool.keys import PoolKeys, pool_keys
 from pool.meta import PoolMeta, publish
+from tests import daemonkit
 
 ROOT = Path(__file__).resolve().parent.parent
 PREFIX = "bench"
@@ -285,17 +286,9 @@ def parse(data: dict[str, Any]) -> Config:
     return parse_config(data, source="benchmarks")
 
 
-@contextlib.asynccontextmanager
-async def running(config: Config, *, replicas: int = 1, timing: Timing = REALISTIC) -> AsyncIterator[list[Daemon]]:
-    """Run `replicas` symmetric daemons in this event loop until the block ends (as tests/daemonkit.py does)."""
-    stop = asyncio.Event()
-    daemons = [Daemon(config, CREDENTIALS, timing=timing, replica_id=f"bench-{i}") for i in range(replicas)]
-    tasks = [asyncio.create_task(d.run(stop)) for d in daemons]
-    try:
-        yield daemons
-    finally:
-        stop.set()
-        await asyncio.wait_for(asyncio.gather(*tasks), 15)
+def running(config: Config, *, replicas: int = 1, timing: Timing = REALISTIC) -> AbstractAsyncContextManager[Any]:
+    """Run `replicas` symmetric daemons in this event loop until the block ends: the tests' own harness."""
+    return daemonkit.running(config, replicas=replicas, timing=timing, credentials=CREDENTIALS, name="bench-")
 
 
 def keys_for(pool: str) -> PoolKeys:

@@ -63,17 +63,22 @@ def make_config(
 
 @contextlib.asynccontextmanager
 async def running(
-    config: Config, *, replicas: int = 1, timing: Timing = FAST, credentials: Credentials = CREDENTIALS
+    config: Config,
+    *,
+    replicas: int = 1,
+    timing: Timing = FAST,
+    credentials: Credentials = CREDENTIALS,
+    name: str = "r",
 ) -> AsyncIterator[list[Daemon]]:
-    """Run `replicas` daemons (same config, distinct replica ids) until the block ends, then stop them."""
+    """Run `replicas` daemons (same config, replica ids name0, name1, ...) until the block ends, then stop them."""
     stop = asyncio.Event()
-    daemons = [Daemon(config, credentials, timing=timing, replica_id=f"r{i}") for i in range(replicas)]
+    daemons = [Daemon(config, credentials, timing=timing, replica_id=f"{name}{i}") for i in range(replicas)]
     tasks = [asyncio.create_task(d.run(stop)) for d in daemons]
     try:
         yield daemons
     finally:
         stop.set()
-        await asyncio.wait_for(asyncio.gather(*tasks), 10)
+        await asyncio.wait_for(asyncio.gather(*tasks), 15)
 
 
 async def eventually(
