@@ -76,16 +76,23 @@ local function take_entry(keys, args)
 
   local now = now_ms()
   local least = math.max(now + min_ttl, now + 1)
-  -- The oldest entry is the answer in the common case (fresh pool, min_ttl below its remaining life): one
-  -- lookup. Dead entries met at the head are dropped; younger ones are searched only when the head is too old.
-  local found = redis.call('ZRANGE', queue, 0, 0, 'WITHSCORES')
-  if found[2] and tonumber(found[2]) <= now then
-    purge_dead(queue, now)
-    found = redis.call('ZRANGE', queue, 0, 0, 'WITHSCORES')
+  -- The common case, in one step: the oldest entry is alive, has the life asked for and is of this version.
+  -- Taking the head never changes the queue's expiry (the longest-lived entry stays, or the queue is gone).
+  local head = redis.call('ZPOPMIN', queue)
+  if head[2] and tonumber(head[2]) >= least and string.sub(head[1], 1, 2) == ENTRY_HEAD then
+    redis.call('HINCRBY', stats, 'pops', 1)
+    return head[1], tonumber(head[2]), now
   end
-  if found[2] and tonumber(found[2]) < least then
-    found = redis.call('ZRANGEBYSCORE', queue, least, '+inf', 'WITHSCORES', 'LIMIT', 0, 1)
+  -- Otherwise put the head back (atomically: nobody saw it gone), drop dead entries, and look further.
+  if head[2] then
+    redis.call('ZADD', queue, head[2], head[1])
+    if redis.call('PTTL', queue) < 0 then
+      -- It was the only entry: ZPOPMIN deleted the key, and the ZADD made a new one without an expiry.
+      redis.call('PEXPIREAT', queue, head[2])
+    end
   end
+  purge_dead(queue, now)
+  local found = redis.call('ZRANGEBYSCORE', queue, least, '+inf', 'WITHSCORES', 'LIMIT', 0, 1)
   if not found[1] then
     if args[3] == '1' then
       redis.call('HINCRBY', stats, 'misses', 1)

@@ -14,6 +14,7 @@ import pytest
 import redis
 
 from pool import AsyncPoolClient, CnameNotServed, PoolClient, PoolEmpty, PoolUnavailable, UnknownPool
+from pool.entry import encode
 from pool.functions import AddResult
 from pool.keys import pool_keys
 from tests.conftest import PREFIX
@@ -62,6 +63,18 @@ def test_pop_never_returns_an_entry_with_less_life_than_asked(r: redis.Redis, cl
     with pytest.raises(PoolEmpty):
         client.pop("web", min_ttl=10)
     assert client.pop("web", min_ttl=1).resource_id == short.resource_id
+
+
+def test_a_lone_entry_too_old_for_the_caller_stays_queued_with_its_expiry(r: redis.Redis, client: PoolClient) -> None:
+    """A pop that finds only an entry with too little life leaves it, and its TTL, exactly as they were."""
+    publish_pool(r, PREFIX, "web")
+    [entry] = fill(r, PREFIX, "web", 1, life=5)
+    queue = pool_keys(PREFIX, "web").queue(None)
+    with pytest.raises(PoolEmpty):
+        client.pop("web", min_ttl=10)
+    assert r.zscore(queue, encode(entry)) == entry.expires_at_ms
+    assert 0 < r.pttl(queue) <= 5000
+    assert client.pop("web").resource_id == entry.resource_id
 
 
 def test_an_expired_entry_is_never_popped_and_counts_as_expired(r: redis.Redis, client: PoolClient) -> None:
