@@ -195,8 +195,9 @@ def _pop(res: Results, add: Add) -> None:
     add("## Pop cost")
     add("")
     add(
-        f"`PoolClient.pop` (one `FCALL {pr.client_function}`: the metadata check, the oldest live entry, its removal,"
-        " the queue's expiry and the pops counter, all in one atomic step, and the reply decoded into an `Entry`)"
+        f"`PoolClient.pop` (one `FCALL {pr.client_function}`: the metadata check, server time, the oldest entry taken"
+        " off the queue if it is fresh enough (ZPOPMIN) and the pops counter, all in one atomic step, and the reply"
+        " decoded into an `Entry`)"
         " against a bare `LPOP` of a list holding the same msgpack bytes the pool stores (about 390 bytes per entry,"
         " with a 240-character resourceId), on the same server with the same client library; and `redis-benchmark`"
         f" sending `FCALL {BENCH_FUNCTION} 3 meta stats queue '' 0 1` (the pop documented for starters in any"
