@@ -199,6 +199,9 @@ class AgoraSettings(_Frozen):
     timeout: Annotated[SFloat, _check(lambda t: 0 < t <= 60, "must be greater than 0 and at most 60")] = 10.0
     max_in_flight: AtLeastOne = 10  # per account, per replica
     account: Name = "default"
+    # Seconds by which the network (or a busy host) may bunch requests on their way to Agora; every budget window
+    # is this much longer than a second, so the sustained rate is floor(rate_limit) / (1 + jitter).
+    jitter: Annotated[SFloat, _check(lambda j: 0 <= j <= 0.5, "must be from 0 to 0.5 seconds")] = 0.05
 
 
 class PoolConfig(_Frozen):

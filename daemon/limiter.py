@@ -30,7 +30,7 @@ import redis.asyncio
 from pool import functions
 from pool.keys import AccountKeys
 
-NETWORK_JITTER = 0.05  # seconds of bunching the network may add between two requests on their way to Agora
+NETWORK_JITTER = 0.05  # default seconds of bunching between two requests on their way to Agora (agora.jitter)
 # After a 429 every replica waits this long, doubled for each 429 in a row, up to the cap.
 COOLDOWN_FIRST, COOLDOWN_CAP = 1.0, 16.0
 
@@ -69,12 +69,14 @@ class Budget:
         keys: AccountKeys,
         rate: float,
         *,
+        jitter: float = NETWORK_JITTER,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         rng: random.Random | None = None,
     ) -> None:
         self.redis = client
         self.keys = keys
-        self.window = window_for(rate)
+        self.window = window_for(rate, jitter)
+        self.jitter = jitter
         self.sleep = sleep
         self.rng = rng or random.Random()
         self.consecutive_429s = 0
@@ -101,7 +103,7 @@ class Budget:
             # The best round trip drifts up slowly so that a lasting change of network path is learnt.
             self.best_rtt = min(rtt, self.best_rtt + 0.001)
             if wait <= 0:
-                if rtt - self.best_rtt > NETWORK_JITTER / 2:
+                if rtt - self.best_rtt > self.jitter / 2:
                     # The grant may be older than the margin allows by the time the request leaves (a stalled
                     # event loop, a slow reply): sending it now could bunch it with later grants. Waste it.
                     self.stale += 1

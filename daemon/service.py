@@ -76,7 +76,10 @@ class Daemon:
         )
         self.clock = ServerClock()
         self.budget = Budget(
-            self.redis, keyspace.account_keys(self.prefix, config.agora.account), config.agora.rate_limit
+            self.redis,
+            keyspace.account_keys(self.prefix, config.agora.account),
+            config.agora.rate_limit,
+            jitter=config.agora.jitter,
         )
         self.refiller = Refiller(
             self.redis,

@@ -118,6 +118,8 @@ INVALID: list[tuple[str, Callable[[dict[str, Any]], None], str]] = [
     ("unknown top-level key", setter("pool", []), "pool"),
     ("warnings from the file", setter("warnings", []), "warnings"),
     ("rate_limit 0", setter("agora.rate_limit", 0), "agora.rate_limit"),
+    ("jitter above half a second", setter("agora.jitter", 0.6), "agora.jitter"),
+    ("negative jitter", setter("agora.jitter", -0.01), "agora.jitter"),
     ("timeout 61", setter("agora.timeout", 61), "agora.timeout"),
     ("agora max_in_flight 0", setter("agora.max_in_flight", 0), "agora.max_in_flight"),
     ("bad account", setter("agora.account", "a/b"), "agora.account"),
