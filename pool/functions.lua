@@ -13,8 +13,8 @@ itself even when no daemon runs.
 ]]
 
 local LIBRARY_VERSION = '1'
-local ENTRY_VERSION = 1
--- How every entry of this version starts: a 9-element msgpack array (0x99) whose first element is 1.
+-- How every entry of the version this library reads starts: a 9-element msgpack array (0x99) whose first
+-- element, the version, is 1.
 local ENTRY_HEAD = '\153\001'
 local MAX_LIFE_MS = 300000 -- Agora's five minutes: no entry may claim to live longer
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from pool import AsyncPoolClient, CnameNotServed, PoolClient, PoolEmpty, PoolUnavailable, UnknownPool
+from pool import AsyncPoolClient, CnameNotServed, CorruptEntry, PoolClient, PoolEmpty, PoolUnavailable, UnknownPool
 from pool.entry import encode
 from pool.functions import AddResult
 from pool.keys import pool_keys
@@ -302,3 +302,15 @@ async def test_the_async_client_reports_too(r: redis.Redis, aclient: AsyncPoolCl
     [entry] = fill(r, PREFIX, "web", 1)
     await aclient.report(entry, ok=True)
     assert (await aclient.stats("web")).starts == {"ok:0-29": 1}
+
+
+def test_an_entry_of_an_unknown_version_is_refused_and_left_in_place(r: redis.Redis, client: PoolClient) -> None:
+    """A client meeting an entry a newer daemon wrote raises CorruptEntry and does not waste the entry."""
+    publish_pool(r, PREFIX, "web")
+    [entry] = fill(r, PREFIX, "web", 1)
+    queue = pool_keys(PREFIX, "web").queue(None)
+    newer = b"\x99\x02" + encode(entry)[2:]
+    r.zadd(queue, {newer: entry.expires_at_ms - 1})  # older than the known entry: met first
+    with pytest.raises(CorruptEntry, match="unknown format"):
+        client.pop("web")
+    assert r.zscore(queue, newer) is not None and r.zcard(queue) == 2
