@@ -10,7 +10,7 @@ import redis
 from rich.console import Console
 from rich.table import Table
 
-from pool import PoolClient, PoolStats, functions
+from pool import PoolClient, PoolStats, functions, stats
 from pool import keys as keyspace
 
 
@@ -26,24 +26,20 @@ class Status:
     replicas: list[Replica]
 
 
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
-
-
 def gather(client: PoolClient, pools: Sequence[str] | None = None) -> Status:
     """Every published pool (or the named ones) and the replicas whose heartbeat is still alive."""
     names = list(pools) if pools else client.pools()
-    stats = [client.stats(name) for name in names]
+    per_pool = [client.stats(name) for name in names]
     try:
-        ids = [_text(i) for i in client.redis.zrange(keyspace.replicas(client.prefix), 0, -1)]
+        ids = [functions.text(i) for i in client.redis.zrange(keyspace.replicas(client.prefix), 0, -1)]
         replicas = []
         for rid in ids:
-            info = {_text(k): _text(v) for k, v in client.redis.hgetall(keyspace.replica(client.prefix, rid)).items()}
+            info = stats.decode_hash(client.redis.hgetall(keyspace.replica(client.prefix, rid)))
             if info:  # the hash expires with the heartbeat: an empty one is a replica that stopped or died
                 replicas.append(Replica(rid, info))
     except (redis.ConnectionError, redis.TimeoutError) as exc:
         raise functions.unavailable(exc, functions.where(client.redis)) from None
-    return Status(stats, replicas)
+    return Status(per_pool, replicas)
 
 
 def as_json(status: Status) -> dict[str, Any]:

@@ -97,7 +97,7 @@ class PoolClient:
             names = self.redis.smembers(registry(self.prefix))
         except (redis.ConnectionError, redis.TimeoutError) as exc:
             raise functions.unavailable(exc, functions.where(self.redis)) from None
-        return sorted(n.decode() if isinstance(n, bytes) else str(n) for n in names)
+        return sorted(functions.text(n) for n in names)
 
     def _pipeline(self, commands: list[tuple[str, ...]]) -> list[Any]:
         pipe = self.redis.pipeline(transaction=False)

@@ -61,7 +61,8 @@ def pop_call(keys: PoolKeys, cname: str | None, min_ttl: float, *, record_miss: 
     )
 
 
-def _text(value: Any) -> str:
+def text(value: Any) -> str:
+    """A reply value as text, whether the client decodes responses or not."""
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
@@ -110,7 +111,7 @@ def add_call(keys: PoolKeys, entry: Entry, *, queue_cname: str | None, lease: st
 
 
 def parse_add(reply: Any) -> AddResult:
-    return AddResult(_text(reply))
+    return AddResult(text(reply))
 
 
 # -- reserve / release -----------------------------------------------------------------------------------
@@ -143,7 +144,7 @@ def reserve_call(
 
 
 def parse_reserve(reply: Any) -> list[Lease]:
-    return [Lease(_text(t), _text(u)) for t, u in zip(reply[::2], reply[1::2], strict=True)]
+    return [Lease(text(t), text(u)) for t, u in zip(reply[::2], reply[1::2], strict=True)]
 
 
 def release_call(keys: PoolKeys, lease: Lease) -> Call:
@@ -213,7 +214,7 @@ def _subject(call: Call) -> str:
     first = call.keys[0]
     pool = first[first.find("{") + 1 : first.find("}")]
     if call.function in ("ridpool_pop", "ridpool_pop_packed") and call.args[0]:
-        return f"pool {pool!r}, cname {_text(call.args[0])!r}"
+        return f"pool {pool!r}, cname {text(call.args[0])!r}"
     return f"pool {pool!r}"
 
 

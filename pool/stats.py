@@ -11,6 +11,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from pool.functions import text
 from pool.keys import PoolKeys
 
 # Counters kept in the stats hash by the functions and the daemon. "expired" (IDs that died unused) is derived,
@@ -54,12 +55,8 @@ class PoolStats:
         return max(ages) if ages else None
 
 
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
-
-
-def _decode_hash(raw: Mapping[Any, Any]) -> dict[str, str]:
-    return {_text(k): _text(v) for k, v in raw.items()}
+def decode_hash(raw: Mapping[Any, Any]) -> dict[str, str]:
+    return {text(k): text(v) for k, v in raw.items()}
 
 
 def channel_names(meta: Mapping[str, str]) -> list[str | None]:
@@ -88,7 +85,7 @@ def second_round(keys: PoolKeys, first: Sequence[Any]) -> list[tuple[str, ...]]:
     """Each channel's live entries (not yet past their time) and its oldest entry."""
     now = server_ms(first[0])
     commands: list[tuple[str, ...]] = []
-    for cname in channel_names(_decode_hash(first[1])):
+    for cname in channel_names(decode_hash(first[1])):
         commands.append(("ZCOUNT", keys.queue(cname), f"({now}", "+inf"))
         commands.append(("ZRANGE", keys.queue(cname), "0", "0", "WITHSCORES"))
     return commands
@@ -97,8 +94,8 @@ def second_round(keys: PoolKeys, first: Sequence[Any]) -> list[tuple[str, ...]]:
 def build(keys: PoolKeys, first: Sequence[Any], second: Sequence[Any]) -> PoolStats:
     time_reply, meta_raw, stats_raw, in_flight, starts_raw = first
     now_ms = server_ms(time_reply)
-    meta = _decode_hash(meta_raw)
-    raw = _decode_hash(stats_raw)
+    meta = decode_hash(meta_raw)
+    raw = decode_hash(stats_raw)
     max_age_ms = int(meta.get("max_age_ms", "0"))
     channels = []
     for i, cname in enumerate(channel_names(meta)):
@@ -124,6 +121,6 @@ def build(keys: PoolKeys, first: Sequence[Any], second: Sequence[Any]) -> PoolSt
         state=raw.get("state", "ok"),
         last_error=raw.get("last_error", ""),
         published_at_ms=int(published) if published else None,
-        starts={k: int(v) for k, v in _decode_hash(starts_raw).items()},
+        starts={k: int(v) for k, v in decode_hash(starts_raw).items()},
         extra={k: v for k, v in raw.items() if k not in COUNTERS and k not in ("state", "last_error")},
     )
