@@ -22,10 +22,8 @@ class ServerClock:
         self.offset_ms: float | None = None
 
     async def sync(self, client: redis.asyncio.Redis) -> None:
-        try:
+        with functions.reaching(client):
             seconds, micros = await client.time()
-        except (redis.ConnectionError, redis.TimeoutError) as exc:
-            raise functions.unavailable(exc, functions.where(client)) from None
         self.offset_ms = seconds * 1000 + micros / 1000 - self.monotonic() * 1000
 
     def server_ms(self, monotonic: float) -> int:

@@ -128,13 +128,11 @@ class Daemon:
 
     async def refill(self) -> None:
         # A Redis that restarted empty lost the pools' metadata: put it back before pops meet UnknownPool.
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for pool in self.config.pools:
-                pipe.exists(keyspace.pool_keys(self.prefix, pool.name).meta)
-            try:
+        with functions.reaching(self.redis):
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for pool in self.config.pools:
+                    pipe.exists(keyspace.pool_keys(self.prefix, pool.name).meta)
                 present = await pipe.execute()
-            except (redis.ConnectionError, redis.TimeoutError) as exc:
-                raise PoolUnavailable(f"Redis unavailable: {exc}") from None
         if not all(present):
             await self.publish()
         await self.refiller.round()
@@ -142,21 +140,17 @@ class Daemon:
     async def publish(self) -> None:
         await self.clock.sync(self.redis)
         now = self.clock.server_ms(time.monotonic())
-        try:
+        with functions.reaching(self.redis):
             for pool in self.config.pools:
                 meta = PoolMeta(
                     pool.name, pool.appid, None if pool.is_template else pool.slots, pool.size, pool.max_age, now
                 )
                 await apublish(self.redis, keyspace.pool_keys(self.prefix, pool.name), meta)
-        except (redis.ConnectionError, redis.TimeoutError) as exc:
-            raise PoolUnavailable(f"Redis unavailable while publishing metadata: {exc}") from None
 
     async def heartbeat(self) -> None:
         await self.clock.sync(self.redis)
-        try:
+        with functions.reaching(self.redis):
             await self.refiller.renew()
-        except (redis.ConnectionError, redis.TimeoutError) as exc:
-            raise PoolUnavailable(f"Redis unavailable for lease renewal: {exc}") from None
         now = self.clock.server_ms(time.monotonic())
         ttl_ms = round(self.timing.heartbeat * 3 * 1000)
         info = {
@@ -168,15 +162,13 @@ class Daemon:
             "in_flight": str(len(self.refiller.tasks)),
             "granted": str(self.budget.granted),
         }
-        try:
+        with functions.reaching(self.redis):
             async with self.redis.pipeline(transaction=False) as pipe:
                 pipe.zadd(keyspace.replicas(self.prefix), {self.replica_id: now})
                 pipe.zremrangebyscore(keyspace.replicas(self.prefix), "-inf", now - 10 * ttl_ms)
                 pipe.hset(keyspace.replica(self.prefix, self.replica_id), mapping=info)  # type: ignore[arg-type]
                 pipe.pexpire(keyspace.replica(self.prefix, self.replica_id), ttl_ms)
                 await pipe.execute()
-        except (redis.ConnectionError, redis.TimeoutError) as exc:
-            raise PoolUnavailable(f"Redis unavailable for the heartbeat: {exc}") from None
 
     # -- life cycle ----------------------------------------------------------------------------------------
 

@@ -6,7 +6,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import redis
 from rich.console import Console
 from rich.table import Table
 
@@ -30,15 +29,13 @@ def gather(client: PoolClient, pools: Sequence[str] | None = None) -> Status:
     """Every published pool (or the named ones) and the replicas whose heartbeat is still alive."""
     names = list(pools) if pools else client.pools()
     per_pool = [client.stats(name) for name in names]
-    try:
+    replicas = []
+    with functions.reaching(client.redis):
         ids = [functions.text(i) for i in client.redis.zrange(keyspace.replicas(client.prefix), 0, -1)]
-        replicas = []
         for rid in ids:
             info = stats.decode_hash(client.redis.hgetall(keyspace.replica(client.prefix, rid)))
             if info:  # the hash expires with the heartbeat: an empty one is a replica that stopped or died
                 replicas.append(Replica(rid, info))
-    except (redis.ConnectionError, redis.TimeoutError) as exc:
-        raise functions.unavailable(exc, functions.where(client.redis)) from None
     return Status(per_pool, replicas)
 
 

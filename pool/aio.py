@@ -47,10 +47,8 @@ class AsyncPoolClient:
                 await self._block(keys.ready(cname), min(remaining, self._slice))
 
     async def _block(self, key: str, seconds: float) -> None:
-        try:
+        with functions.reaching(self.redis):
             await self.redis.blpop([key], timeout=max(seconds, 0.01))
-        except (redis.ConnectionError, redis.TimeoutError) as exc:
-            raise functions.unavailable(exc, functions.where(self.redis)) from None
 
     async def report(self, entry: Entry, *, ok: bool, code: int | str | None = None) -> float:
         """Tell how `start` went with a popped entry (Agora's error code on failure); returns its age in seconds.
@@ -62,18 +60,14 @@ class AsyncPoolClient:
 
     async def stats(self, pool: str) -> stats.PoolStats:
         keys = pool_keys(self.prefix, pool)
-        try:
+        with functions.reaching(self.redis):
             first = await self._pipeline(stats.first_round(keys))
             second = await self._pipeline(stats.second_round(keys, first))
-        except (redis.ConnectionError, redis.TimeoutError) as exc:
-            raise functions.unavailable(exc, functions.where(self.redis)) from None
         return stats.build(keys, first, second)
 
     async def pools(self) -> list[str]:
-        try:
+        with functions.reaching(self.redis):
             names = await self.redis.smembers(registry(self.prefix))
-        except (redis.ConnectionError, redis.TimeoutError) as exc:
-            raise functions.unavailable(exc, functions.where(self.redis)) from None
         return sorted(functions.text(n) for n in names)
 
     async def _pipeline(self, commands: list[tuple[str, ...]]) -> list[Any]:

@@ -69,10 +69,8 @@ class PoolClient:
                 self._block(keys.ready(cname), min(remaining, self._slice))
 
     def _block(self, key: str, seconds: float) -> None:
-        try:
+        with functions.reaching(self.redis):
             self.redis.blpop([key], timeout=max(seconds, 0.01))
-        except (redis.ConnectionError, redis.TimeoutError) as exc:
-            raise functions.unavailable(exc, functions.where(self.redis)) from None
 
     def report(self, entry: Entry, *, ok: bool, code: int | str | None = None) -> float:
         """Tell how `start` went with a popped entry (Agora's error code on failure); returns its age in seconds.
@@ -84,19 +82,15 @@ class PoolClient:
 
     def stats(self, pool: str) -> stats.PoolStats:
         keys = pool_keys(self.prefix, pool)
-        try:
+        with functions.reaching(self.redis):
             first = self._pipeline(stats.first_round(keys))
             second = self._pipeline(stats.second_round(keys, first))
-        except (redis.ConnectionError, redis.TimeoutError) as exc:
-            raise functions.unavailable(exc, functions.where(self.redis)) from None
         return stats.build(keys, first, second)
 
     def pools(self) -> list[str]:
         """Names of every pool a daemon has published under this prefix."""
-        try:
+        with functions.reaching(self.redis):
             names = self.redis.smembers(registry(self.prefix))
-        except (redis.ConnectionError, redis.TimeoutError) as exc:
-            raise functions.unavailable(exc, functions.where(self.redis)) from None
         return sorted(functions.text(n) for n in names)
 
     def _pipeline(self, commands: list[tuple[str, ...]]) -> list[Any]:

@@ -7,9 +7,10 @@ ridpool exceptions here; a Redis that lost the library (a restart, a FUNCTION FL
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from importlib import resources
 from typing import Any
@@ -244,6 +245,15 @@ def connection_defaults(kwargs: dict[str, Any], *, asyncio: bool) -> dict[str, A
     return kwargs
 
 
+@contextlib.contextmanager
+def reaching(client: redis.Redis | redis.asyncio.Redis) -> Iterator[None]:
+    """Turn a lost or timed-out connection to Redis into PoolUnavailable naming the server (sync or async code)."""
+    try:
+        yield
+    except (redis.ConnectionError, redis.TimeoutError) as exc:
+        raise unavailable(exc, where(client)) from None
+
+
 def load_library(client: redis.Redis) -> None:
     client.function_load(LIBRARY, replace=True)
 
@@ -254,31 +264,29 @@ async def aload_library(client: redis.asyncio.Redis) -> None:
 
 def execute(client: redis.Redis, call: Call) -> Any:
     """Run a call; load the library once if Redis lost it; map failures to ridpool errors."""
-    try:
+    with reaching(client):
         try:
-            return client.fcall(call.function, len(call.keys), *call.keys, *call.args)
+            try:
+                return client.fcall(call.function, len(call.keys), *call.keys, *call.args)
+            except redis.ResponseError as exc:
+                if not _missing_library(exc):
+                    raise
+                load_library(client)
+                return client.fcall(call.function, len(call.keys), *call.keys, *call.args)
         except redis.ResponseError as exc:
-            if not _missing_library(exc):
-                raise
-            load_library(client)
-            return client.fcall(call.function, len(call.keys), *call.keys, *call.args)
-    except redis.ResponseError as exc:
-        raise _translate(exc, call) from None
-    except (redis.ConnectionError, redis.TimeoutError) as exc:
-        raise unavailable(exc, where(client)) from None
+            raise _translate(exc, call) from None
 
 
 async def aexecute(client: redis.asyncio.Redis, call: Call) -> Any:
     """The asyncio twin of `execute`."""
-    try:
+    with reaching(client):
         try:
-            return await client.fcall(call.function, len(call.keys), *call.keys, *call.args)
+            try:
+                return await client.fcall(call.function, len(call.keys), *call.keys, *call.args)
+            except redis.ResponseError as exc:
+                if not _missing_library(exc):
+                    raise
+                await aload_library(client)
+                return await client.fcall(call.function, len(call.keys), *call.keys, *call.args)
         except redis.ResponseError as exc:
-            if not _missing_library(exc):
-                raise
-            await aload_library(client)
-            return await client.fcall(call.function, len(call.keys), *call.keys, *call.args)
-    except redis.ResponseError as exc:
-        raise _translate(exc, call) from None
-    except (redis.ConnectionError, redis.TimeoutError) as exc:
-        raise unavailable(exc, where(client)) from None
+            raise _translate(exc, call) from None
