@@ -19,7 +19,7 @@ from pathlib import Path
 from rich.console import Console
 
 from daemon import log, status
-from daemon.config import load_config, load_credentials
+from daemon.config import Config, load_config, load_credentials
 from daemon.demo import run_demo
 from daemon.service import Daemon
 from daemon.simulator import Faults, Simulator, serve_forever
@@ -112,9 +112,11 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _client(args: argparse.Namespace) -> PoolClient:
-    if args.config is not None:
+def _client(args: argparse.Namespace, config: Config | None = None) -> PoolClient:
+    """A client for the config's Redis (loaded by the caller, or here from -c), else for --redis-url."""
+    if config is None and args.config is not None:
         config = load_config(args.config)
+    if config is not None:
         return PoolClient.from_url(config.redis.url, prefix=args.prefix or config.redis.key_prefix)
     url = args.redis_url or os.environ.get("RIDPOOL_REDIS_URL", "redis://127.0.0.1:6379/0")
     try:
@@ -146,10 +148,9 @@ def cmd_pop(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    pools = None
-    if args.config is not None:
-        pools = [p.name for p in load_config(args.config).pools]
-    with _client(args) as client:
+    config = load_config(args.config) if args.config is not None else None
+    pools = [p.name for p in config.pools] if config else None
+    with _client(args, config) as client:
         state = status.gather(client, pools)
     if args.json:
         print(json.dumps(status.as_json(state), indent=2))
