@@ -201,11 +201,14 @@ local function add(keys, args)
   return 'ADDED'
 end
 
--- The slot a lease token was taken for: what follows its second tab.
-local function lease_slot(token)
+-- The uid and slot a lease token carries: what lies between its tabs, and what follows the second.
+local function lease_parts(token)
   local first = string.find(token, '\t', 1, true)
   local second = first and string.find(token, '\t', first + 1, true)
-  return second and string.sub(token, second + 1) or nil
+  if not second then
+    return nil, nil
+  end
+  return string.sub(token, first + 1, second - 1), string.sub(token, second + 1)
 end
 
 --[[
@@ -239,16 +242,15 @@ local function reserve(keys, args)
   local again = {}
   local prefix = base .. ':'
   for _, token in ipairs(leases) do
-    if lease_slot(token) == slot then
+    local uid, lease_of = lease_parts(token)
+    if lease_of == slot then
       mine = mine + 1
     end
     if string.sub(token, 1, #prefix) == prefix then
       -- This very call ran before and its reply was lost (the client re-sent it): hand back those leases
       -- rather than leave them held by nobody until they lapse.
-      local first = string.find(token, '\t', 1, true)
-      local second = string.find(token, '\t', first + 1, true)
       again[#again + 1] = token
-      again[#again + 1] = string.sub(token, first + 1, second - 1)
+      again[#again + 1] = uid
     end
   end
   if #again > 0 then
