@@ -6,7 +6,7 @@ COPY pyproject.toml README.md ./
 COPY pool ./pool
 COPY daemon ./daemon
 COPY config ./config
-RUN pip install --no-cache-dir . && useradd --system ridpool
+RUN pip install --no-cache-dir '.[daemon]' && useradd --system ridpool
 USER ridpool
 ENTRYPOINT ["ridpool"]
 CMD ["run", "-c", "/app/config/example.toml"]

@@ -25,15 +25,15 @@ from typing import Any
 
 import httpx
 import redis
+from ridpool import functions
+from ridpool.daemon.config import Config, Credentials, parse_config
+from ridpool.daemon.localredis import free_port
+from ridpool.daemon.service import Timing
+from ridpool.entry import Entry, encode
+from ridpool.keys import PoolKeys, pool_keys
+from ridpool.meta import PoolMeta, publish
+from ridpool.testing import SimStats
 
-from daemon.config import Config, Credentials, parse_config
-from daemon.localredis import free_port
-from daemon.service import Timing
-from daemon.simulator import SimStats
-from pool import functions
-from pool.entry import Entry, encode
-from pool.keys import PoolKeys, pool_keys
-from pool.meta import PoolMeta, publish
 from tests import daemonkit
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -223,7 +223,7 @@ class SimProcess:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         script = Path(sys.executable).with_name("ridpool")
-        argv = [str(script)] if script.exists() else [sys.executable, "-m", "daemon.cli"]
+        argv = [str(script)] if script.exists() else [sys.executable, "-m", "ridpool.cli"]
         argv += ["simulate", "--host", "127.0.0.1", "--port", str(self.port), "--rate-limit", str(rate_limit)]
         argv += ["--latency", str(latency), "--jitter", str(jitter)]
         env = {**os.environ, "AGORA_CUSTOMER_ID": CUSTOMER_ID, "AGORA_CUSTOMER_SECRET": SECRET}

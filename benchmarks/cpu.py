@@ -22,9 +22,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import redis
+from ridpool.testing import Faults, Simulator
 
 from benchmarks.common import CUSTOMER_ID, PREFIX, ROOT, SECRET, Sizes, clean, fcalls
-from daemon.simulator import Faults, Simulator
 
 RATE = 200  # the simulator's and the daemon's: far above Agora's default, so the CPU is what limits
 POOL_SIZE = 5_000
@@ -123,7 +123,7 @@ def _measure(r: redis.Redis, sim: Simulator, argv: Sequence[str], window: float,
 
 def _ridpool() -> list[str]:
     script = Path(sys.executable).with_name("ridpool")
-    return [str(script)] if script.exists() else [sys.executable, "-m", "daemon.cli"]
+    return [str(script)] if script.exists() else [sys.executable, "-m", "ridpool.cli"]
 
 
 def run(r: redis.Redis, redis_url: str, sizes: Sizes) -> CpuResult:

@@ -15,6 +15,8 @@ from dataclasses import dataclass
 
 import httpx
 import redis
+from ridpool import PoolClient
+from ridpool.testing import Faults, Simulator
 
 from benchmarks.common import (
     APPID,
@@ -29,8 +31,6 @@ from benchmarks.common import (
     percentile,
     publish_pool,
 )
-from daemon.simulator import Faults, Simulator
-from pool import PoolClient
 
 POOL = "firstpop"
 LATENCY, JITTER = 0.15, 0.1

@@ -11,9 +11,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import redis
+from ridpool.entry import encode
 
 from benchmarks.common import Sizes, clean, fill, keys_for, make_entry, publish_pool, server_ms
-from pool.entry import encode
 
 
 @dataclass(frozen=True, slots=True)

@@ -24,11 +24,11 @@ from dataclasses import dataclass
 import redis
 import redis.asyncio
 from redis.utils import HIREDIS_AVAILABLE
+from ridpool import AsyncPoolClient, PoolClient, functions
+from ridpool.client import check_wait
+from ridpool.keys import pool_keys
 
 from benchmarks.common import PREFIX, Sizes, clean, encoded_entries, fill, keys_for, percentile, publish_pool, server_ms
-from pool import AsyncPoolClient, PoolClient, functions
-from pool.client import check_wait
-from pool.keys import pool_keys
 
 POOL = "popbench"
 CONCURRENCY = 16

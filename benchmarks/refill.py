@@ -20,9 +20,9 @@ from dataclasses import dataclass
 import httpx
 import numpy
 import redis
+from ridpool.daemon.limiter import window_for
 
 from benchmarks.common import SimProcess, Sizes, clean, daemon_config, fcalls, parse, running, web_pool
-from daemon.limiter import window_for
 
 CEILING = 10
 POOL_SIZE, POOL_IN_FLIGHT, ACCOUNT_IN_FLIGHT = 400, 20, 10

@@ -19,12 +19,12 @@ from dataclasses import asdict
 from pathlib import Path
 
 import redis
+from ridpool.daemon import log
+from ridpool.daemon.localredis import LocalRedis
 
 from benchmarks import cpu, first_pop, memory, pop, refill, timeline
 from benchmarks.common import FULL, QUICK, ROOT, load_average, machine
 from benchmarks.report import Results, render
-from daemon import log
-from daemon.localredis import LocalRedis
 
 
 def main(argv: list[str] | None = None) -> int:

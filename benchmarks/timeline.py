@@ -17,6 +17,8 @@ matplotlib.use("Agg")  # no display: render straight to a PNG
 import matplotlib.pyplot as plt
 import redis
 import redis.asyncio
+from ridpool import AsyncPoolClient, PoolEmpty
+from ridpool.testing import Faults, Simulator
 
 from benchmarks.common import (
     CUSTOMER_ID,
@@ -30,8 +32,6 @@ from benchmarks.common import (
     running,
     web_pool,
 )
-from daemon.simulator import Faults, Simulator
-from pool import AsyncPoolClient, PoolEmpty
 
 POOL, SIZE = "timeline", 40
 POP_EVERY = 0.5

@@ -16,10 +16,9 @@ from dataclasses import dataclass
 
 import httpx
 import structlog
+from ridpool.daemon.config import Credentials
+from ridpool.errors import RidpoolError
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, stop_after_attempt
-
-from daemon.config import Credentials
-from pool.errors import RidpoolError
 
 log = structlog.get_logger("ridpool.agora")
 

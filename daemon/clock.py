@@ -12,8 +12,7 @@ import time
 from collections.abc import Callable
 
 import redis.asyncio
-
-from pool import functions
+from ridpool import functions
 
 
 class ServerClock:

@@ -32,9 +32,8 @@ from pydantic import (
 )
 from pydantic_core import ErrorDetails, InitErrorDetails, PydanticCustomError
 from redis.connection import parse_url
-
-from pool.errors import ConfigError
-from pool.keys import NAME_PATTERN, PREFIX_PATTERN
+from ridpool.errors import ConfigError
+from ridpool.keys import NAME_PATTERN, PREFIX_PATTERN
 
 UID_MAX = 2**32 - 1
 UID_WARN_ABOVE = 2**31 - 1  # Agora has been seen to answer code 2 above this

@@ -14,13 +14,12 @@ import tomllib
 from pathlib import Path
 
 from rich.console import Console
-
-from daemon import log, status
-from daemon.config import Credentials, parse_config
-from daemon.localredis import LocalRedis
-from daemon.service import Daemon, Timing
-from daemon.simulator import Faults, Simulator
-from pool import PoolClient, PoolEmpty, RidpoolError
+from ridpool import PoolClient, PoolEmpty, RidpoolError, status
+from ridpool.daemon import log
+from ridpool.daemon.config import Credentials, parse_config
+from ridpool.daemon.localredis import LocalRedis
+from ridpool.daemon.service import Daemon, Timing
+from ridpool.testing import Faults, Simulator
 
 DEMO_CONFIG = Path(__file__).resolve().parent.parent / "config" / "demo.toml"
 CUSTOMER_ID, SECRET = "demo-customer", "demo-secret-not-a-real-one"
@@ -74,7 +73,7 @@ async def _live(client: PoolClient, daemon: Daemon, sim: Simulator, duration: fl
                 _pop_and_start(client, sim, "web" if tick % 4 == 0 else "rooms", console)
             if tick % 4 == 0:
                 state = await asyncio.to_thread(status.gather, client)
-                status.render(state, console)
+                console.print(status.render(state), markup=False, highlight=False)
                 s = sim.stats()
                 console.print(
                     f"simulator: {s.acquired} IDs issued, {s.started} started, {s.rate_limited} "

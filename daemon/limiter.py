@@ -26,9 +26,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 import redis.asyncio
-
-from pool import functions
-from pool.keys import AccountKeys
+from ridpool import functions
+from ridpool.keys import AccountKeys
 
 NETWORK_JITTER = 0.05  # default seconds of bunching between two requests on their way to Agora (agora.jitter)
 # After a 429 every replica waits this long, doubled for each 429 in a row, up to the cap.

@@ -9,7 +9,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from pool.errors import RidpoolError
+from ridpool.errors import RidpoolError
 
 
 def free_port() -> int:

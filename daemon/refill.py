@@ -16,18 +16,17 @@ from dataclasses import replace
 
 import redis.asyncio
 import structlog
+from ridpool import functions
+from ridpool.daemon import planner
+from ridpool.daemon.agora import AcquireClient, AcquireError, RateLimited, Rejected
+from ridpool.daemon.clock import ServerClock
+from ridpool.daemon.config import Config, PoolConfig
+from ridpool.daemon.limiter import Budget
+from ridpool.entry import Entry
+from ridpool.errors import PoolUnavailable
+from ridpool.functions import AddResult, Lease
+from ridpool.keys import PoolKeys, pool_keys
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay, wait_exponential
-
-from daemon import planner
-from daemon.agora import AcquireClient, AcquireError, RateLimited, Rejected
-from daemon.clock import ServerClock
-from daemon.config import Config, PoolConfig
-from daemon.limiter import Budget
-from pool import functions
-from pool.entry import Entry
-from pool.errors import PoolUnavailable
-from pool.functions import AddResult, Lease
-from pool.keys import PoolKeys, pool_keys
 
 log = structlog.get_logger("ridpool.refill")
 

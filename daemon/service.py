@@ -22,16 +22,15 @@ import httpx
 import redis.asyncio
 import structlog
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
-
-from daemon.agora import AcquireClient
-from daemon.clock import ServerClock
-from daemon.config import Config, Credentials
-from daemon.limiter import Budget
-from daemon.refill import Refiller
-from pool import functions
-from pool import keys as keyspace
-from pool.errors import PoolUnavailable
-from pool.meta import PoolMeta, apublish
+from ridpool import functions
+from ridpool import keys as keyspace
+from ridpool.daemon.agora import AcquireClient
+from ridpool.daemon.clock import ServerClock
+from ridpool.daemon.config import Config, Credentials
+from ridpool.daemon.limiter import Budget
+from ridpool.daemon.refill import Refiller
+from ridpool.errors import PoolUnavailable
+from ridpool.meta import PoolMeta, apublish
 
 log = structlog.get_logger("ridpool.daemon")
 VERSION = "0.1.0"

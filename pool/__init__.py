@@ -1,6 +1,6 @@
 """ridpool's consumer side: pop pooled Agora Cloud Recording resourceIds from Redis.
 
-    from pool import PoolClient, PoolEmpty
+    from ridpool import PoolClient, PoolEmpty
     client = PoolClient.from_url("redis://127.0.0.1:6379/0", prefix="ridpool")
     entry = client.pop("rooms", cname="room-2", min_ttl=10.0, wait=2.0)
 
@@ -9,10 +9,10 @@ KEYS/ARGV/reply) and `functions` (their Python builders and reply parsers), `ent
 codec), `client` / `aio` (sync and asyncio clients), `stats` (reading a pool's state), `errors` (one base).
 """
 
-from pool.aio import AsyncPoolClient
-from pool.client import PoolClient
-from pool.entry import Entry
-from pool.errors import (
+from ridpool.aio import AsyncPoolClient
+from ridpool.client import PoolClient
+from ridpool.entry import Entry
+from ridpool.errors import (
     CnameNotServed,
     ConfigError,
     CorruptEntry,
@@ -22,7 +22,7 @@ from pool.errors import (
     RidpoolError,
     UnknownPool,
 )
-from pool.stats import ChannelStats, PoolStats
+from ridpool.stats import ChannelStats, PoolStats
 
 __all__ = [
     "AsyncPoolClient",

@@ -7,12 +7,11 @@ from typing import Any
 
 import redis
 import redis.asyncio
-
-from pool import functions, stats
-from pool.client import _for, check_wait, wait_slice
-from pool.entry import Entry
-from pool.errors import PoolEmpty
-from pool.keys import check_prefix, pool_keys, registry
+from ridpool import functions, stats
+from ridpool.client import _for, check_wait, wait_slice
+from ridpool.entry import Entry
+from ridpool.errors import PoolEmpty
+from ridpool.keys import check_prefix, pool_keys, registry
 
 
 class AsyncPoolClient:

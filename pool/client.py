@@ -7,11 +7,10 @@ from typing import Any
 
 import redis
 import redis.asyncio
-
-from pool import functions, stats
-from pool.entry import Entry
-from pool.errors import InvalidArgument, PoolEmpty
-from pool.keys import check_prefix, pool_keys, registry
+from ridpool import functions, stats
+from ridpool.entry import Entry
+from ridpool.errors import InvalidArgument, PoolEmpty
+from ridpool.keys import check_prefix, pool_keys, registry
 
 # A waiting pop blocks on its queue's wake-up list in slices, so it also notices entries added by paths that
 # did not signal and never blocks longer than the socket timeout allows.

@@ -10,8 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import msgpack
-
-from pool.errors import CorruptEntry
+from ridpool.errors import CorruptEntry
 
 ENTRY_VERSION = 1
 _FIELDS = 9

@@ -41,3 +41,7 @@ class InvalidArgument(RidpoolError, ValueError):
 
 class CorruptEntry(RidpoolError):
     """Bytes that should hold an entry do not decode as one of a known version."""
+
+
+class MissingExtra(RidpoolError):
+    """A command needs an optional dependency that is not installed (the daemon's extra, say)."""

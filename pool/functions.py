@@ -20,9 +20,8 @@ import redis.asyncio
 from redis.asyncio.retry import Retry as AsyncRetry
 from redis.backoff import ExponentialWithJitterBackoff
 from redis.retry import Retry
-
-from pool.entry import Entry, decode, encode
-from pool.errors import (
+from ridpool.entry import Entry, decode, encode
+from ridpool.errors import (
     CnameNotServed,
     CorruptEntry,
     InvalidArgument,
@@ -30,9 +29,9 @@ from pool.errors import (
     RidpoolError,
     UnknownPool,
 )
-from pool.keys import AccountKeys, PoolKeys
+from ridpool.keys import AccountKeys, PoolKeys
 
-LIBRARY = resources.files("pool").joinpath("functions.lua").read_text(encoding="utf-8")
+LIBRARY = resources.files("ridpool").joinpath("functions.lua").read_text(encoding="utf-8")
 LIBRARY_NAME = "ridpool"
 
 Arg = str | int | bytes

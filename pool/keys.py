@@ -27,7 +27,7 @@ import functools
 import re
 from dataclasses import dataclass
 
-from pool.errors import InvalidArgument
+from ridpool.errors import InvalidArgument
 
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 PREFIX_PATTERN = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")

@@ -11,8 +11,7 @@ from dataclasses import dataclass
 
 import redis
 import redis.asyncio
-
-from pool.keys import PoolKeys, registry
+from ridpool.keys import PoolKeys, registry
 
 
 @dataclass(frozen=True, slots=True)

@@ -11,8 +11,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from pool.functions import text
-from pool.keys import PoolKeys
+from ridpool.functions import text
+from ridpool.keys import PoolKeys
 
 # Counters kept in the stats hash by the functions and the daemon. "expired" (IDs that died unused) is derived,
 # not kept: added - pops - live, because Redis may expire a whole queue before anything could count its entries.

@@ -7,8 +7,8 @@ from collections.abc import AsyncIterator, Iterator
 import pytest
 import redis
 import redis.asyncio
+from ridpool import AsyncPoolClient, PoolClient
 
-from pool import AsyncPoolClient, PoolClient
 from tests.servers import RedisServer
 
 PREFIX = "t"

@@ -8,8 +8,9 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
-from daemon.config import Config, Credentials, parse_config
-from daemon.service import Daemon, Timing
+from ridpool.daemon.config import Config, Credentials, parse_config
+from ridpool.daemon.service import Daemon, Timing
+
 from tests.conftest import PREFIX
 
 CUSTOMER_ID = "cust-7"

@@ -5,12 +5,11 @@ from __future__ import annotations
 import itertools
 
 import redis
-
-from pool import functions
-from pool.entry import Entry
-from pool.functions import AddResult
-from pool.keys import pool_keys
-from pool.meta import PoolMeta, publish
+from ridpool import functions
+from ridpool.entry import Entry
+from ridpool.functions import AddResult
+from ridpool.keys import pool_keys
+from ridpool.meta import PoolMeta, publish
 
 APPID = "0123456789abcdef0123456789abcdef"
 _serial = itertools.count()

@@ -5,8 +5,8 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-from daemon.localredis import LocalRedis as RedisServer
-from daemon.localredis import free_port
+from ridpool.daemon.localredis import LocalRedis as RedisServer
+from ridpool.daemon.localredis import free_port
 
 __all__ = ["RedisServer", "free_port", "wait_for"]
 

@@ -13,11 +13,11 @@ from pathlib import Path
 import pytest
 import redis
 import yaml
+from ridpool import PoolClient
+from ridpool.cli import build_parser
+from ridpool.keys import pool_keys
+from ridpool.testing import Simulator
 
-from daemon.cli import build_parser
-from daemon.simulator import Simulator
-from pool import PoolClient
-from pool.keys import pool_keys
 from tests.conftest import PREFIX
 from tests.daemonkit import CUSTOMER_ID, SECRET
 from tests.poolkit import fill, publish_pool
@@ -25,7 +25,7 @@ from tests.servers import wait_for
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).parent.parent
-RIDPOOL = [sys.executable, "-m", "daemon.cli"]
+RIDPOOL = [sys.executable, "-m", "ridpool.cli"]
 
 
 def ridpool(*args: str, env: dict[str, str] | None = None, timeout: float = 30) -> subprocess.CompletedProcess[str]:

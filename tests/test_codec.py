@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import msgpack
 import pytest
-
-from pool import functions
-from pool.entry import ENTRY_VERSION, Entry, decode, encode
-from pool.errors import CorruptEntry, InvalidArgument
-from pool.keys import account_keys, pool_keys
+from ridpool import functions
+from ridpool.entry import ENTRY_VERSION, Entry, decode, encode
+from ridpool.errors import CorruptEntry, InvalidArgument
+from ridpool.keys import account_keys, pool_keys
 
 ENTRY = Entry(
     "rid-" + "A" * 250, "0" * 32, "room-1", "4294967295", "rooms", 1_700_000_000_000, 1_700_000_270_000, "req-1"

@@ -9,8 +9,7 @@ from typing import Any
 
 import pydantic
 import pytest
-
-from daemon.config import (
+from ridpool.daemon.config import (
     Config,
     Credentials,
     PoolConfig,
@@ -18,7 +17,7 @@ from daemon.config import (
     load_credentials,
     parse_config,
 )
-from pool.errors import ConfigError, RidpoolError
+from ridpool.errors import ConfigError, RidpoolError
 
 CONFIG_DIR = Path(__file__).parent.parent / "config"
 APPID = "0123456789abcdef0123456789abcdef"

@@ -8,12 +8,12 @@ from collections.abc import Iterator
 
 import pytest
 import redis
+from ridpool import AsyncPoolClient, PoolEmpty
+from ridpool.daemon.config import Credentials
+from ridpool.keys import account_keys, pool_keys
+from ridpool.testing import Faults, Simulator
 from structlog.testing import capture_logs
 
-from daemon.config import Credentials
-from daemon.simulator import Faults, Simulator
-from pool import AsyncPoolClient, PoolEmpty
-from pool.keys import account_keys, pool_keys
 from tests.conftest import PREFIX
 from tests.daemonkit import CUSTOMER_ID, FAST, SECRET, eventually, make_config, rooms_pool, running, web_pool
 from tests.servers import RedisServer

@@ -9,10 +9,10 @@ import time
 import pytest
 import redis
 import redis.asyncio
+from ridpool import functions
+from ridpool.daemon.limiter import Budget
+from ridpool.keys import account_keys
 
-from daemon.limiter import Budget
-from pool import functions
-from pool.keys import account_keys
 from tests.conftest import PREFIX
 
 pytestmark = pytest.mark.integration

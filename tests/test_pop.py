@@ -12,11 +12,11 @@ from pathlib import Path
 
 import pytest
 import redis
+from ridpool import AsyncPoolClient, CnameNotServed, CorruptEntry, PoolClient, PoolEmpty, PoolUnavailable, UnknownPool
+from ridpool.entry import encode
+from ridpool.functions import AddResult
+from ridpool.keys import pool_keys
 
-from pool import AsyncPoolClient, CnameNotServed, CorruptEntry, PoolClient, PoolEmpty, PoolUnavailable, UnknownPool
-from pool.entry import encode
-from pool.functions import AddResult
-from pool.keys import pool_keys
 from tests.conftest import PREFIX
 from tests.poolkit import add, fill, make_entry, publish_pool, server_ms
 from tests.servers import RedisServer, wait_for

@@ -26,14 +26,14 @@ from pathlib import Path
 import pytest
 import redis
 import redis.asyncio
+from ridpool import AsyncPoolClient, Entry, PoolClient, PoolEmpty, PoolUnavailable
+from ridpool.daemon.config import Credentials
+from ridpool.daemon.service import Timing
+from ridpool.entry import decode
+from ridpool.keys import account_keys, pool_keys, replica, replicas
+from ridpool.testing import Faults, Simulator
 from structlog.testing import capture_logs
 
-from daemon.config import Credentials
-from daemon.service import Timing
-from daemon.simulator import Faults, Simulator
-from pool import AsyncPoolClient, Entry, PoolClient, PoolEmpty, PoolUnavailable
-from pool.entry import decode
-from pool.keys import account_keys, pool_keys, replica, replicas
 from tests.conftest import PREFIX
 from tests.daemonkit import APPID, CUSTOMER_ID, SECRET, eventually, make_config, running, web_pool
 from tests.poolkit import fill, publish_pool, server_ms

@@ -15,8 +15,7 @@ from typing import Any
 
 import httpx
 import pytest
-
-from daemon.simulator import Faults, Simulator, serve_forever
+from ridpool.testing import Faults, Simulator, serve_forever
 
 CUSTOMER_ID = "c0ffee-customer"
 SECRET = "s3cr3t-do-not-leak-7f1e"

@@ -9,9 +9,8 @@ import random
 import httpx
 import pytest
 import structlog
-
-from daemon import log as daemon_log
-from daemon.agora import (
+from ridpool.daemon import log as daemon_log
+from ridpool.daemon.agora import (
     ATTEMPTS,
     AcquireClient,
     Malformed,
@@ -21,9 +20,9 @@ from daemon.agora import (
     Transient,
     classify,
 )
-from daemon.config import Credentials
-from daemon.limiter import cooldown_for, window_for
-from daemon.planner import Slot, hold_for, next_slot
+from ridpool.daemon.config import Credentials
+from ridpool.daemon.limiter import cooldown_for, window_for
+from ridpool.daemon.planner import Slot, hold_for, next_slot
 
 HOST = "https://api.sd-rtn.com"
 

@@ -1,5 +1,9 @@
 """The `ridpool` command: parse, configure logging, call one library function, map the outcome to an exit code.
 
+Only the starter-side commands (pop, status) run on the base install; the daemon's commands import the daemon
+inside themselves, so `ridpool pop` pays for no module it does not use, and say which extra to install when it is
+missing.
+
 Exit codes (the README lists them): 0 done; 1 unexpected failure; 2 invalid configuration or arguments;
 3 the pool has nothing fresh enough; 4 unknown pool or a channel the pool does not serve; 5 Redis unreachable.
 """
@@ -8,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib.util
 import json
 import math
 import os
@@ -15,16 +20,22 @@ import signal
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from rich.console import Console
+from ridpool.client import PoolClient
+from ridpool.errors import (
+    CnameNotServed,
+    ConfigError,
+    InvalidArgument,
+    MissingExtra,
+    PoolEmpty,
+    PoolUnavailable,
+    RidpoolError,
+    UnknownPool,
+)
 
-from daemon import log, status
-from daemon.config import Config, load_config, load_credentials
-from daemon.demo import run_demo
-from daemon.service import Daemon
-from daemon.simulator import Faults, Simulator, serve_forever
-from pool import CnameNotServed, PoolClient, PoolEmpty, PoolUnavailable, RidpoolError, UnknownPool
-from pool.errors import ConfigError, InvalidArgument
+if TYPE_CHECKING:
+    from ridpool.daemon.config import Config
 
 EXIT_OK, EXIT_FAILURE, EXIT_INVALID, EXIT_EMPTY, EXIT_UNKNOWN, EXIT_REDIS = 0, 1, 2, 3, 4, 5
 _EXITS: list[tuple[type[RidpoolError], int]] = [
@@ -35,6 +46,26 @@ _EXITS: list[tuple[type[RidpoolError], int]] = [
     (CnameNotServed, EXIT_UNKNOWN),
     (PoolUnavailable, EXIT_REDIS),
 ]
+
+
+DAEMON_EXTRA = "pip install 'ridpool[daemon]'"
+DAEMON_MODULES = ("apscheduler", "httpx", "pydantic", "structlog", "tenacity", "rich")
+
+
+def _daemon() -> None:
+    """Fail in one line when the daemon's extra is not installed (the starter-side install lacks it)."""
+    missing = [name for name in DAEMON_MODULES if importlib.util.find_spec(name) is None]
+    if missing:
+        raise MissingExtra(f"needs the daemon's dependencies ({', '.join(missing)} missing): {DAEMON_EXTRA}")
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("ridpool")
+    except PackageNotFoundError:
+        return "unknown (not installed)"
 
 
 def _number(name: str, low: float, high: float, *, high_included: bool = False) -> Callable[[str], float]:
@@ -63,6 +94,7 @@ def _redis_source(parser: argparse.ArgumentParser, required: bool) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ridpool", description="Pools of fresh Agora Cloud Recording resourceIds.")
+    parser.add_argument("--version", action="version", version=f"ridpool {_version()}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     run = sub.add_parser("run", help="run the refill daemon")
@@ -112,10 +144,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _load_config(path: Path) -> Config:
+    _daemon()
+    from ridpool.daemon.config import load_config
+
+    return load_config(path)
+
+
 def _client(args: argparse.Namespace, config: Config | None = None) -> PoolClient:
     """A client for the config's Redis (loaded by the caller, or here from -c), else for --redis-url."""
     if config is None and args.config is not None:
-        config = load_config(args.config)
+        config = _load_config(args.config)
     if config is not None:
         return PoolClient.from_url(config.redis.url, prefix=args.prefix or config.redis.key_prefix)
     url = args.redis_url or os.environ.get("RIDPOOL_REDIS_URL", "redis://127.0.0.1:6379/0")
@@ -148,19 +187,18 @@ def cmd_pop(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    config = load_config(args.config) if args.config is not None else None
+    from ridpool import status
+
+    config = _load_config(args.config) if args.config is not None else None
     pools = [p.name for p in config.pools] if config else None
     with _client(args, config) as client:
         state = status.gather(client, pools)
-    if args.json:
-        print(json.dumps(status.as_json(state), indent=2))
-    else:
-        status.render(state, Console(width=None if Console().is_terminal else 130))
+    print(json.dumps(status.as_json(state), indent=2) if args.json else status.render(state))
     return EXIT_OK
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
-    config = load_config(args.config)
+    config = _load_config(args.config)
     for warning in config.warnings:
         print(f"warning: {warning}", file=sys.stderr)
     names = ", ".join(f"{p.name} ({len(p.slots)}x{p.size})" for p in config.pools)
@@ -169,7 +207,11 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    config = load_config(args.config)
+    config = _load_config(args.config)
+    from ridpool.daemon import log
+    from ridpool.daemon.config import load_credentials
+    from ridpool.daemon.service import Daemon
+
     credentials = load_credentials()
     as_json = {"auto": None, "json": True, "console": False}[args.log_format]
     log.configure(secrets=[credentials.customer_secret.get_secret_value()], json=as_json, level=args.log_level)
@@ -186,6 +228,9 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
+    _daemon()
+    from ridpool.testing import Faults, Simulator, serve_forever
+
     customer_id = os.environ.get("AGORA_CUSTOMER_ID", "demo-customer")
     secret = os.environ.get("AGORA_CUSTOMER_SECRET", "demo-secret")
     faults = Faults(
@@ -211,6 +256,9 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
+    _daemon()
+    from ridpool.daemon.demo import run_demo
+
     return run_demo(redis_url=args.redis_url, duration=args.duration)
 
 

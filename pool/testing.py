@@ -1,4 +1,4 @@
-"""A loopback simulator of Agora's Cloud Recording REST API (`acquire` and `start`).
+"""`ridpool.testing`: a loopback simulator of Agora's Cloud Recording REST API (`acquire` and `start`).
 
 No machine running this project reaches Agora, so the daemon's tests and the demo talk to this instead. It is
 meant to be at least as strict as the real service as the project's `agora-acquire.md` reference describes it:

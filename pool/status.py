@@ -6,11 +6,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from rich.console import Console
-from rich.table import Table
-
-from pool import PoolClient, PoolStats, functions, stats
-from pool import keys as keyspace
+from ridpool import functions, stats
+from ridpool import keys as keyspace
+from ridpool.client import PoolClient
+from ridpool.stats import PoolStats
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,46 +67,64 @@ def _age(seconds: float | None) -> str:
     return "-" if seconds is None else f"{seconds:.0f}s"
 
 
-def render(status: Status, console: Console) -> None:
-    table = Table(title="ridpool pools", title_justify="left")
-    for column in (
-        "pool",
-        "ready",
-        "oldest",
-        "in flight",
-        "pops",
-        "misses",
-        "expired",
-        "acquires",
-        "errors",
-        "state",
-        "last error",
-    ):
-        table.add_column(column, justify="left" if column in ("pool", "state", "last error") else "right")
+COLUMNS = (
+    "pool",
+    "ready",
+    "oldest",
+    "in flight",
+    "pops",
+    "misses",
+    "expired",
+    "acquires",
+    "errors",
+    "state",
+    "last error",
+)
+_LEFT = {"pool", "state", "last error"}
+
+
+def rows(status: Status) -> list[tuple[str, ...]]:
+    """One row of `COLUMNS` per pool, as text."""
+    out: list[tuple[str, ...]] = []
     for s in status.pools:
         if not s.known:
-            table.add_row(s.pool, "-", "-", "-", "-", "-", "-", "-", "-", "unknown", "no daemon published it")
+            out.append((s.pool, "-", "-", "-", "-", "-", "-", "-", "-", "unknown", "no daemon published it"))
             continue
-        target = s.target * len(s.channels)
         c = s.counters
-        table.add_row(
-            s.pool,
-            f"{s.size}/{target}",
-            _age(s.oldest_age),
-            str(s.in_flight),
-            str(c["pops"]),
-            str(c["misses"]),
-            str(c["expired"]),
-            str(c["acquires"]),
-            str(c["errors"]),
-            s.state,
-            s.last_error[:60],
+        out.append(
+            (
+                s.pool,
+                f"{s.size}/{s.target * len(s.channels)}",
+                _age(s.oldest_age),
+                str(s.in_flight),
+                str(c["pops"]),
+                str(c["misses"]),
+                str(c["expired"]),
+                str(c["acquires"]),
+                str(c["errors"]),
+                s.state,
+                s.last_error[:60],
+            )
         )
-    console.print(table)
+    return out
+
+
+def render(status: Status) -> str:
+    """The status as a plain text table (no terminal library: the starter-side install has none)."""
+    table = [COLUMNS, *rows(status)]
+    widths = [max(len(row[i]) for row in table) for i in range(len(COLUMNS))]
+
+    def text_row(row: tuple[str, ...]) -> str:
+        cells = zip(COLUMNS, row, widths, strict=True)
+        return "  ".join(cell.ljust(w) if name in _LEFT else cell.rjust(w) for name, cell, w in cells).rstrip()
+
+    lines = [text_row(row) for row in table]
+    lines.insert(1, "  ".join("-" * w for w in widths))
     if not status.pools:
-        console.print("no pools published yet (is a daemon running with this key prefix?)")
+        lines.append("no pools published yet (is a daemon running with this key prefix?)")
     if status.replicas:
         line = ", ".join(f"{r.id} (up since {r.info.get('started_at', '?')})" for r in status.replicas)
-        console.print(f"live replicas: {len(status.replicas)}: {line}")
+        lines.append(f"live replicas: {len(status.replicas)}: {line}")
     else:
-        console.print("live replicas: none")
+        lines.append("live replicas: none")
+    return "\n".join(lines)
