@@ -2,7 +2,8 @@
 
 Only a 200 whose body holds a non-empty string `resourceId` is an ID; everything else is an outcome with the
 X-Request-Id Agora support asks for. Every HTTP attempt draws from the shared budget first (`before_attempt`),
-because Agora counts attempts, not calls.
+because Agora counts attempts, not calls, and is reported afterwards (`after_attempt`): the caller, who knows
+the pool, counts and logs it.
 """
 
 from __future__ import annotations
@@ -15,12 +16,9 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
 import httpx
-import structlog
 from ridpool.daemon.config import Credentials
 from ridpool.errors import RidpoolError
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, stop_after_attempt
-
-log = structlog.get_logger("ridpool.agora")
 
 # Agora's advice: back off 1 s, 3 s, 6 s between attempts on 5xx, timeouts and network errors.
 BACKOFF = (1.0, 3.0, 6.0)
@@ -28,7 +26,8 @@ ATTEMPTS = len(BACKOFF) + 1
 
 
 class AcquireError(RidpoolError):
-    """An acquire that produced no ID. `retryable` tells a transient failure from a rejected request."""
+    """An acquire that produced no ID. `retryable` False: the request itself is wrong (the pool's state becomes
+    `error` and the failure is logged as an error); True: Agora may answer another time (state `retrying`)."""
 
     kind = "error"
     retryable = True
@@ -69,6 +68,19 @@ class Rejected(AcquireError):
 
     kind = "rejected"
     retryable = False
+
+
+# Every kind an attempt can fail with: the `kind` label of ridpool_agora_errors_total, zero until one happens.
+KINDS = tuple(kind.kind for kind in (Transient, Malformed, RateLimited, Overloaded, Rejected))
+
+
+@dataclass(frozen=True, slots=True)
+class Attempt:
+    """One HTTP attempt as `after_attempt` hears of it: where, how long from sending to the answer, what failed."""
+
+    host: str
+    seconds: float
+    error: AcquireError | None  # None: it brought an ID
 
 
 @dataclass(frozen=True, slots=True)
@@ -163,8 +175,11 @@ class AcquireClient:
         *,
         before_attempt: Callable[[], Awaitable[None]],
         on_rate_limited: Callable[[RateLimited], Awaitable[None]],
+        after_attempt: Callable[[Attempt], Awaitable[None]] | None = None,
     ) -> Acquired:
-        """Return the ID, or raise the last AcquireError once attempts are spent or the request is rejected."""
+        """Return the ID, or raise the last AcquireError once attempts are spent or the request is rejected.
+
+        `after_attempt` hears of every HTTP attempt, failed or not, retried or not (to count and log it)."""
         body: dict[str, object] = {"cname": cname, "uid": uid, "clientRequest": client_request}
         last: list[AcquireError] = []
         retrying = AsyncRetrying(
@@ -178,15 +193,19 @@ class AcquireClient:
             with attempt:
                 host = self.host_for(attempt.retry_state.attempt_number - 1, last[-1] if last else None)
                 await before_attempt()
+                sent = time.monotonic()
                 try:
-                    return await self._attempt(host, appid, body)
-                except RateLimited as exc:
-                    last.append(exc)
-                    await on_rate_limited(exc)
-                    raise
+                    got = await self._attempt(host, appid, body)
                 except AcquireError as exc:
                     last.append(exc)
+                    if after_attempt is not None:
+                        await after_attempt(Attempt(host, time.monotonic() - sent, exc))
+                    if isinstance(exc, RateLimited):
+                        await on_rate_limited(exc)
                     raise
+                if after_attempt is not None:
+                    await after_attempt(Attempt(host, time.monotonic() - sent, None))
+                return got
         raise AssertionError("unreachable: tenacity re-raises the last error")  # pragma: no cover
 
     async def _attempt(self, host: str, appid: str, body: dict[str, object]) -> Acquired:
@@ -204,14 +223,5 @@ class AcquireClient:
             raise Transient(f"network error at {host}: {type(exc).__name__}", host=host) from None
         outcome = classify(response, host)
         if isinstance(outcome, AcquireError):
-            log.warning(
-                "agora.acquire_failed",
-                kind=outcome.kind,
-                status=outcome.status,
-                host=host,
-                request_id=outcome.request_id,
-                error=str(outcome),
-                cname=body["cname"],
-            )
             raise outcome
         return Acquired(outcome, response.headers.get("x-request-id", ""), sent, host)

@@ -203,6 +203,20 @@ class AgoraSettings(_Frozen):
     jitter: Annotated[SFloat, _check(lambda j: 0 <= j <= 0.5, "must be from 0 to 0.5 seconds")] = 0.05
 
 
+class MetricsSettings(_Frozen):
+    """`[metrics]`: Prometheus text on /metrics and the health probe on /healthz; off when the table is absent."""
+
+    port: Annotated[SInt, _check(lambda p: 0 < p < 65536, "must be 1 to 65535")]
+    address: Annotated[SStr, _check(bool, "must not be empty")] = "127.0.0.1"
+
+
+class LogSettings(_Frozen):
+    """`[logs]`: what the daemon logs besides its events."""
+
+    # Seconds between two `pool.summary` events per pool (ready, target, in flight, waste); 0 turns them off.
+    summary_interval: Annotated[SFloat, _check(lambda s: s >= 0, "must be 0 (off) or more")] = 60.0
+
+
 class PoolConfig(_Frozen):
     name: Name
     appid: Annotated[SStr, _check(_HEX32.fullmatch, "must be 32 hexadecimal characters")]
@@ -318,6 +332,8 @@ class Config(_Frozen):
     pools: Annotated[tuple[PoolConfig, ...], _check(len, "at least one [[pools]] table is required", show=False)] = (
         Field(default=(), validate_default=True)
     )
+    metrics: MetricsSettings | None = None
+    logs: LogSettings = Field(default_factory=LogSettings)
     warnings: tuple[str, ...] = ()  # filled by the loader, never read from the file
 
     @model_validator(mode="wrap")

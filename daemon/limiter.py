@@ -27,6 +27,7 @@ from dataclasses import dataclass
 
 import redis.asyncio
 from ridpool import functions
+from ridpool.daemon.backoff import doubling
 from ridpool.keys import AccountKeys
 
 NETWORK_JITTER = 0.05  # default seconds of bunching between two requests on their way to Agora (agora.jitter)
@@ -56,7 +57,7 @@ def window_for(rate: float, jitter: float = NETWORK_JITTER) -> Window:
 
 def cooldown_for(consecutive_429s: int) -> float:
     """Seconds every replica waits after the n-th 429 in a row (n >= 1)."""
-    return float(min(COOLDOWN_CAP, COOLDOWN_FIRST * 2 ** max(0, consecutive_429s - 1)))
+    return doubling(consecutive_429s, COOLDOWN_FIRST, COOLDOWN_CAP)
 
 
 class Budget:

@@ -7,6 +7,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from ridpool.daemon.backoff import doubling
+
 # A pool whose acquires keep failing is held (no new leases, across replicas) for a while that doubles per
 # failure in a row: a wrong secret must not hammer Agora. The cap keeps it to a few attempts a minute.
 HOLD_FIRST, HOLD_CAP = 2.0, 20.0
@@ -41,4 +43,4 @@ def next_slot(slots: Iterable[Slot]) -> Slot | None:
 
 def hold_for(consecutive_failures: int) -> float:
     """Seconds a pool is held after its n-th failed acquire in a row (n >= 1)."""
-    return float(min(HOLD_CAP, HOLD_FIRST * 2 ** max(0, consecutive_failures - 1)))
+    return doubling(consecutive_failures, HOLD_FIRST, HOLD_CAP)

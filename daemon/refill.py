@@ -18,10 +18,11 @@ import redis.asyncio
 import structlog
 from ridpool import functions
 from ridpool.daemon import planner
-from ridpool.daemon.agora import AcquireClient, AcquireError, RateLimited, Rejected
+from ridpool.daemon.agora import AcquireClient, AcquireError, Attempt, RateLimited
 from ridpool.daemon.clock import ServerClock
 from ridpool.daemon.config import Config, PoolConfig
 from ridpool.daemon.limiter import Budget
+from ridpool.daemon.metrics import ERROR_FIELD, Metrics
 from ridpool.entry import Entry
 from ridpool.errors import PoolUnavailable
 from ridpool.functions import AddResult, Lease
@@ -36,6 +37,14 @@ def queue_cname(pool: PoolConfig, slot: str) -> str | None:
     return None if pool.is_template else slot
 
 
+def _log_failure(event: str, pool: PoolConfig, exc: AcquireError, **fields: object) -> None:
+    """A rejection (the request itself is wrong: credentials, appid, channel) is an error an operator must act
+    on; a failure Agora may not repeat is a warning."""
+    (log.warning if exc.retryable else log.error)(
+        event, pool=pool.name, kind=exc.kind, status=exc.status, request_id=exc.request_id, error=str(exc), **fields
+    )
+
+
 class Refiller:
     def __init__(
         self,
@@ -48,8 +57,10 @@ class Refiller:
         replica_id: str,
         lease_seconds: float,
         rng: random.Random | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self.redis = client
+        self.metrics = metrics or Metrics()
         self.pools = {p.name: p for p in config.pools}
         self.keys: dict[str, PoolKeys] = {p.name: pool_keys(config.redis.key_prefix, p.name) for p in config.pools}
         self.acquirer = acquirer
@@ -141,8 +152,9 @@ class Refiller:
                     cname,
                     uid,
                     pool.client_request(),
-                    before_attempt=self.budget.take,
-                    on_rate_limited=lambda exc: self._rate_limited(keys, exc),
+                    before_attempt=lambda: self._take(pool),
+                    on_rate_limited=lambda exc: self._rate_limited(pool, keys, exc),
+                    after_attempt=lambda attempt: self._attempted(pool, keys, cname, attempt),
                 )
             except AcquireError as exc:
                 await self._failed(pool, keys, lease, exc)
@@ -193,36 +205,46 @@ class Refiller:
             event, pool=pool.name, cname=entry.cname, uid=entry.uid, result=result.value, request_id=entry.request_id
         )
 
+    async def _take(self, pool: PoolConfig) -> None:
+        started = time.monotonic()
+        await self.budget.take()
+        self.metrics.budget_wait.labels(pool.name).observe(time.monotonic() - started)
+
+    async def _attempted(self, pool: PoolConfig, keys: PoolKeys, cname: str, attempt: Attempt) -> None:
+        """Every HTTP attempt: timed; a failed one counted in `errors` (and `errors:<kind>`), retried or not."""
+        self.metrics.acquire_duration.labels(pool.name).observe(attempt.seconds)
+        exc = attempt.error
+        if exc is None:
+            return
+        _log_failure("agora.acquire_failed", pool, exc, host=attempt.host, cname=cname)
+        # Counting is worth less than the acquire it would abort: a Redis blink loses the count, not the ID.
+        with contextlib.suppress(PoolUnavailable, redis.RedisError):
+            async with self.redis.pipeline(transaction=False) as pipe:
+                pipe.hincrby(keys.stats, "errors", 1)
+                pipe.hincrby(keys.stats, ERROR_FIELD + exc.kind, 1)
+                await pipe.execute()
+
     async def _failed(self, pool: PoolConfig, keys: PoolKeys, lease: Lease, exc: AcquireError) -> None:
+        """The acquire gave up (attempts spent, or rejected): free its lease and hold the pool on every replica."""
         await functions.aexecute(self.redis, functions.release_call(keys, lease))
         message = f"{exc.kind}: {exc}" + (f" (X-Request-Id {exc.request_id})" if exc.request_id else "")
         async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.hincrby(keys.stats, "errors", 1)
-            pipe.hincrby(keys.stats, "failures", 1)
+            pipe.hincrby(keys.stats, "failures", 1)  # in a row: reset by the next stored entry
             pipe.hset(
                 keys.stats,
-                mapping={
-                    "last_error": message[:500],
-                    "state": "error" if isinstance(exc, Rejected) else "retrying",
-                },
+                mapping={"last_error": message[:500], "state": "retrying" if exc.retryable else "error"},
             )
             replies = await pipe.execute()
-        hold = planner.hold_for(int(replies[1]))
-        await self.redis.set(keys.hold, "1", px=round(hold * 1000))
-        log.warning(
-            "refill.failed",
-            pool=pool.name,
-            kind=exc.kind,
-            status=exc.status,
-            request_id=exc.request_id,
-            error=str(exc),
-            hold_seconds=hold,
-        )
+        hold = planner.hold_for(int(replies[0]))
+        await functions.aexecute(self.redis, functions.hold_call(keys, hold))
+        _log_failure("refill.failed", pool, exc, hold_seconds=hold)
 
-    async def _rate_limited(self, keys: PoolKeys, exc: RateLimited) -> None:
+    async def _rate_limited(self, pool: PoolConfig, keys: PoolKeys, exc: RateLimited) -> None:
         wait = await self.budget.rate_limited()
         await self.redis.hincrby(keys.stats, "rate_limited", 1)
-        log.warning("agora.rate_limited", request_id=exc.request_id, host=exc.host, cooldown_seconds=wait)
+        log.warning(
+            "agora.rate_limited", pool=pool.name, request_id=exc.request_id, host=exc.host, cooldown_seconds=wait
+        )
 
     async def renew(self) -> int:
         """Push the deadline of every lease still in use one lease length ahead; returns how many.

@@ -14,7 +14,7 @@ import os
 import socket
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -24,13 +24,17 @@ import structlog
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from ridpool import functions
 from ridpool import keys as keyspace
+from ridpool.aio import AsyncPoolClient
 from ridpool.daemon.agora import AcquireClient
+from ridpool.daemon.backoff import doubling
 from ridpool.daemon.clock import ServerClock
 from ridpool.daemon.config import Config, Credentials
 from ridpool.daemon.limiter import Budget
+from ridpool.daemon.metrics import Metrics, MetricsServer, Snapshot
 from ridpool.daemon.refill import Refiller
 from ridpool.errors import PoolUnavailable
 from ridpool.meta import PoolMeta, apublish
+from ridpool.stats import PoolStats
 
 log = structlog.get_logger("ridpool.daemon")
 VERSION = "0.1.0"
@@ -47,6 +51,7 @@ class Timing:
     backoff_scale: float = 1.0  # scales Agora's 1 s / 3 s / 6 s retry backoff
     redis_backoff_cap: float = 8.0  # longest pause between attempts to reach a Redis that is down
     lease: float = 15.0  # how long a lease holds unless renewed (every heartbeat): a dead replica's lapse after it
+    observe: float = 5.0  # between two looks at every pool's state, for /metrics and the `pool.summary` events
 
 
 class Daemon:
@@ -74,6 +79,7 @@ class Daemon:
             limits=httpx.Limits(max_connections=config.agora.max_in_flight * 2, keepalive_expiry=30),
         )
         self.clock = ServerClock()
+        self.metrics = Metrics()
         self.budget = Budget(
             self.redis,
             keyspace.account_keys(self.prefix, config.agora.account),
@@ -88,11 +94,15 @@ class Daemon:
             self.clock,
             replica_id=self.replica_id,
             lease_seconds=self.timing.lease,
+            metrics=self.metrics,
         )
         self.started_at = time.time()
         self.redis_down_since: float | None = None
         self.redis_retry_at = 0.0
         self.redis_failures = 0
+        self.last_ok: float | None = None  # monotonic time a job last reached Redis
+        self.running = False
+        self.next_summary = 0.0
 
     # -- jobs ----------------------------------------------------------------------------------------------
 
@@ -102,6 +112,7 @@ class Daemon:
             return
         try:
             await job()
+            self.last_ok = time.monotonic()
         except asyncio.CancelledError:
             # Shutdown cancels a job still running (a refill round waiting for the budget): that is the end
             # of this job task, not an error worth a traceback in the log.
@@ -119,7 +130,8 @@ class Daemon:
 
     def _redis_failed(self, exc: PoolUnavailable) -> None:
         self.redis_failures += 1
-        pause = min(self.timing.redis_backoff_cap, 0.25 * 2 ** (self.redis_failures - 1))
+        self.metrics.snapshot = replace(self.metrics.snapshot, reached=False)
+        pause = doubling(self.redis_failures, 0.25, self.timing.redis_backoff_cap)
         self.redis_retry_at = time.monotonic() + pause
         if self.redis_down_since is None:
             self.redis_down_since = time.monotonic()
@@ -135,6 +147,35 @@ class Daemon:
         if not all(present):
             await self.publish()
         await self.refiller.round()
+
+    def health(self) -> tuple[bool, str]:
+        """What /healthz answers: ok while the daemon runs and its jobs reach Redis; else why not, in one line."""
+        if not self.running:
+            return False, "not running (starting or stopping)"
+        if self.redis_down_since is not None:
+            return False, f"Redis unreachable for {time.monotonic() - self.redis_down_since:.0f} s"
+        if self.last_ok is None:
+            return False, "starting: Redis not reached yet"
+        silent = time.monotonic() - self.last_ok
+        if silent > 3 * max(self.timing.heartbeat, self.timing.tick):
+            return False, f"no job has reached Redis for {silent:.0f} s"
+        return True, "ok"
+
+    async def observe(self) -> None:
+        """Read every pool's state for /metrics, and log each pool's summary when one is due."""
+        client = AsyncPoolClient(self.redis, prefix=self.prefix)
+        try:
+            pools = [await client.stats(pool.name) for pool in self.config.pools]
+        except PoolUnavailable:
+            self.metrics.snapshot = replace(self.metrics.snapshot, reached=False)
+            raise
+        self.metrics.snapshot = Snapshot(pools, reached=True)
+        interval = self.config.logs.summary_interval
+        if interval and time.monotonic() >= self.next_summary:
+            self.next_summary = time.monotonic() + interval
+            for stats in pools:
+                if stats.known:  # not yet published (the first round after a start): nothing to sum up
+                    log.info("pool.summary", **summary(stats))
 
     async def publish(self) -> None:
         await self.clock.sync(self.redis)
@@ -187,11 +228,19 @@ class Daemon:
         logging.getLogger("apscheduler").setLevel(logging.ERROR)
         scheduler = AsyncIOScheduler(timezone=UTC)
         now = datetime.now(UTC)
-        jobs = (
+        jobs = [
             ("publish", self.publish, self.timing.publish),
             ("heartbeat", self.heartbeat, self.timing.heartbeat),
             ("refill", self.refill, self.timing.tick),
-        )
+        ]
+        if self.config.metrics is not None or self.config.logs.summary_interval:
+            jobs.append(("observe", self.observe, self.timing.observe))
+        server = None
+        if self.config.metrics is not None:
+            # Started first: a port already taken fails the start in one line, before anything else runs.
+            server = MetricsServer(
+                self.config.metrics.address, self.config.metrics.port, self.metrics.registry, self.health
+            ).start()
         for name, job, every in jobs:
             scheduler.add_job(
                 self._guarded,
@@ -205,9 +254,11 @@ class Daemon:
                 misfire_grace_time=None,
             )
         scheduler.start()
+        self.running = True
         try:
             await stop.wait()
         finally:
+            self.running = False
             log.info("daemon.stopping", replica=self.replica_id, in_flight=len(self.refiller.tasks))
             self.refiller.stopping = True  # a round still running leases nothing more
             scheduler.shutdown(wait=False)
@@ -215,6 +266,8 @@ class Daemon:
             await self._leave()
             await self.http.aclose()
             await self.redis.aclose()
+            if server is not None:
+                server.stop()
             log.info("daemon.stopped", replica=self.replica_id, abandoned=abandoned)
         return abandoned
 
@@ -227,3 +280,19 @@ class Daemon:
                 await asyncio.wait_for(pipe.execute(), 1.0)
         except (redis.RedisError, TimeoutError):
             pass
+
+
+def summary(stats: PoolStats) -> dict[str, object]:
+    """The fields of one `pool.summary` event: fill, work in progress, waste."""
+    return {
+        "pool": stats.pool,
+        "ready": stats.size,
+        "target": int(stats.extra.get("target", stats.target * len(stats.channels))),
+        "in_flight": stats.in_flight,
+        "state": stats.state,
+        "pops": stats.counters["pops"],
+        "misses": stats.counters["misses"],
+        "expired_unused": stats.counters["expired"],  # the waste: IDs acquired and never popped
+        "acquires": stats.counters["acquires"],
+        "errors": stats.counters["errors"],
+    }

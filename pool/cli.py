@@ -5,7 +5,8 @@ inside themselves, so `ridpool pop` pays for no module it does not use, and say 
 missing.
 
 Exit codes (the README lists them): 0 done; 1 unexpected failure; 2 invalid configuration or arguments;
-3 the pool has nothing fresh enough; 4 unknown pool or a channel the pool does not serve; 5 Redis unreachable.
+3 the pool has nothing fresh enough; 4 unknown pool or a channel the pool does not serve; 5 Redis unreachable;
+6 `status --check` found a pool not ok or no live replica.
 """
 
 from __future__ import annotations
@@ -31,13 +32,14 @@ from ridpool.errors import (
     PoolEmpty,
     PoolUnavailable,
     RidpoolError,
+    Unhealthy,
     UnknownPool,
 )
 
 if TYPE_CHECKING:
     from ridpool.daemon.config import Config
 
-EXIT_OK, EXIT_FAILURE, EXIT_INVALID, EXIT_EMPTY, EXIT_UNKNOWN, EXIT_REDIS = 0, 1, 2, 3, 4, 5
+EXIT_OK, EXIT_FAILURE, EXIT_INVALID, EXIT_EMPTY, EXIT_UNKNOWN, EXIT_REDIS, EXIT_UNHEALTHY = 0, 1, 2, 3, 4, 5, 6
 _EXITS: list[tuple[type[RidpoolError], int]] = [
     (ConfigError, EXIT_INVALID),
     (InvalidArgument, EXIT_INVALID),
@@ -45,6 +47,7 @@ _EXITS: list[tuple[type[RidpoolError], int]] = [
     (UnknownPool, EXIT_UNKNOWN),
     (CnameNotServed, EXIT_UNKNOWN),
     (PoolUnavailable, EXIT_REDIS),
+    (Unhealthy, EXIT_UNHEALTHY),
 ]
 
 
@@ -117,6 +120,11 @@ def build_parser() -> argparse.ArgumentParser:
     status = sub.add_parser("status", help="pools, counters and live replicas")
     _redis_source(status, required=False)
     status.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    status.add_argument(
+        "--check",
+        action="store_true",
+        help="print one line and exit 0 if every pool is ok and a replica is live, else 6 (5: Redis unreachable)",
+    )
 
     sim = sub.add_parser("simulate", help="run the built-in Agora acquire simulator")
     sim.add_argument("--host", default="127.0.0.1")
@@ -193,6 +201,12 @@ def cmd_status(args: argparse.Namespace) -> int:
     pools = [p.name for p in config.pools] if config else None
     with _client(args, config) as client:
         state = status.gather(client, pools)
+    if args.check:
+        problems = status.problems(state)
+        if problems:
+            raise Unhealthy("; ".join(problems))
+        print(f"ok: {len(state.pools)} pools ok, {len(state.replicas)} live replicas")
+        return EXIT_OK
     print(json.dumps(status.as_json(state), indent=2) if args.json else status.render(state))
     return EXIT_OK
 

@@ -45,3 +45,7 @@ class CorruptEntry(RidpoolError):
 
 class MissingExtra(RidpoolError):
     """A command needs an optional dependency that is not installed (the daemon's extra, say)."""
+
+
+class Unhealthy(RidpoolError):
+    """`ridpool status --check`: a pool is not ok or no replica is live; the message says which, on one line."""

@@ -353,12 +353,19 @@ local function take(keys, args)
 end
 
 --[[
-ridpool_cooldown: make every replica of an account wait (after a 429); never shortens a longer wait.
-KEYS[1] cooldown   ARGV[1] ms
+ridpool_hold and ridpool_cooldown: make every replica wait at least `ms` from now, in one atomic step that never
+shortens a longer wait another replica set. ridpool_hold holds a pool after failed acquires (its hold key stops
+ridpool_reserve); ridpool_cooldown pauses an account's budget after a 429 (its cooldown key stops ridpool_take).
+KEYS[1] hold       PREFIX:{POOL}:hold, or PREFIX:{acct:NAME}:cooldown for ridpool_cooldown
+ARGV[1] ms         how long to wait (integer > 0)
 Reply: the wait now in force, ms.
+Errors: 'BAD_ARGUMENT ...'.
 ]]
-local function cooldown(keys, args)
+local function wait_at_least(keys, args)
   local ms = tonumber(args[1])
+  if ms == nil or ms <= 0 then
+    return redis.error_reply('BAD_ARGUMENT the wait must be a positive number of ms')
+  end
   if redis.call('PTTL', keys[1]) < ms then
     redis.call('SET', keys[1], '1', 'PX', ms)
   end
@@ -399,7 +406,8 @@ redis.register_function('ridpool_reserve', reserve)
 redis.register_function('ridpool_release', release)
 redis.register_function('ridpool_sweep', sweep)
 redis.register_function('ridpool_take', take)
-redis.register_function('ridpool_cooldown', cooldown)
+redis.register_function('ridpool_cooldown', wait_at_least)
+redis.register_function('ridpool_hold', wait_at_least)
 redis.register_function{
   function_name = 'ridpool_version',
   callback = function() return LIBRARY_VERSION end,

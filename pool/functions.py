@@ -182,8 +182,17 @@ def parse_wait(reply: Any) -> float:
     return int(reply) / 1000
 
 
+def _whole_ms(seconds: float) -> int:
+    return max(1, math.ceil(seconds * 1000))
+
+
 def cooldown_call(keys: AccountKeys, seconds: float) -> Call:
-    return Call("ridpool_cooldown", (keys.cooldown,), (max(1, math.ceil(seconds * 1000)),))
+    return Call("ridpool_cooldown", (keys.cooldown,), (_whole_ms(seconds),))
+
+
+def hold_call(keys: PoolKeys, seconds: float) -> Call:
+    """Hold the pool (no new leases, on any replica) for at least `seconds`; reply: parse_wait."""
+    return Call("ridpool_hold", (keys.hold,), (_whole_ms(seconds),))
 
 
 # -- execution -------------------------------------------------------------------------------------------

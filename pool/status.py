@@ -38,6 +38,22 @@ def gather(client: PoolClient, pools: Sequence[str] | None = None) -> Status:
     return Status(per_pool, replicas)
 
 
+def problems(status: Status) -> list[str]:
+    """What `status --check` fails on: a pool unknown or not in state ok, no pool at all, no live replica."""
+    found = []
+    if not status.pools:
+        found.append("no pools published (is a daemon running with this key prefix?)")
+    for s in status.pools:
+        if not s.known:
+            found.append(f"pool {s.pool!r} unknown (no daemon published it)")
+        elif s.state != "ok":
+            why = f": {' '.join(s.last_error.split())[:120]}" if s.last_error else ""
+            found.append(f"pool {s.pool!r} is {s.state}{why}")
+    if not status.replicas:
+        found.append("no live replica")
+    return found
+
+
 def as_json(status: Status) -> dict[str, Any]:
     return {
         "pools": [
