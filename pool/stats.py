@@ -39,7 +39,7 @@ class PoolStats:
     channels: tuple[ChannelStats, ...]
     in_flight: int
     counters: Mapping[str, int]
-    state: str  # 'ok', or 'error' while the last acquire of this pool failed on a non-retryable answer
+    state: str  # 'ok'; 'retrying' or 'error' (a rejected request) after the last acquire gave up, until one succeeds
     last_error: str
     published_at_ms: int | None
     starts: Mapping[str, int] = field(default_factory=dict)  # starters' reports: 'ok:0-29', 'failed:30-59', ...
