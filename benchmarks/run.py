@@ -22,7 +22,7 @@ import redis
 from ridpool.daemon import log
 from ridpool.daemon.localredis import LocalRedis
 
-from benchmarks import cpu, first_pop, memory, pop, refill, timeline
+from benchmarks import cpu, first_pop, imports, memory, pop, refill, timeline
 from benchmarks.common import FULL, QUICK, ROOT, load_average, machine
 from benchmarks.report import Results, render
 
@@ -79,6 +79,8 @@ def main(argv: list[str] | None = None) -> int:
         server.stop()
         shutil.rmtree(server.dir, ignore_errors=True)
     md.write_text(render(results))
+    print("CLI imports", flush=True)
+    imports.write(md, imports.section(imports.run()))
     raw = ROOT / "benchmarks" / "out" / ("results-quick.json" if args.quick else "results.json")
     raw.parent.mkdir(parents=True, exist_ok=True)
     raw.write_text(json.dumps(asdict(results), indent=1, default=str))

@@ -1,7 +1,8 @@
 """`ridpool demo`: Redis, the Agora simulator and the daemon in one process tree, pools filling and pops, live.
 
 Nothing here is special to the demo but the wiring: the daemon, the simulator and the status table are the real
-ones, with `config/demo.toml` pointed at a Redis started on a free port and at the simulator.
+ones, with the demo's config (`demo.toml`, shipped inside `ridpool.daemon` so that the demo runs from any install
+with the daemon extra) pointed at a Redis started on a free port and at the simulator.
 """
 
 from __future__ import annotations
@@ -11,32 +12,30 @@ import contextlib
 import signal
 import time
 import tomllib
-from pathlib import Path
+from importlib import resources
 
 from rich.console import Console
-from ridpool import PoolClient, PoolEmpty, RidpoolError, status
+from ridpool import PoolClient, PoolEmpty, status
 from ridpool.daemon import log
 from ridpool.daemon.config import Credentials, parse_config
 from ridpool.daemon.localredis import LocalRedis
 from ridpool.daemon.service import Daemon, Timing
 from ridpool.testing import Faults, Simulator
 
-DEMO_CONFIG = Path(__file__).resolve().parent.parent / "config" / "demo.toml"
+DEMO_CONFIG = resources.files("ridpool.daemon").joinpath("demo.toml")
 CUSTOMER_ID, SECRET = "demo-customer", "demo-secret-not-a-real-one"
 
 
 def run_demo(*, redis_url: str | None, duration: float | None, console: Console | None = None) -> int:
     console = console or Console(width=None if Console().is_terminal else 130)
-    if not DEMO_CONFIG.exists():
-        raise RidpoolError(f"{DEMO_CONFIG} is missing: run the demo from a checkout of ridpool")
     local = None if redis_url else LocalRedis().start()
     url = redis_url or (local.url if local else "")
     sim = Simulator(customer_id=CUSTOMER_ID, customer_secret=SECRET, faults=Faults(latency=0.15, jitter=0.1)).start()
     try:
-        data = tomllib.loads(DEMO_CONFIG.read_text())
+        data = tomllib.loads(DEMO_CONFIG.read_text(encoding="utf-8"))
         data["redis"]["url"] = url
         data["agora"]["base_url"] = sim.url
-        config = parse_config(data, source=str(DEMO_CONFIG))
+        config = parse_config(data, source=DEMO_CONFIG.name)
         console.print(f"[bold]ridpool demo[/]: Redis {url}, Agora simulator {sim.url}, config {DEMO_CONFIG.name}")
         console.print(
             "pools fill within the shared budget, then a starter pops an ID every 2 s and the simulator "

@@ -120,3 +120,18 @@ def test_compose_runs_commands_the_cli_really_has() -> None:
     assert ridpool("check-config", "-c", config_path).returncode == 0
     dockerfile = (ROOT / "Dockerfile").read_text()
     assert 'ENTRYPOINT ["ridpool"]' in dockerfile
+
+
+def test_pop_loads_nothing_of_the_daemon_the_simulator_or_the_demo(r: redis.Redis, redis_url: str) -> None:
+    """`ridpool pop` imports no daemon module nor its dependencies (what keeps its start-up short)."""
+    publish_pool(r, PREFIX, "web")
+    fill(r, PREFIX, "web", 1)
+    code = (
+        "import sys\nfrom ridpool.cli import main\n"
+        f"code = main(['pop', 'web', '--redis-url', '{redis_url}', '--prefix', '{PREFIX}'])\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('httpx', 'pydantic', 'apscheduler', "
+        "'structlog', 'rich', 'tenacity', 'prometheus_client') or m.startswith(('ridpool.daemon', 'ridpool.testing'))),"
+        " code, file=sys.stderr)"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30, check=False)
+    assert done.returncode == 0 and done.stderr.strip() == "[] 0", done.stderr

@@ -17,6 +17,7 @@ from ridpool.daemon.config import (
     load_credentials,
     parse_config,
 )
+from ridpool.daemon.demo import DEMO_CONFIG
 from ridpool.errors import ConfigError, RidpoolError
 
 CONFIG_DIR = Path(__file__).parent.parent / "config"
@@ -172,8 +173,9 @@ def test_example_config_loads_with_its_derived_values() -> None:
 
 
 def test_demo_config_loads_with_its_derived_values() -> None:
-    """config/demo.toml loads: web template pool of 10 aged at most 60 s, three rooms of 3 aged at most 120 s."""
-    config = load_config(CONFIG_DIR / "demo.toml")
+    """The demo's config (package data of ridpool.daemon) loads: web template pool of 10 aged at most 60 s, three
+    rooms of 3 aged at most 120 s."""
+    config = load_config(str(DEMO_CONFIG))
     web, rooms = config.pools
     assert config.agora.base_url == ("http://127.0.0.1:18080",)
     assert config.agora.rate_limit == 8
