@@ -4,14 +4,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import signal
+import subprocess
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 from ridpool.daemon.config import Config, Credentials, parse_config
 from ridpool.daemon.service import Daemon, Timing
 
 from tests.conftest import PREFIX
+from tests.servers import wait_for
 
 CUSTOMER_ID = "cust-7"
 SECRET = "Zq-secret-4f9b1c77e-DO-NOT-LEAK"
@@ -96,3 +101,31 @@ async def eventually(
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout} s waiting for {what or condition}")
         await asyncio.sleep(0.02)
+
+
+def web_config_toml(redis_url: str, sim_url: str, size: int) -> str:
+    """A config file's text: one template pool of `size` entries against the simulator."""
+    return (
+        f'[redis]\nurl = "{redis_url}"\nkey_prefix = "{PREFIX}"\n[agora]\nbase_url = "{sim_url}"\n'
+        'rate_limit = 10\n[[pools]]\nname = "web"\nappid = "0123456789abcdef0123456789abcdef"\n'
+        f'cname = "web-{{uuid}}"\nuid = "527841"\nscene = 1\nsize = {size}\n'
+    )
+
+
+def run_until_filled(
+    command: list[str], filled: Callable[[], object], *, cwd: Path
+) -> tuple[subprocess.CompletedProcess[str], float]:
+    """Start `ridpool run` as a process, wait for `filled`, SIGTERM it; returns its outcome and how long it took
+    to exit after the signal."""
+    clean = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env = {**clean, "AGORA_CUSTOMER_ID": CUSTOMER_ID, "AGORA_CUSTOMER_SECRET": SECRET}
+    proc = subprocess.Popen(command, cwd=cwd, env=env, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        wait_for(filled, timeout=30, what="the daemon to fill its pool")
+        proc.send_signal(signal.SIGTERM)
+        started = time.monotonic()
+        out, err = proc.communicate(timeout=15)
+        took = time.monotonic() - started
+    finally:
+        proc.kill()
+    return subprocess.CompletedProcess(command, proc.returncode, out, err), took

@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -19,9 +17,8 @@ from ridpool.keys import pool_keys
 from ridpool.testing import Simulator
 
 from tests.conftest import PREFIX
-from tests.daemonkit import CUSTOMER_ID, SECRET
+from tests.daemonkit import CUSTOMER_ID, SECRET, run_until_filled, web_config_toml
 from tests.poolkit import fill, publish_pool
-from tests.servers import wait_for
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).parent.parent
@@ -77,30 +74,11 @@ def test_ridpool_run_fills_pools_and_exits_0_within_5_s_of_sigterm(
     """The daemon as a process: fills its pool, logs JSON events without the secret, SIGTERM ends it cleanly."""
     with Simulator(customer_id=CUSTOMER_ID, customer_secret=SECRET) as sim:
         config = tmp_path / "ridpool.toml"
-        config.write_text(
-            f'[redis]\nurl = "{redis_url}"\nkey_prefix = "{PREFIX}"\n[agora]\nbase_url = "{sim.url}"\n'
-            'rate_limit = 10\n[[pools]]\nname = "web"\nappid = "0123456789abcdef0123456789abcdef"\n'
-            'cname = "web-{uuid}"\nuid = "527841"\nscene = 1\nsize = 5\n'
-        )
-        env = {**os.environ, "AGORA_CUSTOMER_ID": CUSTOMER_ID, "AGORA_CUSTOMER_SECRET": SECRET}
-        proc = subprocess.Popen(
-            [*RIDPOOL, "run", "-c", str(config)],
-            cwd=ROOT,
-            env=env,
-            text=True,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-        )
-        try:
-            queue = pool_keys(PREFIX, "web").queue(None)
-            wait_for(lambda: r.zcard(queue) == 5, timeout=20, what="the daemon to fill web")
-            proc.send_signal(signal.SIGTERM)
-            started = time.monotonic()
-            out, err = proc.communicate(timeout=10)
-            took = time.monotonic() - started
-        finally:
-            proc.kill()
-    assert proc.returncode == 0 and took < 5, (proc.returncode, took, err[-2000:])
+        config.write_text(web_config_toml(redis_url, sim.url, 5))
+        queue = pool_keys(PREFIX, "web").queue(None)
+        done, took = run_until_filled([*RIDPOOL, "run", "-c", str(config)], lambda: r.zcard(queue) == 5, cwd=ROOT)
+    out, err = done.stdout, done.stderr
+    assert done.returncode == 0 and took < 5, (done.returncode, took, err[-2000:])
     events = [json.loads(line)["event"] for line in err.splitlines() if line.startswith("{")]
     assert {"daemon.started", "refill.stored", "daemon.stopping", "daemon.stopped"} <= set(events)
     assert SECRET not in out + err and "Traceback" not in err

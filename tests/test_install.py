@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -21,9 +20,8 @@ from ridpool.keys import pool_keys
 from ridpool.testing import Simulator
 
 from tests.conftest import PREFIX
-from tests.daemonkit import CUSTOMER_ID, SECRET
+from tests.daemonkit import CUSTOMER_ID, SECRET, run_until_filled, web_config_toml
 from tests.poolkit import fill, publish_pool
-from tests.servers import wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 ROOT = Path(__file__).parent.parent
@@ -122,28 +120,11 @@ def test_with_the_daemon_extra_run_fills_a_pool_and_demo_runs(
     venv.pip_install(f"{venv.wheel}[daemon]")
     with Simulator(customer_id=CUSTOMER_ID, customer_secret=SECRET) as sim:
         config = tmp_path / "ridpool.toml"
-        config.write_text(
-            f'[redis]\nurl = "{redis_url}"\nkey_prefix = "{PREFIX}"\n[agora]\nbase_url = "{sim.url}"\n'
-            '[[pools]]\nname = "web"\nappid = "0123456789abcdef0123456789abcdef"\n'
-            'cname = "web-{uuid}"\nuid = "527841"\nscene = 1\nsize = 3\n'
+        config.write_text(web_config_toml(redis_url, sim.url, 3))
+        queue = pool_keys(PREFIX, "web").queue(None)
+        done, _ = run_until_filled(
+            [venv.bin("ridpool"), "run", "-c", str(config)], lambda: r.zcard(queue) == 3, cwd=venv.root
         )
-        clean = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-        env = {**clean, "AGORA_CUSTOMER_ID": CUSTOMER_ID, "AGORA_CUSTOMER_SECRET": SECRET}
-        proc = subprocess.Popen(
-            [venv.bin("ridpool"), "run", "-c", str(config)],
-            cwd=venv.root,
-            env=env,
-            text=True,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-        )
-        try:
-            queue = pool_keys(PREFIX, "web").queue(None)
-            wait_for(lambda: r.zcard(queue) == 3, timeout=30, what="the installed daemon to fill web")
-            proc.send_signal(signal.SIGTERM)
-            _, err = proc.communicate(timeout=15)
-        finally:
-            proc.kill()
-    assert proc.returncode == 0 and "Traceback" not in err, err[-2000:]
+    assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr[-2000:]
     demo = venv.run(venv.bin("ridpool"), "demo", "--duration", "2", timeout=60)
     assert demo.returncode == 0 and "demo stopped" in demo.stdout, demo.stdout[-2000:] + demo.stderr[-2000:]
