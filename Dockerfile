@@ -1,12 +1,17 @@
-# The ridpool daemon image: `ridpool run -c /etc/ridpool/config.toml` by default; the same image runs
-# `ridpool simulate` for the demo profile of docker-compose.yml.
-FROM python:3.11-slim
+# The ridpool daemon image. Its config is mounted, never baked in: `ridpool run -c /etc/ridpool/config.toml` by
+# default (docker-compose.yml mounts config/compose.toml there); the same image runs `ridpool simulate` for the
+# demo profile. Base image pinned to an exact version: a rebuild gets the same Python.
+FROM python:3.11.11-slim-bookworm
 WORKDIR /app
 COPY pyproject.toml README.md ./
 COPY pool ./pool
 COPY daemon ./daemon
-COPY config ./config
-RUN pip install --no-cache-dir '.[daemon]' && useradd --system ridpool
+RUN pip install --no-cache-dir '.[daemon]' && useradd --system ridpool && rm -rf /app/pool /app/daemon
 USER ridpool
+# The daemon's /healthz (its config needs `[metrics] port = 9464`, address "0.0.0.0"): 200 while it runs and
+# reaches Redis. urlopen raises on a 503 or a refused connection, so the exit code says unhealthy.
+EXPOSE 9464
+HEALTHCHECK --interval=15s --timeout=5s --start-period=20s --retries=3 \
+    CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:9464/healthz', timeout=3)"]
 ENTRYPOINT ["ridpool"]
-CMD ["run", "-c", "/app/config/example.toml"]
+CMD ["run", "-c", "/etc/ridpool/config.toml"]

@@ -10,9 +10,7 @@ from pathlib import Path
 
 import pytest
 import redis
-import yaml
 from ridpool import PoolClient
-from ridpool.cli import build_parser
 from ridpool.keys import pool_keys
 from ridpool.testing import Simulator
 
@@ -82,22 +80,6 @@ def test_ridpool_run_fills_pools_and_exits_0_within_5_s_of_sigterm(
     events = [json.loads(line)["event"] for line in err.splitlines() if line.startswith("{")]
     assert {"daemon.started", "refill.stored", "daemon.stopping", "daemon.stopped"} <= set(events)
     assert SECRET not in out + err and "Traceback" not in err
-
-
-def test_compose_runs_commands_the_cli_really_has() -> None:
-    """docker-compose.yml parses, runs Redis, the daemon and (demo profile) the simulator with real subcommands."""
-    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
-    services = compose["services"]
-    assert {"redis", "ridpool", "simulator"} <= set(services)
-    assert services["simulator"]["profiles"] == ["demo"]
-    parser = build_parser()
-    for name in ("ridpool", "simulator"):
-        args = parser.parse_args(services[name]["command"])
-        assert args.command in ("run", "simulate")
-    config_path = services["ridpool"]["command"][-1].removeprefix("/app/")
-    assert ridpool("check-config", "-c", config_path).returncode == 0
-    dockerfile = (ROOT / "Dockerfile").read_text()
-    assert 'ENTRYPOINT ["ridpool"]' in dockerfile
 
 
 def test_pop_loads_nothing_of_the_daemon_the_simulator_or_the_demo(r: redis.Redis, redis_url: str) -> None:

@@ -1,0 +1,140 @@
+"""The container setup, checked by reading it (no Docker engine here): docker-compose.yml, the Dockerfile,
+.dockerignore and the configs they mount. Every command must be one the CLI has, every path must exist."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from ridpool.cli import build_parser
+
+ROOT = Path(__file__).parent.parent
+COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+SERVICES: dict[str, Any] = COMPOSE["services"]
+DOCKERFILE = (ROOT / "Dockerfile").read_text()
+INSTRUCTIONS = [line.split(None, 1) for line in re.sub(r"\\\n\s*", " ", DOCKERFILE).splitlines() if line[:1].isalpha()]
+DEMO_ENV = dict(
+    line.split("=", 1) for line in (ROOT / "config/demo.env").read_text().splitlines() if line and line[0] != "#"
+)
+_VAR = re.compile(r"\$\{(\w+)(?::?-([^}]*))?\}")
+
+
+def interpolate(text: str, env: dict[str, str]) -> str:
+    """Compose's `${VAR:-default}` with the variables of `env` (none: the defaults)."""
+    return _VAR.sub(lambda m: env.get(m[1]) or m[2] or "", text)
+
+
+def instruction(name: str) -> list[str]:
+    return [rest for keyword, rest in INSTRUCTIONS if keyword == name]
+
+
+def check_config(path: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "ridpool.cli", "check-config", "-c", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+
+
+def test_the_default_profile_runs_redis_and_the_daemon_and_the_demo_adds_the_simulator() -> None:
+    """Redis and ridpool have no profile (they run on `docker compose up`); the simulator only in `demo`."""
+    assert SERVICES["redis"].get("profiles") is None and SERVICES["ridpool"].get("profiles") is None
+    assert SERVICES["simulator"]["profiles"] == ["demo"]
+
+
+def test_images_are_pinned_to_exact_versions() -> None:
+    """The Python base image and Redis are named by an exact version tag, never `latest` or a major alone."""
+    [base] = instruction("FROM")
+    assert re.fullmatch(r"python:\d+\.\d+\.\d+-slim-\w+", base), base
+    assert re.fullmatch(r"redis:\d+\.\d+\.\d+(-\w+)?", SERVICES["redis"]["image"])
+
+
+def test_redis_is_published_nowhere_beyond_loopback() -> None:
+    """Redis has no password here: no port of it is published, or only on 127.0.0.1; so is the metrics port."""
+    for name, service in SERVICES.items():
+        for port in service.get("ports", []):
+            assert name != "redis" or str(port).startswith("127.0.0.1:"), port
+            if name == "ridpool":
+                assert str(port).startswith("127.0.0.1:"), port
+
+
+def test_every_command_is_one_the_cli_has() -> None:
+    """Each service's command parses with the real argparse parser (redis: redis-server)."""
+    assert SERVICES["redis"]["command"][0] == "redis-server"
+    parser = build_parser()
+    assert parser.parse_args(SERVICES["ridpool"]["command"]).command == "run"
+    assert parser.parse_args(SERVICES["simulator"]["command"]).command == "simulate"
+    [cmd] = instruction("CMD")
+    assert parser.parse_args(yaml.safe_load(cmd)).command == "run"
+    assert instruction("ENTRYPOINT") == ['["ridpool"]']
+
+
+@pytest.mark.parametrize(("profile", "env"), [("default", {}), ("demo", DEMO_ENV)])
+def test_every_path_compose_names_exists_and_the_config_is_mounted_where_the_daemon_reads_it(
+    profile: str, env: dict[str, str]
+) -> None:
+    """The config file is mounted read-only at the path `run -c` reads, from a file that exists (with the
+    defaults, and with config/demo.env); the build context and the env file exist."""
+    for name in ("ridpool", "simulator"):
+        assert (ROOT / SERVICES[name]["build"]).is_dir()
+    [volume] = SERVICES["ridpool"]["volumes"]
+    source, target, mode = interpolate(volume, env).split(":")
+    assert (ROOT / source).is_file(), f"{profile}: {source} is missing"
+    assert mode == "ro" and SERVICES["ridpool"]["command"][-1] == target
+    assert "/etc/ridpool/config.toml" in instruction("CMD")[0] and target == "/etc/ridpool/config.toml"
+
+
+def test_the_image_copies_what_exists_and_bakes_in_no_config() -> None:
+    """Every COPY source exists; config/ is not copied (it is mounted); .dockerignore keeps .venv and .git out."""
+    for rest in instruction("COPY"):
+        *sources, _ = rest.split()
+        for source in sources:
+            assert (ROOT / source).exists(), source
+            assert not source.startswith("config"), "the config is mounted, not baked"
+    ignore = (ROOT / ".dockerignore").read_text().splitlines()
+    assert "*" in ignore  # everything out, then only what the image needs back in
+    assert {"!pyproject.toml", "!README.md", "!pool/", "!daemon/"} <= set(ignore)
+
+
+def test_the_healthcheck_probes_the_port_the_compose_configs_serve_metrics_on() -> None:
+    """HEALTHCHECK asks /healthz on the port both compose configs open on every interface."""
+    [check] = instruction("HEALTHCHECK")
+    port = re.search(r"http://127\.0\.0\.1:(\d+)/healthz", check)
+    assert port and "CMD" in check
+    for name in ("compose.toml", "compose-demo.toml"):
+        metrics = tomllib.loads((ROOT / "config" / name).read_text())["metrics"]
+        assert (metrics["port"], metrics["address"]) == (int(port[1]), "0.0.0.0")
+    assert SERVICES["simulator"]["healthcheck"] == {"disable": True}
+
+
+def test_the_demo_config_points_at_the_compose_services_and_is_valid() -> None:
+    """config/compose-demo.toml validates and names Redis and the simulator by service name and port."""
+    done = check_config(ROOT / "config/compose-demo.toml")
+    assert done.returncode == 0, done.stderr
+    config = tomllib.loads((ROOT / "config/compose-demo.toml").read_text())
+    assert config["redis"]["url"].startswith("redis://redis:6379")
+    port = SERVICES["simulator"]["command"][SERVICES["simulator"]["command"].index("--port") + 1]
+    assert config["agora"]["base_url"] == [f"http://simulator:{port}"]
+
+
+def test_the_default_config_fails_at_start_saying_what_to_set() -> None:
+    """config/compose.toml as shipped: exit 2, one problem naming pools[0].appid and the placeholder."""
+    done = check_config(ROOT / "config/compose.toml")
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert "pools[0].appid: must be 32 hexadecimal characters" in done.stderr and "SET-ME" in done.stderr
+
+
+def test_the_demo_env_gives_the_daemon_and_the_simulator_the_same_demo_credentials() -> None:
+    """Both services read AGORA_CUSTOMER_ID/SECRET from the same variables, which config/demo.env sets."""
+    for name in ("ridpool", "simulator"):
+        environment = SERVICES[name]["environment"]
+        assert interpolate(environment["AGORA_CUSTOMER_ID"], DEMO_ENV) == "demo-customer"
+        assert len(interpolate(environment["AGORA_CUSTOMER_SECRET"], DEMO_ENV)) >= 16
