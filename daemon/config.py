@@ -169,7 +169,7 @@ def _with_rules(
         model, raw = None, data
         carried = exc.errors()
         failed = {e["loc"][0] for e in carried if e["loc"]}
-        errors = [_carry(e["type"], e["loc"], e["msg"], e["input"]) for e in carried]
+        errors = [_carry(e["type"], e["loc"], e["msg"], e["input"], e.get("ctx")) for e in carried]
         values = {
             name: data[name] if name in data else field.get_default(call_default_factory=True)
             for name, field in cls.model_fields.items()
@@ -181,9 +181,11 @@ def _with_rules(
     return model
 
 
-def _carry(kind: str, loc: Loc, msg: str, value: object) -> InitErrorDetails:
-    # "{m}" keeps braces in messages (a cname like "web-{x}") from being read as a template.
-    return InitErrorDetails(type=PydanticCustomError(kind, "{m}", {"m": msg}), loc=loc, input=value)
+def _carry(kind: str, loc: Loc, msg: str, value: object, ctx: Mapping[str, Any] | None = None) -> InitErrorDetails:
+    # Re-raised under the same type with the same context, so that `_problem` reads an error the same whether
+    # it was carried or not. "{m}" keeps braces in messages (a cname like "web-{x}") from being read as a template.
+    context = {**(ctx or {}), "m": msg}
+    return InitErrorDetails(type=PydanticCustomError(kind, "{m}", context), loc=loc, input=value)
 
 
 class RedisSettings(_Frozen):
@@ -380,11 +382,28 @@ _MESSAGES = {
 }
 
 
+def _reason(error: ErrorDetails) -> str:
+    """The operator's words for one error, from its type and context: never from pydantic's English message."""
+    kind, ctx = error["type"], error.get("ctx") or {}
+    if kind in _MESSAGES:
+        return _MESSAGES[kind]
+    if kind == "value_error":  # raised by our validators, in our words
+        return str(ctx["error"])
+    if kind == "rule":  # our cross-field rules
+        return str(ctx["m"])
+    if kind == "literal_error":
+        return f"must be {ctx['expected']}"
+    if kind == "too_long":
+        return f"must have at most {ctx['max_length']} items, not {ctx['actual_length']}"
+    if kind == "too_short":
+        return f"must have at least {ctx['min_length']} items, not {ctx['actual_length']}"
+    return f"is not valid ({kind})"
+
+
 def _problem(error: ErrorDetails) -> str:
     path = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in error["loc"]).lstrip(".")
     kind, value = error["type"], error["input"]
-    message = _MESSAGES.get(kind) or re.sub(r"^(Input|Tuple|List) should (be|have)", r"must \2", error["msg"])
-    message = message.removeprefix("Value error, ").replace(" after validation", "")
+    message = _reason(error)
     # Our own rules already name the value where it helps (and never name a URL that may hold a password).
     if kind not in ("value_error", "rule", "missing", "extra_forbidden") and isinstance(value, str | int | float):
         message += f" (got {_show(value)})"

@@ -13,6 +13,7 @@ from ridpool.daemon.config import (
     Config,
     Credentials,
     PoolConfig,
+    _problem,
     load_config,
     load_credentials,
     parse_config,
@@ -339,3 +340,27 @@ def test_passwords_in_urls_are_not_echoed() -> None:
     problems = problems_of(data)
     assert paths_of(problems) == ["redis.url", "agora.base_url"]
     assert SECRET not in "\n".join(problems)
+
+
+@pytest.mark.parametrize(
+    ("kind", "ctx", "value", "problem"),
+    [
+        ("missing", None, {}, "agora: required"),
+        ("extra_forbidden", None, 1, "agora: unknown field"),
+        ("int_type", None, True, "agora: must be an integer (got true)"),
+        ("value_error", {"error": ValueError("must be 0 to 4 (got 5)")}, 5, "agora: must be 0 to 4 (got 5)"),
+        ("rule", {"m": "give exactly one of a or b"}, None, "agora: give exactly one of a or b"),
+        ("literal_error", {"expected": "'CN' or 'NA'"}, "US", "agora: must be 'CN' or 'NA' (got \"US\")"),
+        ("too_long", {"max_length": 2, "actual_length": 3}, [1, 2, 3], "agora: must have at most 2 items, not 3"),
+        ("too_short", {"min_length": 1, "actual_length": 0}, [], "agora: must have at least 1 items, not 0"),
+        ("uuid_parsing", {}, "x", 'agora: is not valid (uuid_parsing) (got "x")'),
+    ],
+)
+def test_problems_are_worded_from_the_error_type_and_context_never_from_pydantics_message(
+    kind: str, ctx: dict[str, Any] | None, value: object, problem: str
+) -> None:
+    """Whatever English pydantic puts in `msg`, the problem is built from the error's type and context."""
+    error: Any = {"type": kind, "loc": ("agora",), "msg": "Pydantic's wording, which may change", "input": value}
+    if ctx is not None:
+        error["ctx"] = ctx
+    assert _problem(error) == problem
