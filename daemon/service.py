@@ -35,9 +35,9 @@ from ridpool.daemon.refill import Refiller
 from ridpool.errors import PoolUnavailable
 from ridpool.meta import PoolMeta, apublish
 from ridpool.stats import PoolStats
+from ridpool.version import installed
 
 log = structlog.get_logger("ridpool.daemon")
-VERSION = "0.1.0"
 
 
 @dataclass(frozen=True, slots=True)
@@ -196,7 +196,7 @@ class Daemon:
         info = {
             "host": socket.gethostname(),
             "pid": str(os.getpid()),
-            "version": VERSION,
+            "version": installed(),
             "started_at": datetime.fromtimestamp(self.started_at, UTC).isoformat(timespec="seconds"),
             "pools": ",".join(p.name for p in self.config.pools),
             "in_flight": str(len(self.refiller.tasks)),

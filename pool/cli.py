@@ -35,6 +35,7 @@ from ridpool.errors import (
     Unhealthy,
     UnknownPool,
 )
+from ridpool.version import installed
 
 if TYPE_CHECKING:
     from ridpool.daemon.config import Config
@@ -60,15 +61,6 @@ def _daemon() -> None:
     missing = [name for name in DAEMON_MODULES if importlib.util.find_spec(name) is None]
     if missing:
         raise MissingExtra(f"needs the daemon's dependencies ({', '.join(missing)} missing): {DAEMON_EXTRA}")
-
-
-def _version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version("ridpool")
-    except PackageNotFoundError:
-        return "unknown (not installed)"
 
 
 def _number(name: str, low: float, high: float, *, high_included: bool = False) -> Callable[[str], float]:
@@ -97,7 +89,7 @@ def _redis_source(parser: argparse.ArgumentParser, required: bool) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ridpool", description="Pools of fresh Agora Cloud Recording resourceIds.")
-    parser.add_argument("--version", action="version", version=f"ridpool {_version()}")
+    parser.add_argument("--version", action="version", version=f"ridpool {installed()}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     run = sub.add_parser("run", help="run the refill daemon")

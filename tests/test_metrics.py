@@ -18,7 +18,8 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from ridpool import AsyncPoolClient
 from ridpool.daemon.config import Config, Credentials, MetricsSettings
-from ridpool.daemon.metrics import NAMES
+from ridpool.daemon.metrics import NAMES, Metrics, Snapshot
+from ridpool.stats import COUNTERS, ChannelStats, PoolStats
 from ridpool.testing import Simulator
 from structlog.testing import capture_logs
 
@@ -26,7 +27,6 @@ from tests.conftest import PREFIX
 from tests.daemonkit import CUSTOMER_ID, FAST, SECRET, eventually, make_config, rooms_pool, running, web_pool
 from tests.servers import RedisServer, free_port
 
-pytestmark = pytest.mark.integration
 ROOT = Path(__file__).parent.parent
 DASHBOARD = ROOT / "docs" / "grafana-dashboard.json"
 OBSERVING = dataclasses.replace(FAST, observe=0.05)
@@ -106,6 +106,7 @@ async def status_check(redis_url: str) -> tuple[int, str, str]:
     return proc.returncode, out.decode(), err.decode()
 
 
+@pytest.mark.integration
 async def test_a_healthy_daemon_exports_every_contract_metric_and_passes_the_check(
     redis_url: str, sim: Simulator, aclient: AsyncPoolClient
 ) -> None:
@@ -144,6 +145,7 @@ async def _is(port: int, name: str, expected: float, **labels: str) -> bool:
     return value(await scrape(port), name, **labels) == expected
 
 
+@pytest.mark.integration
 async def test_a_pool_in_error_shows_in_metrics_and_fails_the_check_while_health_stays_ok(
     redis_url: str, sim: Simulator
 ) -> None:
@@ -165,6 +167,7 @@ async def test_a_pool_in_error_shows_in_metrics_and_fails_the_check_while_health
     assert "pool 'web' is error: rejected: HTTP 401" in err and "Traceback" not in err
 
 
+@pytest.mark.integration
 async def test_redis_down_turns_health_to_503_and_the_check_to_exit_5_until_it_returns(
     redis_url: str, redis_server: RedisServer, sim: Simulator
 ) -> None:
@@ -189,6 +192,7 @@ async def _health_is(port: int, code: int) -> bool:
     return (await healthz(port))[0] == code
 
 
+@pytest.mark.integration
 async def test_pool_summaries_are_logged_per_pool_at_the_configured_interval(redis_url: str, sim: Simulator) -> None:
     """`[logs] summary_interval`: one `pool.summary` per pool with ready, target, in flight and waste."""
     config = make_config(redis_url, sim.url, web_pool(2), rooms_pool(1))
@@ -204,6 +208,7 @@ async def test_pool_summaries_are_logged_per_pool_at_the_configured_interval(red
     assert rooms["target"] == 3 and {"ready", "in_flight", "expired_unused", "state"} <= set(rooms)
 
 
+@pytest.mark.integration
 def test_a_port_already_taken_fails_the_start_in_one_line(tmp_path: Path, redis_url: str) -> None:
     """`[metrics] port` busy: `ridpool run` exits 1 naming the address, no traceback."""
     with socket.socket() as taken:
@@ -239,3 +244,42 @@ def test_the_grafana_dashboard_names_only_metrics_the_daemon_exports() -> None:
         assert named <= set(NAMES), f"{expr} names {named - set(NAMES)}"
         used |= named
     assert used >= CONTRACT, CONTRACT - used
+
+
+def _stats(pool: str, mode: str, channels: tuple[str | None, ...], **extra: str) -> PoolStats:
+    return PoolStats(
+        pool=pool,
+        known=True,
+        mode=mode,
+        appid="0" * 32,
+        target=2,
+        max_age=270,
+        channels=tuple(ChannelStats(c, 1, 3.0) for c in channels),
+        in_flight=1,
+        counters=dict.fromkeys((*COUNTERS, "expired"), 4),
+        state="error",
+        last_error="",
+        published_at_ms=1,
+        extra=extra,
+    )
+
+
+def test_the_collector_labels_channels_of_named_pools_and_reads_the_published_target() -> None:
+    """Pure: `cname` only on named pools' ready/target; the stats hash's `target` (the whole pool) shared across
+    channels when present, else size per channel; every error kind exported, zero until it happens."""
+    named = _stats("rooms", "named", ("room-1", "room-2", "room-3"), target="9", **{"errors:rejected": "5"})
+    template = _stats("web", "template", (None,))
+    unknown = dataclasses.replace(template, pool="gone", known=False)
+    metrics = Metrics()
+    metrics.snapshot = Snapshot((named, template, unknown), reached=True)
+    samples: Samples = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value for f in metrics.registry.collect() for s in f.samples
+    }
+    assert value(samples, "ridpool_pool_target", pool="rooms", cname="room-2") == 3
+    assert value(samples, "ridpool_pool_target", pool="web") == 2
+    assert value(samples, "ridpool_pool_ready", pool="web") == 1
+    assert value(samples, "ridpool_agora_errors_total", pool="rooms", kind="rejected") == 5
+    assert value(samples, "ridpool_agora_errors_total", pool="web", kind="transient") == 0
+    assert value(samples, "ridpool_pool_state", pool="web", state="error") == 1
+    assert value(samples, "ridpool_redis_up") == 1
+    assert not any(dict(labels).get("pool") == "gone" for _, labels in samples)
