@@ -14,6 +14,7 @@ library's WSGI server on a thread of its own, so a scrape never waits for the ev
 
 from __future__ import annotations
 
+import socket
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -64,12 +65,16 @@ DURATION_BUCKETS = (0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 WAIT_BUCKETS = (0.001, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
 
-def target_per_channel(stats: PoolStats) -> float:
-    """What each channel is filled to: the `target` the refill publishes for the whole pool, shared evenly
-    across its channels, or else the configured size per channel."""
+def pool_target(stats: PoolStats) -> int:
+    """What the whole pool is filled to: the `target` the refill publishes in the stats hash, or else the
+    configured size per channel times the channels."""
     published = stats.extra.get("target")
-    channels = max(1, len(stats.channels))
-    return int(published) / channels if published else float(stats.target)
+    return int(published) if published else stats.target * len(stats.channels)
+
+
+def target_per_channel(stats: PoolStats) -> float:
+    """The pool's target shared evenly across its channels."""
+    return pool_target(stats) / max(1, len(stats.channels))
 
 
 def errors_by_kind(stats: PoolStats) -> dict[str, int]:
@@ -160,6 +165,10 @@ class _Server(ThreadingMixIn, WSGIServer):
     daemon_threads = True
 
 
+class _Server6(_Server):
+    address_family = socket.AF_INET6
+
+
 class _Quiet(WSGIRequestHandler):
     def log_message(self, format: str, *args: Any) -> None:
         """Scrapes are not events worth a log line."""
@@ -190,7 +199,11 @@ class MetricsServer:
     def start(self) -> MetricsServer:
         try:
             self.server = make_server(
-                self.address, self.port, app(self.registry, self.health), _Server, handler_class=_Quiet
+                self.address,
+                self.port,
+                app(self.registry, self.health),
+                _Server6 if ":" in self.address else _Server,
+                handler_class=_Quiet,
             )
         except OSError as exc:
             raise RidpoolError(f"metrics: cannot listen on {self.address}:{self.port} ({exc.strerror})") from None

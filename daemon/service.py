@@ -30,7 +30,7 @@ from ridpool.daemon.backoff import doubling
 from ridpool.daemon.clock import ServerClock
 from ridpool.daemon.config import Config, Credentials
 from ridpool.daemon.limiter import Budget
-from ridpool.daemon.metrics import Metrics, MetricsServer, Snapshot
+from ridpool.daemon.metrics import Metrics, MetricsServer, Snapshot, pool_target
 from ridpool.daemon.refill import Refiller
 from ridpool.errors import PoolUnavailable
 from ridpool.meta import PoolMeta, apublish
@@ -287,7 +287,7 @@ def summary(stats: PoolStats) -> dict[str, object]:
     return {
         "pool": stats.pool,
         "ready": stats.size,
-        "target": int(stats.extra.get("target", stats.target * len(stats.channels))),
+        "target": pool_target(stats),
         "in_flight": stats.in_flight,
         "state": stats.state,
         "pops": stats.counters["pops"],
