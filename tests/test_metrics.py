@@ -283,3 +283,22 @@ def test_the_collector_labels_channels_of_named_pools_and_reads_the_published_ta
     assert value(samples, "ridpool_pool_state", pool="web", state="error") == 1
     assert value(samples, "ridpool_redis_up") == 1
     assert not any(dict(labels).get("pool") == "gone" for _, labels in samples)
+
+
+@pytest.mark.integration
+def test_the_check_names_every_reason_on_one_line_for_the_configs_pools(tmp_path: Path, redis_url: str) -> None:
+    """`status --check -c FILE` with no daemon ever run: exit 6, one line naming the unknown pool and no replica."""
+    config = tmp_path / "c.toml"
+    config.write_text(
+        f'[redis]\nurl = "{redis_url}"\nkey_prefix = "{PREFIX}"\n[agora]\nbase_url = "http://127.0.0.1:9"\n'
+        '[[pools]]\nname = "lobby"\nappid = "0123456789abcdef0123456789abcdef"\ncname = "lobby"\nuid = "1"\n'
+    )
+    done = subprocess.run(
+        [sys.executable, "-m", "ridpool.cli", "status", "--check", "-c", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert done.returncode == 6 and done.stdout == ""
+    assert done.stderr == "ridpool status: pool 'lobby' unknown (no daemon published it); no live replica\n"
