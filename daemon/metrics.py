@@ -175,15 +175,20 @@ class _Quiet(WSGIRequestHandler):
 
 
 def app(registry: CollectorRegistry, health: Health) -> Callable[..., Iterator[bytes]]:
-    """/healthz answers 200 or 503 with one line of reason; every other path is the metrics."""
+    """/metrics (and /) is Prometheus text; /healthz answers 200 or 503 with one line of reason; the rest 404."""
     metrics = make_wsgi_app(registry)
 
     def serve(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterator[bytes]:
-        if environ.get("PATH_INFO") == "/healthz":
+        path = environ.get("PATH_INFO")
+        if path in ("/metrics", "/"):
+            return iter(metrics(environ, start_response))
+        if path == "/healthz":
             ok, why = health()
-            start_response("200 OK" if ok else "503 Service Unavailable", [("Content-Type", "text/plain")])
-            return iter([why.encode() + b"\n"])
-        return iter(metrics(environ, start_response))
+            status = "200 OK" if ok else "503 Service Unavailable"
+        else:
+            status, why = "404 Not Found", "not found: /metrics or /healthz"
+        start_response(status, [("Content-Type", "text/plain; charset=utf-8")])
+        return iter([why.encode() + b"\n"])
 
     return serve
 

@@ -127,6 +127,8 @@ async def test_a_healthy_daemon_exports_every_contract_metric_and_passes_the_che
         await eventually(lambda: _is(port, "ridpool_pops_total", 1.0, pool="web"), what="the pop on /metrics")
         samples = await scrape(port)
         assert await healthz(port) == (200, "ok")
+        async with httpx.AsyncClient() as http:
+            assert (await http.get(f"http://127.0.0.1:{port}/nothing", timeout=5)).status_code == 404
         code, out, err = await status_check(redis_url)
     names = {name for name, _ in samples}
     exported = {re.sub(r"_(bucket|sum|count|created)$", "", n) for n in names}
