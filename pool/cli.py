@@ -176,7 +176,7 @@ def cmd_pop(args: argparse.Namespace) -> int:
                 "cname": entry.cname,
                 "uid": entry.uid,
                 "pool": entry.pool,
-                "expiresIn": entry.expires_in,
+                "expiresIn": round((entry.expires_in or 0.0) * 1000),  # ms, as the FCALL reply
                 "sentAt": entry.sent_at_ms,
                 "expiresAt": entry.expires_at_ms,
                 "requestId": entry.request_id,

@@ -1,8 +1,9 @@
 """Python side of the function library in `functions.lua`: one builder and one reply parser per function.
 
 A builder returns a `Call` (function name, KEYS, ARGV); the sync and asyncio clients execute it the same way
-(`execute` / `aexecute`), so the arguments and the reading of replies exist once. Redis error replies become
-ridpool exceptions here; a Redis that lost the library (a restart, a FUNCTION FLUSH) gets it loaded again.
+(`run` / `arun` drive one plan, see below), so the arguments and the reading of replies exist once. Redis error
+replies become ridpool exceptions here; a Redis that lost the library (a restart, a FUNCTION FLUSH) gets it
+loaded again.
 """
 
 from __future__ import annotations
@@ -10,10 +11,10 @@ from __future__ import annotations
 import contextlib
 import enum
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Generator, Iterator, Sequence
 from dataclasses import dataclass
 from importlib import resources
-from typing import Any
+from typing import Any, Generic, TypeVar, cast
 
 import redis
 import redis.asyncio
@@ -261,31 +262,104 @@ async def aload_library(client: redis.asyncio.Redis) -> None:
     await client.function_load(LIBRARY, replace=True)
 
 
-def execute(client: redis.Redis, call: Call) -> Any:
-    """Run a call; load the library once if Redis lost it; map failures to ridpool errors."""
-    with reaching(client):
+# -- plans and their two drivers -------------------------------------------------------------------------
+#
+# What a client does is written once, as a plan: a generator that yields Redis commands (a tuple for
+# `execute_command`, a list of tuples for a pipeline) and is sent their replies, or thrown their error replies.
+# A plan does no I/O itself; `run` drives it with a sync client and `arun` with an asyncio one (the way stamina
+# drives one retry core from `__iter__` and `__aiter__`), so a loop, a retry or a reading of replies exists once.
+
+Command = tuple[Arg | float, ...]
+Step = Command | list[Command]
+T = TypeVar("T")
+Plan = Generator[Step, Any, T]
+
+
+def fcall(call: Call) -> Plan[Any]:
+    """The plan of one FCALL: load the library once if Redis lost it; map error replies to ridpool errors."""
+    command: Command = ("FCALL", call.function, len(call.keys), *call.keys, *call.args)
+    try:
         try:
-            try:
-                return client.fcall(call.function, len(call.keys), *call.keys, *call.args)
-            except redis.ResponseError as exc:
-                if not _missing_library(exc):
-                    raise
-                load_library(client)
-                return client.fcall(call.function, len(call.keys), *call.keys, *call.args)
+            return (yield command)
         except redis.ResponseError as exc:
-            raise _translate(exc, call) from None
+            if not _missing_library(exc):
+                raise
+            yield ("FUNCTION LOAD", "REPLACE", LIBRARY)
+            return (yield command)
+    except redis.ResponseError as exc:
+        raise _translate(exc, call) from None
+
+
+class _Cursor(Generic[T]):
+    """Where a driver is in a plan: the step to send next (None once the plan has returned) and its result."""
+
+    def __init__(self, plan: Plan[T]) -> None:
+        self.plan = plan
+        self.step: Step | None = None
+        self.result: T | None = None
+        self._advance(None, None)
+
+    def _advance(self, reply: Any, error: redis.ResponseError | None) -> None:
+        try:
+            self.step = self.plan.send(reply) if error is None else self.plan.throw(error)
+        except StopIteration as done:
+            self.step, self.result = None, done.value
+
+    @contextlib.contextmanager
+    def answer(self) -> Iterator[list[Any]]:
+        """Send the step's reply (appended to the list) or its error reply into the plan."""
+        box: list[Any] = []
+        try:
+            yield box
+        except redis.ResponseError as exc:
+            self._advance(None, exc)
+        else:
+            self._advance(box[0], None)
+
+
+def run(client: redis.Redis, plan: Plan[T]) -> T:
+    """Drive a plan with a sync client; an unreachable Redis becomes PoolUnavailable."""
+    cursor = _Cursor(plan)
+    with reaching(client):
+        while cursor.step is not None:
+            with cursor.answer() as reply:
+                reply.append(_send(client, cursor.step))
+    return cast(T, cursor.result)
+
+
+async def arun(client: redis.asyncio.Redis, plan: Plan[T]) -> T:
+    """Drive a plan with an asyncio client: `run`, with the replies awaited."""
+    cursor = _Cursor(plan)
+    with reaching(client):
+        while cursor.step is not None:
+            with cursor.answer() as reply:
+                reply.append(await _asend(client, cursor.step))
+    return cast(T, cursor.result)
+
+
+def _send(client: redis.Redis, step: Step) -> Any:
+    if isinstance(step, tuple):
+        return client.execute_command(*step)  # type: ignore[no-untyped-call]
+    pipe = client.pipeline(transaction=False)
+    for command in step:
+        pipe.execute_command(*command)  # type: ignore[no-untyped-call]
+    return pipe.execute()
+
+
+async def _asend(client: redis.asyncio.Redis, step: Step) -> Any:
+    if isinstance(step, tuple):
+        return await client.execute_command(*step)  # type: ignore[no-untyped-call]
+    pipe = client.pipeline(transaction=False)
+    for command in step:
+        pipe.execute_command(*command)
+    return await pipe.execute()
+
+
+def execute(client: redis.Redis, call: Call) -> Any:
+    """Run one call with a sync client (see `fcall`)."""
+    return run(client, fcall(call))
 
 
 async def aexecute(client: redis.asyncio.Redis, call: Call) -> Any:
-    """The asyncio twin of `execute`."""
-    with reaching(client):
-        try:
-            try:
-                return await client.fcall(call.function, len(call.keys), *call.keys, *call.args)
-            except redis.ResponseError as exc:
-                if not _missing_library(exc):
-                    raise
-                await aload_library(client)
-                return await client.fcall(call.function, len(call.keys), *call.keys, *call.args)
-        except redis.ResponseError as exc:
-            raise _translate(exc, call) from None
+    """Run one call with an asyncio client (see `fcall`)."""
+    return await arun(client, fcall(call))
