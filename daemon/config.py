@@ -32,6 +32,7 @@ from pydantic import (
 )
 from pydantic_core import ErrorDetails, InitErrorDetails, PydanticCustomError
 from redis.connection import parse_url
+from ridpool import channels
 from ridpool.errors import ConfigError
 from ridpool.keys import NAME_PATTERN, PREFIX_PATTERN
 
@@ -40,9 +41,6 @@ UID_WARN_ABOVE = 2**31 - 1  # Agora has been seen to answer code 2 above this
 AGORA_DEFAULT_RATE = 10.0
 _HEX32 = re.compile(r"[0-9a-fA-F]{32}")
 _DECIMAL = re.compile(r"[1-9][0-9]*")
-_CHANNEL_CHAR = re.compile(r"[a-zA-Z0-9 !#$%&()+\-:;<=.>?@\[\]^_{}|~,]")
-_PLACEHOLDER = re.compile(r"\{([^{}]*)\}")
-_EXPANSION_BYTES = {"uuid": 32, "n": 10}  # longest expansion of each template placeholder
 
 Loc = tuple[str | int, ...]
 Problem = tuple[Loc, str, object]  # where, why, the offending value
@@ -220,6 +218,10 @@ class PoolConfig(_Frozen):
     start_parameter: Annotated[dict[str, Any], AfterValidator(_json_only)] | None = None
     exclude_resource_ids: tuple[Annotated[SStr, _check(bool, "must not be empty")], ...] | None = None
     region_affinity: Annotated[SInt, _check(lambda r: 0 <= r <= 4, "must be 0 to 4")] | None = None
+    # A pool of channels announced at run time (`ridpool announce`) instead of listed here.
+    announced: Annotated[bool, Strict()] = False
+    # Seconds after an announcement's instant during which entries about to expire unpopped are replaced.
+    announce_grace: Annotated[SFloat, _check(lambda g: 0 <= g <= 3600, "must be from 0 to 3600 seconds")] = 300.0
 
     @model_validator(mode="wrap")
     @classmethod
@@ -228,11 +230,13 @@ class PoolConfig(_Frozen):
 
     @property
     def is_template(self) -> bool:
-        return self.scene == 1 and self.cname is not None and bool(_PLACEHOLDER.search(self.cname))
+        return self.scene == 1 and self.cname is not None and bool(channels.PLACEHOLDER.search(self.cname))
 
     @property
     def slots(self) -> tuple[str, ...]:
         """The channels the pool keeps `size` entries ready for; "" is the one slot of a template."""
+        if self.announced:
+            return ()  # the announced channels, known at run time
         if self.cnames is not None:
             return self.cnames
         return ("",) if self.is_template else (str(self.cname),)
@@ -244,7 +248,7 @@ class PoolConfig(_Frozen):
         if not self.is_template:
             return self.cname
         fresh = {"uuid": lambda: uuid.uuid4().hex, "n": lambda: str(secrets.randbelow(10**10))}
-        return _PLACEHOLDER.sub(lambda m: fresh[m.group(1)](), self.cname)
+        return channels.PLACEHOLDER.sub(lambda m: fresh[m.group(1)](), self.cname)
 
     def client_request(self) -> dict[str, object]:
         """Agora's `clientRequest`, holding only what is set (scene only when not 0)."""
@@ -269,32 +273,18 @@ def _exactly_one(v: dict[str, Any], first: str, second: str) -> list[Problem]:
 
 
 def _cname_problems(loc: Loc, name: str, scene: int, template_allowed: bool) -> list[Problem]:
-    placeholders = _PLACEHOLDER.findall(name)
-    if scene == 1:
-        unknown = [p for p in placeholders if p not in _EXPANSION_BYTES]
-        if placeholders and not template_allowed:
-            why = "templates are not allowed in cnames; give one template as cname instead"
-        elif unknown:
-            why = f"unknown placeholder {{{unknown[0]}}}; only {{uuid}} and {{n}} are allowed"
-        elif "{" in (rest := _PLACEHOLDER.sub("", name)) or "}" in rest:
-            why = "has an unmatched brace; a template uses {uuid} or {n}"
-        elif not 0 < (size := len(rest.encode()) + sum(_EXPANSION_BYTES[p] for p in placeholders)) <= 128:
-            why = f"label must be 1 to 128 bytes (is {size} bytes at its longest)"
-        else:
-            return []
-    elif used := [p for p in placeholders if p in _EXPANSION_BYTES]:
-        why = f"{{{used[0]}}} makes a template, which needs scene 1 (web page recording), not scene {scene}"
-    elif not 0 < (size := len(name.encode())) < 64:
-        why = f"must be 1 to 63 bytes for scene {scene} (is {size})"
-    elif bad := "".join(dict.fromkeys(c for c in name if not _CHANNEL_CHAR.fullmatch(c))):
-        why = f"has characters Agora refuses in a channel name: {_show(bad)}"
-    else:
-        return []
-    return [(loc, f"{why} (got {_show(name)})", name)]
+    why = channels.problem(name, scene, template_allowed=template_allowed)
+    return [] if why is None else [(loc, f"{why} (got {_show(name)})", name)]
 
 
 def _pool_rules(v: dict[str, Any], _raw: Mapping[str, Any]) -> list[Problem]:
-    problems = _exactly_one(v, "cname", "cnames") + _exactly_one(v, "uid", "uid_range")
+    problems: list[Problem]
+    if v.get("announced") is True:
+        why = "an announced pool takes its channels from announcements; remove it"
+        problems = [((name,), why, v[name]) for name in ("cname", "cnames") if v.get(name) is not None]
+    else:
+        problems = _exactly_one(v, "cname", "cnames")
+    problems += _exactly_one(v, "uid", "uid_range")
     scene = v.get("scene")
     if isinstance(scene, int):
         if isinstance(v.get("cname"), str):
@@ -303,10 +293,10 @@ def _pool_rules(v: dict[str, Any], _raw: Mapping[str, Any]) -> list[Problem]:
             problems += _cname_problems(("cnames", i), name, scene, template_allowed=False)
     if v.get("uid_range") is not None and all(k in v for k in ("size", "max_in_flight", "cnames")):
         lo, hi = v["uid_range"]
-        channels = len(v["cnames"] or ())
-        live = v["size"] * max(channels, 1) + v["max_in_flight"]
+        n_channels = len(v["cnames"] or ())
+        live = v["size"] * max(n_channels, 1) + v["max_in_flight"]
         if hi - lo + 1 < live:
-            per = f"size {v['size']} x {channels} cnames" if channels else f"size {v['size']}"
+            per = f"size {v['size']} x {n_channels} cnames" if n_channels else f"size {v['size']}"
             why = f"holds {hi - lo + 1} uids but the pool can have {live} live entries ({per} + max_in_flight"
             problems.append((("uid_range",), f"{why} {v['max_in_flight']}) (got {_show([lo, hi])})", [lo, hi]))
     return problems

@@ -142,7 +142,15 @@ class Daemon:
         with functions.reaching(self.redis):
             for pool in self.config.pools:
                 meta = PoolMeta(
-                    pool.name, pool.appid, None if pool.is_template else pool.slots, pool.size, pool.max_age, now
+                    pool.name,
+                    pool.appid,
+                    None if pool.is_template else pool.slots,
+                    pool.size,
+                    pool.max_age,
+                    now,
+                    announced=pool.announced,
+                    scene=pool.scene,
+                    grace=pool.announce_grace,
                 )
                 await apublish(self.redis, keyspace.pool_keys(self.prefix, pool.name), meta)
 

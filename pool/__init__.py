@@ -17,14 +17,17 @@ from ridpool.errors import (
     ConfigError,
     CorruptEntry,
     InvalidArgument,
+    NotAnnounced,
     PoolEmpty,
     PoolUnavailable,
     RidpoolError,
     UnknownPool,
 )
+from ridpool.functions import Announced
 from ridpool.stats import ChannelStats, PoolStats
 
 __all__ = [
+    "Announced",
     "AsyncPoolClient",
     "ChannelStats",
     "CnameNotServed",
@@ -32,6 +35,7 @@ __all__ = [
     "CorruptEntry",
     "Entry",
     "InvalidArgument",
+    "NotAnnounced",
     "PoolClient",
     "PoolEmpty",
     "PoolStats",

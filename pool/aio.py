@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
 import redis.asyncio
 from ridpool import functions, plans, stats
 from ridpool.client import socket_timeout
 from ridpool.entry import Entry
+from ridpool.functions import Announced
 from ridpool.keys import check_prefix, pool_keys, registry
 
 
@@ -29,6 +31,10 @@ class AsyncPoolClient:
         """See `PoolClient.pop`."""
         plan = plans.pop(pool_keys(self.prefix, pool), cname, min_ttl, wait, slice_seconds=self._slice)
         return await functions.arun(self.redis, plan)
+
+    async def announce(self, pool: str, cname: str, *, at: datetime | float, count: int = 1) -> Announced:
+        """See `PoolClient.announce`."""
+        return await functions.arun(self.redis, plans.announce(pool_keys(self.prefix, pool), cname, at, count))
 
     async def report(self, entry: Entry, *, ok: bool, code: int | str | None = None) -> float:
         """See `PoolClient.report`."""

@@ -1,11 +1,12 @@
 """The `ridpool` command: parse, configure logging, call one library function, map the outcome to an exit code.
 
-Only the starter-side commands (pop, status) run on the base install; the daemon's commands import the daemon
+Only the starter-side commands (pop, announce, status) run on the base install; the daemon's commands import the daemon
 inside themselves, so `ridpool pop` pays for no module it does not use, and say which extra to install when it is
 missing.
 
 Exit codes (the README lists them): 0 done; 1 unexpected failure; 2 invalid configuration or arguments;
-3 the pool has nothing fresh enough; 4 unknown pool or a channel the pool does not serve; 5 Redis unreachable.
+3 the pool has nothing fresh enough; 4 unknown pool or a channel the pool does not serve (or, for announce, a pool
+that takes no announcements); 5 Redis unreachable.
 """
 
 from __future__ import annotations
@@ -19,15 +20,18 @@ import os
 import signal
 import sys
 from collections.abc import Callable, Sequence
+from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from ridpool import channels, functions, plans
 from ridpool.client import PoolClient
 from ridpool.errors import (
     CnameNotServed,
     ConfigError,
     InvalidArgument,
     MissingExtra,
+    NotAnnounced,
     PoolEmpty,
     PoolUnavailable,
     RidpoolError,
@@ -44,6 +48,7 @@ _EXITS: list[tuple[type[RidpoolError], int]] = [
     (PoolEmpty, EXIT_EMPTY),
     (UnknownPool, EXIT_UNKNOWN),
     (CnameNotServed, EXIT_UNKNOWN),
+    (NotAnnounced, EXIT_UNKNOWN),
     (PoolUnavailable, EXIT_REDIS),
 ]
 
@@ -85,6 +90,27 @@ def _number(name: str, low: float, high: float, *, high_included: bool = False) 
     return parse
 
 
+def _instant(text: str) -> datetime | float:
+    """--at: '+SECONDS' from now, or an ISO-8601 instant with its offset (a local time would be ambiguous)."""
+    if text.startswith("+"):
+        return _number("--at", 0, plans.MAX_LEAD, high_included=True)(text[1:])
+    try:
+        at = datetime.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"--at must be ISO-8601 with an offset (2026-11-26T09:00:00+01:00) or +SECONDS, got {text!r}"
+        ) from None
+    if at.tzinfo is None:
+        raise argparse.ArgumentTypeError(f"--at needs a UTC offset (such as +00:00 or Z), got {text!r}")
+    return at
+
+
+def _count(text: str) -> int:
+    if not text.isdigit() or not 1 <= int(text) <= functions.MAX_COUNT:
+        raise argparse.ArgumentTypeError(f"--count must be an integer from 1 to {functions.MAX_COUNT}, got {text!r}")
+    return int(text)
+
+
 def _redis_source(parser: argparse.ArgumentParser, required: bool) -> None:
     group = parser.add_mutually_exclusive_group(required=required)
     group.add_argument("-c", "--config", type=Path, help="the daemon's TOML config (its [redis] section is used)")
@@ -113,6 +139,15 @@ def build_parser() -> argparse.ArgumentParser:
         "--wait", type=_number("--wait", 0, 300, high_included=True), default=0.0, help="block up to S seconds"
     )
     _redis_source(pop, required=True)
+
+    announce = sub.add_parser("announce", help="announce a channel to be recorded at an instant")
+    announce.add_argument("pool")
+    announce.add_argument("--cname", required=True, help="the channel that will be recorded")
+    announce.add_argument(
+        "--at", required=True, type=_instant, help="ISO-8601 with an offset (2026-11-26T09:00:00+01:00) or +SECONDS"
+    )
+    announce.add_argument("--count", type=_count, default=1, help="entries to have ready then (default 1)")
+    _redis_source(announce, required=True)
 
     status = sub.add_parser("status", help="pools, counters and live replicas")
     _redis_source(status, required=False)
@@ -181,6 +216,27 @@ def cmd_pop(args: argparse.Namespace) -> int:
                 "expiresAt": entry.expires_at_ms,
                 "requestId": entry.request_id,
             }
+        )
+    )
+    return EXIT_OK
+
+
+def cmd_announce(args: argparse.Namespace) -> int:
+    config = _load_config(args.config) if args.config is not None else None
+    if config is not None:
+        # The config knows the pool: say what is wrong before touching Redis.
+        pool = next((p for p in config.pools if p.name == args.pool), None)
+        if pool is None:
+            raise UnknownPool(f"pool {args.pool!r} is not in {args.config}")
+        if not pool.announced:
+            raise NotAnnounced(f"pool {args.pool!r} does not take announcements (set announced = true)")
+        if why := channels.problem(args.cname, pool.scene):
+            raise InvalidArgument(f"pool {args.pool!r}: cname {args.cname!r} {why}")
+    with _client(args, config) as client:
+        done = client.announce(args.pool, args.cname, at=args.at, count=args.count)
+    print(
+        json.dumps(
+            {"pool": args.pool, "cname": done.cname, "at": done.at_ms, "until": done.until_ms, "count": args.count}
         )
     )
     return EXIT_OK
@@ -266,6 +322,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "run": cmd_run,
     "check-config": cmd_check_config,
     "pop": cmd_pop,
+    "announce": cmd_announce,
     "status": cmd_status,
     "simulate": cmd_simulate,
     "demo": cmd_demo,

@@ -5,11 +5,13 @@ Each method drives a plan of `plans` with `functions.run`; `AsyncPoolClient` dri
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
 import redis
 from ridpool import functions, plans, stats
 from ridpool.entry import Entry
+from ridpool.functions import Announced
 from ridpool.keys import check_prefix, pool_keys, registry
 
 
@@ -38,6 +40,15 @@ class PoolClient:
         """
         plan = plans.pop(pool_keys(self.prefix, pool), cname, min_ttl, wait, slice_seconds=self._slice)
         return functions.run(self.redis, plan)
+
+    def announce(self, pool: str, cname: str, *, at: datetime | float, count: int = 1) -> Announced:
+        """Announce that channel `cname` of an announced pool is to be recorded at `at` (an aware datetime, or
+        seconds from now): the daemon acquires `count` entries to be ready then; `pop(pool, cname=cname)` takes them.
+
+        Raises InvalidArgument for a channel name Agora would refuse or an `at` more than 7 days ahead,
+        UnknownPool, NotAnnounced for a pool that does not take announcements, PoolUnavailable.
+        """
+        return functions.run(self.redis, plans.announce(pool_keys(self.prefix, pool), cname, at, count))
 
     def report(self, entry: Entry, *, ok: bool, code: int | str | None = None) -> float:
         """Tell how `start` went with a popped entry (Agora's error code on failure); returns its age in seconds.

@@ -23,6 +23,10 @@ class CnameNotServed(RidpoolError):
     """The pool does not serve the requested channel, or needs one named."""
 
 
+class NotAnnounced(RidpoolError):
+    """The pool does not take announcements (only pools configured with `announced = true` do)."""
+
+
 class PoolUnavailable(RidpoolError):
     """Redis could not be reached or answered with an error; nothing was popped."""
 

@@ -26,6 +26,7 @@ from ridpool.errors import (
     CnameNotServed,
     CorruptEntry,
     InvalidArgument,
+    NotAnnounced,
     PoolUnavailable,
     RidpoolError,
     UnknownPool,
@@ -57,7 +58,7 @@ def pop_call(keys: PoolKeys, cname: str | None, min_ttl: float, *, record_miss: 
         raise InvalidArgument("cname must not be empty; leave it out to pop from a template pool")
     return Call(
         "ridpool_pop_packed",
-        (keys.meta, keys.stats, keys.queue(cname)),
+        (keys.meta, keys.stats, keys.queue(cname), keys.announced),
         (cname or "", math.ceil(min_ttl * 1000), "1" if record_miss else "0"),
     )
 
@@ -96,7 +97,10 @@ class AddResult(enum.Enum):
     EXPIRED = "EXPIRED"  # past its time already: not stored
 
 
-def add_call(keys: PoolKeys, entry: Entry, *, queue_cname: str | None, lease: str = "", uid: str = "") -> Call:
+def add_call(
+    keys: PoolKeys, entry: Entry, *, queue_cname: str | None, lease: str = "", uid: str = "", announced: bool = False
+) -> Call:
+    """`announced`: the entry was acquired for an announcement of its channel, which it uses up one of."""
     return Call(
         "ridpool_add",
         (
@@ -106,8 +110,9 @@ def add_call(keys: PoolKeys, entry: Entry, *, queue_cname: str | None, lease: st
             keys.ready(queue_cname),
             keys.inflight,
             keys.uids,
+            *((keys.announced_left,) if announced else ()),
         ),
-        (encode(entry), entry.resource_id, entry.expires_at_ms, lease, uid),
+        (encode(entry), entry.resource_id, entry.expires_at_ms, lease, uid, *((entry.cname,) if announced else ())),
     )
 
 
@@ -171,6 +176,81 @@ def parse_sweep(reply: Any) -> QueueState:
     return QueueState(live, now, None if oldest < 0 else oldest)
 
 
+# -- announcements ---------------------------------------------------------------------------------------
+
+MAX_COUNT = 1000
+
+
+@dataclass(frozen=True, slots=True)
+class Announced:
+    """What `ridpool_announce` recorded: the instant (server ms) and the end of the announcement (at + grace)."""
+
+    cname: str
+    at_ms: int
+    until_ms: int
+
+
+def announce_call(keys: PoolKeys, cname: str, *, at: int | str, count: int = 1) -> Call:
+    """`at`: Unix ms by the Redis server's clock, or '+MS' from now (the server's now)."""
+    if not (type(count) is int and 1 <= count <= MAX_COUNT):
+        raise InvalidArgument(f"count must be an integer from 1 to {MAX_COUNT}, got {count!r}")
+    return Call(
+        "ridpool_announce",
+        (keys.meta, keys.announced, keys.announced_at, keys.announced_left),
+        (cname, at, count),
+    )
+
+
+def parse_announce(cname: str, reply: Any) -> Announced:
+    at, until = (int(x) for x in reply)
+    return Announced(cname, at, until)
+
+
+@dataclass(frozen=True, slots=True)
+class Announcement:
+    """A pending announcement as the daemon sees it."""
+
+    cname: str
+    at_ms: int
+    until_ms: int
+    left: int  # entries still to acquire for it
+
+
+@dataclass(frozen=True, slots=True)
+class ChannelState:
+    """One announced channel's queue after `ridpool_announced` retired what was about to expire."""
+
+    live: int
+    now_ms: int
+    announcement: Announcement | None  # None: no pending announcement for it
+
+
+def announced_call(keys: PoolKeys, cname: str, *, ahead_ms: int) -> Call:
+    return Call(
+        "ridpool_announced",
+        (keys.queue(cname), keys.announced, keys.announced_at, keys.announced_left),
+        (cname, ahead_ms),
+    )
+
+
+def parse_announced(cname: str, reply: Any) -> ChannelState:
+    live, left, at, until, now = (int(x) for x in reply)
+    return ChannelState(live, now, None if until < 0 else Announcement(cname, at, until, left))
+
+
+def announcements_call(keys: PoolKeys) -> Call:
+    return Call("ridpool_announcements", (keys.announced, keys.announced_at, keys.announced_left), ())
+
+
+def parse_announcements(reply: Any) -> tuple[int, list[Announcement]]:
+    """Server now (ms) and the pending announcements, by `at`."""
+    now, rest = int(reply[0]), reply[1:]
+    return now, [
+        Announcement(text(c), int(a), int(u), int(n))
+        for c, a, u, n in zip(rest[::4], rest[1::4], rest[2::4], rest[3::4], strict=True)
+    ]
+
+
 # -- the shared budget -----------------------------------------------------------------------------------
 
 
@@ -195,6 +275,8 @@ _ERRORS: dict[str, type[RidpoolError]] = {
     "CNAME_NOT_SERVED": CnameNotServed,
     "BAD_ARGUMENT": InvalidArgument,
     "BAD_ENTRY": CorruptEntry,
+    "NOT_ANNOUNCED": NotAnnounced,
+    "BAD_CNAME": InvalidArgument,
 }
 
 

@@ -7,11 +7,13 @@ so its timing is tested without waiting.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
+from datetime import datetime
 from typing import Any
 
-from ridpool import functions, stats
+from ridpool import channels, functions, stats
 from ridpool.entry import Entry
 from ridpool.errors import InvalidArgument, PoolEmpty
 from ridpool.functions import Plan
@@ -84,3 +86,36 @@ def pool_stats(keys: PoolKeys) -> Plan[stats.PoolStats]:
 def pools(registry: str) -> Plan[list[str]]:
     names = yield ("SMEMBERS", registry)
     return sorted(functions.text(n) for n in names)
+
+
+MAX_LEAD = 7 * 24 * 3600.0  # seconds ahead an announcement may be made for
+
+
+def announce_at(at: datetime | float, *, wall: Callable[[], float] = time.time) -> str:
+    """`at` as ridpool_announce takes it: '+MS' for seconds from now, Unix ms for an aware datetime."""
+    if isinstance(at, datetime):
+        if at.tzinfo is None or at.utcoffset() is None:
+            raise InvalidArgument(f"at must be an aware datetime (with a time zone), got {at.isoformat()}")
+        ahead = at.timestamp() - wall()
+        when = str(round(at.timestamp() * 1000))
+    elif type(at) in (int, float) and math.isfinite(at):
+        ahead = float(at)
+        when = f"+{max(0, round(ahead * 1000))}"  # now or the past: as soon as possible
+    else:
+        raise InvalidArgument(f"at must be an aware datetime or a number of seconds from now, got {at!r}")
+    if ahead > MAX_LEAD:
+        raise InvalidArgument(f"at must be at most 7 days ahead, got {ahead / 86400:.1f} days ahead")
+    return when
+
+
+def announce(keys: PoolKeys, cname: str, at: datetime | float, count: int) -> Plan[functions.Announced]:
+    """Check the channel name against Agora's rules for the pool's scene, then record the announcement."""
+    call = functions.announce_call(keys, cname, at=announce_at(at), count=count)
+    scene = yield ("HGET", keys.meta, "scene")
+    if scene is not None and (why := channels.problem(cname, int(scene))):
+        raise InvalidArgument(f"pool {keys.pool!r}: cname {cname!r} {why}")
+    return functions.parse_announce(cname, (yield from functions.fcall(call)))
+
+
+def announcements(keys: PoolKeys) -> Plan[tuple[int, list[functions.Announcement]]]:
+    return functions.parse_announcements((yield from functions.fcall(functions.announcements_call(keys))))

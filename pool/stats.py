@@ -61,6 +61,8 @@ def decode_hash(raw: Mapping[Any, Any]) -> dict[str, str]:
 
 def channel_names(meta: Mapping[str, str]) -> list[str | None]:
     """The queues of a published pool: one per named channel, or the template pool's single queue."""
+    if meta.get("mode") == "announced":
+        return []  # its channels are the announced ones (see `status`), not fixed
     if meta.get("mode") != "named":
         return [None]
     names: list[str] = json.loads(meta.get("cnames", "[]"))
