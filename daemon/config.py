@@ -14,6 +14,7 @@ import secrets
 import tomllib
 import uuid
 from collections.abc import Callable, Mapping
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
@@ -33,10 +34,13 @@ from pydantic import (
 from pydantic_core import ErrorDetails, InitErrorDetails, PydanticCustomError
 from redis.connection import parse_url
 from ridpool import channels
+from ridpool.daemon import planner, warmups
+from ridpool.daemon.limiter import window_for
 from ridpool.errors import ConfigError
 from ridpool.keys import NAME_PATTERN, PREFIX_PATTERN
 
 UID_MAX = 2**32 - 1
+AUTO_IN_FLIGHT_UIDS = 8  # uids a uid_range must spare for acquires in flight when max_in_flight is derived
 UID_WARN_ABOVE = 2**31 - 1  # Agora has been seen to answer code 2 above this
 AGORA_DEFAULT_RATE = 10.0
 _HEX32 = re.compile(r"[0-9a-fA-F]{32}")
@@ -194,11 +198,38 @@ class AgoraSettings(_Frozen):
     base_url: BaseUrls
     rate_limit: Positive = 8.0  # acquires per second for all replicas together
     timeout: Annotated[SFloat, _check(lambda t: 0 < t <= 60, "must be greater than 0 and at most 60")] = 10.0
-    max_in_flight: AtLeastOne = 10  # per account, per replica
+    # Acquires in flight per replica: a bound on concurrency (and connections), not the rate, which the budget sets.
+    max_in_flight: AtLeastOne = 32
     account: Name = "default"
     # Seconds by which the network (or a busy host) may bunch requests on their way to Agora; every budget window
     # is this much longer than a second, so the sustained rate is floor(rate_limit) / (1 + jitter).
     jitter: Annotated[SFloat, _check(lambda j: 0 <= j <= 0.5, "must be from 0 to 0.5 seconds")] = 0.05
+
+
+def _cron_ok(cron: str) -> str:
+    try:
+        warmups.trigger(cron)
+    except ValueError as exc:
+        raise ValueError(f"{exc} (got {_show(cron)})") from None
+    return cron
+
+
+def _zone_ok(zone: str) -> str:
+    try:
+        warmups.trigger("0 0 * * *", zone)
+    except ValueError as exc:
+        raise ValueError(str(exc)) from None
+    return zone
+
+
+class WarmupConfig(_Frozen):
+    """A burst the pool is told about: `size` entries beyond the standing size ready (per channel) at each
+    instant of `cron` (in `timezone`), for starts until `duration` seconds later."""
+
+    cron: Annotated[SStr, AfterValidator(_cron_ok)]
+    timezone: Annotated[SStr, AfterValidator(_zone_ok)] = "UTC"
+    size: AtLeastOne
+    duration: Annotated[SFloat, _check(lambda d: 0 < d <= 86400, "must be greater than 0 and at most 86400")] = 300.0
 
 
 class PoolConfig(_Frozen):
@@ -214,7 +245,11 @@ class PoolConfig(_Frozen):
     size: Annotated[SInt, _check(lambda n: n >= 0, "must be 0 or more")] = 0
     # Seconds an entry is offered, counted from sending its acquire; Agora's IDs live five minutes.
     max_age: Annotated[SFloat, _check(lambda a: 0 < a < 300, "must be greater than 0 and below 300")] = 270.0
-    max_in_flight: AtLeastOne = 5  # across replicas
+    # Across replicas. None: derived from the budget and Agora's observed latency (planner.in_flight_cap).
+    max_in_flight: AtLeastOne | None = None
+    warmups: tuple[WarmupConfig, ...] = ()
+    auto_size: Annotated[bool, Strict()] = False  # raise the target ahead of demand learned from history
+    max_size: Annotated[SInt, _check(lambda n: n >= 0, "must be 0 or more")] | None = None
     start_parameter: Annotated[dict[str, Any], AfterValidator(_json_only)] | None = None
     exclude_resource_ids: tuple[Annotated[SStr, _check(bool, "must not be empty")], ...] | None = None
     region_affinity: Annotated[SInt, _check(lambda r: 0 <= r <= 4, "must be 0 to 4")] | None = None
@@ -227,6 +262,15 @@ class PoolConfig(_Frozen):
     @classmethod
     def _rules(cls, data: Any, handler: ValidatorFunctionWrapHandler) -> Any:
         return _with_rules(cls, data, handler, _pool_rules)
+
+    @property
+    def max_age_ms(self) -> int:
+        return round(self.max_age * 1000)
+
+    @property
+    def most_per_channel(self) -> int:
+        """The highest target a channel can have: standing size plus every warm-up at once, or max_size."""
+        return max(self.size + sum(w.size for w in self.warmups), self.max_size or 0)
 
     @property
     def is_template(self) -> bool:
@@ -294,11 +338,17 @@ def _pool_rules(v: dict[str, Any], _raw: Mapping[str, Any]) -> list[Problem]:
     if v.get("uid_range") is not None and all(k in v for k in ("size", "max_in_flight", "cnames")):
         lo, hi = v["uid_range"]
         n_channels = len(v["cnames"] or ())
-        live = v["size"] * max(n_channels, 1) + v["max_in_flight"]
+        in_flight = v["max_in_flight"] or AUTO_IN_FLIGHT_UIDS
+        most = max(v["size"] + sum(w.size for w in v.get("warmups") or ()), v.get("max_size") or 0)
+        live = most * max(n_channels, 1) + in_flight
         if hi - lo + 1 < live:
-            per = f"size {v['size']} x {n_channels} cnames" if n_channels else f"size {v['size']}"
+            per = f"size {most} x {n_channels} cnames" if n_channels else f"size {most}"
             why = f"holds {hi - lo + 1} uids but the pool can have {live} live entries ({per} + max_in_flight"
-            problems.append((("uid_range",), f"{why} {v['max_in_flight']}) (got {_show([lo, hi])})", [lo, hi]))
+            problems.append((("uid_range",), f"{why} {in_flight}) (got {_show([lo, hi])})", [lo, hi]))
+    if v.get("auto_size") and v.get("max_size") is None and "max_size" in v:
+        problems.append((("max_size",), "required with auto_size = true (the most entries per channel)", None))
+    if v.get("max_size") is not None and isinstance(v.get("size"), int) and v["max_size"] < v["size"]:
+        problems.append((("max_size",), f"must be at least size {v['size']} (got {v['max_size']})", v["max_size"]))
     return problems
 
 
@@ -313,7 +363,41 @@ class Config(_Frozen):
     @model_validator(mode="wrap")
     @classmethod
     def _rules(cls, data: Any, handler: ValidatorFunctionWrapHandler) -> Any:
-        return _with_rules(cls, data, handler, _unique_pool_names)
+        return _with_rules(cls, data, handler, _config_rules)
+
+    @property
+    def sustained_rate(self) -> float:
+        """Acquires per second the account's budget sustains (see limiter.window_for)."""
+        return window_for(self.agora.rate_limit, self.agora.jitter).sustained
+
+
+def _config_rules(v: dict[str, Any], raw: Mapping[str, Any]) -> list[Problem]:
+    problems = _unique_pool_names(v, raw)
+    if "agora" in v and "pools" in v and isinstance(v["agora"], AgoraSettings):
+        problems += _warmup_problems(v["agora"], v["pools"])
+    return problems
+
+
+def _warmup_problems(agora: AgoraSettings, pools: tuple[PoolConfig, ...]) -> list[Problem]:
+    """Warm-ups no schedule can meet, each alone: more entries than the budget acquires within max_age."""
+    sustained = window_for(agora.rate_limit, agora.jitter).sustained
+    standing = [planner.Demand(p.name, c or None, p.size, 0, None, "size") for p in pools for c in p.slots]
+    rate = planner.available_rate(sustained, standing, {p.name: p.max_age_ms for p in pools})
+    problems: list[Problem] = []
+    for i, pool in enumerate(pools):
+        channels = len(pool.slots)
+        largest = planner.largest_feasible(rate, pool.max_age_ms) // channels
+        for j, warmup in enumerate(pool.warmups):
+            if warmup.size > largest:
+                per = f" per channel x {channels} channels" if channels > 1 else ""
+                why = (
+                    f"{warmup.size}{per} cannot be ready at the instant: the budget plans warm-ups at "
+                    f"{rate:.2f}/s ({sustained:.2f}/s sustained x {planner.HEADROOM} less standing sizes), which "
+                    f"acquires at most {largest * channels} within max_age {_show(pool.max_age)} s less "
+                    f"{(planner.LEAD_MS + planner.MARGIN_MS) / 1000:g} s lead; the largest feasible size is {largest}"
+                )
+                problems.append((("pools", i, "warmups", j, "size"), why, warmup.size))
+    return problems
 
 
 def _unique_pool_names(_v: dict[str, Any], raw: Mapping[str, Any]) -> list[Problem]:
@@ -378,7 +462,41 @@ def _warnings(config: Config) -> tuple[str, ...]:
             found.append(
                 f"pools[{i}].{field}: {top} is above 2^31-1; Agora has been seen to reject such uids with code 2"
             )
-    return tuple(found)
+    return tuple(found) + overlap_warnings(config, datetime.now(UTC))
+
+
+OVERLAP_HORIZON = timedelta(days=8)  # a week of instants, and the day a weekly schedule wraps into
+
+
+def overlap_warnings(config: Config, now: datetime) -> tuple[str, ...]:
+    """Warm-ups that fit alone but not together in the next week: the schedule must start acquiring for them
+    before their entries could live until the instant. One warning per warm-up, at its first such instant."""
+    max_age = {p.name: p.max_age_ms for p in config.pools}
+    standing = [planner.Demand(p.name, c or None, p.size, 0, None, "size") for p in config.pools for c in p.slots]
+    rate = planner.available_rate(config.sustained_rate, standing, max_age)
+    demands = []
+    for i, pool in enumerate(config.pools):
+        for j, w in enumerate(pool.warmups):
+            spec = warmups.Warmup(pool.name, j, w.cron, w.timezone, w.size, w.duration)
+            for at in spec.instants(now, now + OVERLAP_HORIZON, limit=2000):
+                at_ms = warmups.to_ms(at)
+                until = at_ms + round(w.duration * 1000)
+                where = f"pools[{i}].warmups[{j}]"
+                demands += [planner.Demand(pool.name, c or None, w.size, at_ms, until, where) for c in pool.slots]
+    found: dict[str, str] = {}
+    for d, span in planner.shortfalls(planner.schedule(demands, rate=rate, max_age_ms=max_age)):
+        if d.source in found:
+            continue
+        w = config.pools[int(d.source[6 : d.source.index("]")])].warmups[int(d.source.rsplit("[", 1)[1][:-1])]
+        early = (span.earliest_ms - span.needed_ms) / 1000
+        found[d.source] = (
+            f"{d.source} ({w.cron}, {w.timezone}) at {warmups.local(d.at_ms, w.timezone).isoformat()}: "
+            "overlapping warm-ups "
+            f"need acquiring to start {(d.at_ms - span.needed_ms) / 1000:.0f} s before it, but entries acquired "
+            f"more than {(d.at_ms - span.earliest_ms) / 1000:.0f} s before die first: about "
+            f"{math.ceil(early * rate)} entries short at {rate:.2f}/s"
+        )
+    return tuple(found.values())
 
 
 def parse_config(data: Mapping[str, object], *, source: str = "<config>") -> Config:

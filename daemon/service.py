@@ -1,6 +1,8 @@
-"""The daemon: wires config, Redis, the Agora client, the budget and the refiller, and runs them on APScheduler.
+"""The daemon: wires config, Redis, the Agora client, the budget and the refiller, and runs them.
 
-APScheduler is only a local ticker (refill rounds, heartbeat, metadata); every replica is the same and all
+The refill runs as one continuous loop (a round, then a wait for an acquire to end, a tick, or the next
+warm-up instant), so the budget, not a round per tick, sets the rate. APScheduler is only a local ticker for
+the periodic jobs (heartbeat, metadata, demand history); every replica is the same and all
 coordination happens in Redis, so replicas can be added or killed at any time. Redis outages slow the daemon
 down (jobs skip with a growing backoff) and never stop it; when Redis comes back, empty or not, the function
 library is loaded again on first use and the pools' metadata republished.
@@ -29,6 +31,7 @@ from ridpool.daemon.clock import ServerClock
 from ridpool.daemon.config import Config, Credentials
 from ridpool.daemon.limiter import Budget
 from ridpool.daemon.refill import Refiller
+from ridpool.daemon.warmups import WarmupSource
 from ridpool.errors import PoolUnavailable
 from ridpool.meta import PoolMeta, apublish
 
@@ -40,7 +43,7 @@ VERSION = "0.1.0"
 class Timing:
     """Every interval the daemon keeps; tests shrink them instead of sleeping."""
 
-    tick: float = 1.0  # between refill rounds
+    tick: float = 1.0  # the longest wait between refill rounds (a round also follows every finished acquire)
     heartbeat: float = 2.0  # a replica is shown live for 3 heartbeats after its last
     publish: float = 10.0  # republishing pool metadata (restores it after Redis lost it)
     grace: float = 3.0  # at shutdown, how long in-flight acquires may still finish
@@ -80,6 +83,8 @@ class Daemon:
             config.agora.rate_limit,
             jitter=config.agora.jitter,
         )
+        pool_keys = {p.name: keyspace.pool_keys(self.prefix, p.name) for p in config.pools}
+        self.warmups = WarmupSource(self.redis, config.pools, pool_keys)
         self.refiller = Refiller(
             self.redis,
             config,
@@ -88,6 +93,8 @@ class Daemon:
             self.clock,
             replica_id=self.replica_id,
             lease_seconds=self.timing.lease,
+            sources=[self.warmups],
+            next_instant=self.warmups.next_instant,
         )
         self.started_at = time.time()
         self.redis_down_since: float | None = None
@@ -136,7 +143,18 @@ class Daemon:
             await self.publish()
         await self.refiller.round()
 
+    async def refill_loop(self) -> None:
+        """Rounds back to back: each after an acquire ends, a tick, or just before a warm-up instant."""
+        while not self.refiller.stopping:
+            await self._guarded("refill", self.refill)
+            wait = self.timing.tick
+            wake = self.warmups.wake_ms(self.clock.server_ms(time.monotonic()))
+            if wake is not None:
+                wait = min(wait, (wake - self.clock.server_ms(time.monotonic())) / 1000)
+            await self.refiller.idle(wait)
+
     async def publish(self) -> None:
+        self.refiller.published.clear()  # the target fields are written again with the next round
         await self.clock.sync(self.redis)
         now = self.clock.server_ms(time.monotonic())
         with functions.reaching(self.redis):
@@ -198,7 +216,6 @@ class Daemon:
         jobs = (
             ("publish", self.publish, self.timing.publish),
             ("heartbeat", self.heartbeat, self.timing.heartbeat),
-            ("refill", self.refill, self.timing.tick),
         )
         for name, job, every in jobs:
             scheduler.add_job(
@@ -213,12 +230,15 @@ class Daemon:
                 misfire_grace_time=None,
             )
         scheduler.start()
+        loop = asyncio.create_task(self.refill_loop(), name="refill")
         try:
             await stop.wait()
         finally:
             log.info("daemon.stopping", replica=self.replica_id, in_flight=len(self.refiller.tasks))
             self.refiller.stopping = True  # a round still running leases nothing more
             scheduler.shutdown(wait=False)
+            loop.cancel()
+            await asyncio.gather(loop, return_exceptions=True)
             abandoned = await self.refiller.stop(self.timing.grace)
             await self._leave()
             await self.http.aclose()

@@ -541,6 +541,53 @@ local function announcements(keys, args)
   return out
 end
 
+--[[
+ridpool_sample: write one step (a minute) of a pool's demand history: what was added, popped, missed and
+expired unused since the last sample. Counters only, never an ID. The first caller in a step writes it; any
+other replica calling in the same step gets -1, so replicas need no election of their own.
+KEYS[1] stats     PREFIX:{POOL}:stats
+KEYS[2] history   PREFIX:{POOL}:history (hash: '<step>' -> 'added pops misses expired'; 'last', 'at:*' snapshot)
+KEYS[3..] the pool's queues (live entries are not expired ones)
+ARGV[1] step_ms       60000 (a minute); tests use shorter steps
+ARGV[2] retention_ms  how long the history is kept (the key's TTL; the step that old is dropped)
+Reply: the step written (server ms / step_ms, floored), or -1 when this step was already written.
+]]
+local function sample(keys, args)
+  local stats, history = keys[1], keys[2]
+  local step, retention = tonumber(args[1]), tonumber(args[2])
+  local now = now_ms()
+  local index = math.floor(now / step)
+  local last = tonumber(redis.call('HGET', history, 'last') or -1)
+  if last >= index then
+    return -1
+  end
+  local live = 0
+  for i = 3, #keys do
+    live = live + redis.call('ZCOUNT', keys[i], '(' .. now, '+inf')
+  end
+  local c = redis.call('HMGET', stats, 'added', 'pops', 'misses')
+  local added, pops, misses = tonumber(c[1] or 0), tonumber(c[2] or 0), tonumber(c[3] or 0)
+  local current = {added, pops, misses, math.max(0, added - pops - live)}
+  local names = {'at:added', 'at:pops', 'at:misses', 'at:expired'}
+  local before = redis.call('HMGET', history, unpack(names))
+  if before[1] then
+    local delta = {}
+    for i = 1, 4 do
+      -- A counter that went down was reset (a flushed stats hash): count from zero.
+      local d = current[i] - tonumber(before[i])
+      delta[i] = d >= 0 and d or current[i]
+    end
+    redis.call('HSET', history, tostring(index), table.concat(delta, ' '))
+  end
+  for i = 1, 4 do
+    redis.call('HSET', history, names[i], current[i])
+  end
+  redis.call('HSET', history, 'last', index)
+  redis.call('HDEL', history, tostring(index - math.floor(retention / step)))
+  redis.call('PEXPIRE', history, retention)
+  return index
+end
+
 redis.register_function('ridpool_pop', pop)
 redis.register_function('ridpool_pop_packed', pop_packed)
 redis.register_function('ridpool_report', report)
@@ -553,6 +600,7 @@ redis.register_function('ridpool_cooldown', cooldown)
 redis.register_function('ridpool_announce', announce)
 redis.register_function('ridpool_announced', announced)
 redis.register_function('ridpool_announcements', announcements)
+redis.register_function('ridpool_sample', sample)
 redis.register_function{
   function_name = 'ridpool_version',
   callback = function() return LIBRARY_VERSION end,

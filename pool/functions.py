@@ -251,6 +251,23 @@ def parse_announcements(reply: Any) -> tuple[int, list[Announcement]]:
     ]
 
 
+# -- demand history --------------------------------------------------------------------------------------
+
+
+def sample_call(keys: PoolKeys, queues: Sequence[str | None], *, step_ms: int, retention_ms: int) -> Call:
+    return Call(
+        "ridpool_sample",
+        (keys.stats, keys.history, *(keys.queue(c) for c in queues)),
+        (step_ms, retention_ms),
+    )
+
+
+def parse_sample(reply: Any) -> int | None:
+    """The step written, or None when another replica wrote this one."""
+    step = int(reply)
+    return None if step < 0 else step
+
+
 # -- the shared budget -----------------------------------------------------------------------------------
 
 
