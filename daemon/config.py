@@ -385,7 +385,7 @@ def _warmup_problems(agora: AgoraSettings, pools: tuple[PoolConfig, ...]) -> lis
     rate = planner.available_rate(sustained, standing, {p.name: p.max_age_ms for p in pools})
     problems: list[Problem] = []
     for i, pool in enumerate(pools):
-        channels = len(pool.slots)
+        channels = max(1, len(pool.slots))  # an announced pool's channels are not known ahead
         largest = planner.largest_feasible(rate, pool.max_age_ms) // channels
         for j, warmup in enumerate(pool.warmups):
             if warmup.size > largest:

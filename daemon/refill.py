@@ -265,7 +265,9 @@ class Refiller:
             self.wake.set()
 
     async def _store(self, pool: PoolConfig, keys: PoolKeys, entry: Entry, lease: Lease, cname: str | None) -> None:
-        call = functions.add_call(keys, entry, queue_cname=cname, lease=lease.token, uid=lease.uid)
+        call = functions.add_call(
+            keys, entry, queue_cname=cname, lease=lease.token, uid=lease.uid, announced=pool.announced
+        )
         # Redis may blink between acquire and store: the add is idempotent, so retry while the entry lives.
         retrying = AsyncRetrying(
             stop=stop_after_delay(min(30.0, pool.max_age)),

@@ -27,6 +27,7 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from ridpool import functions
 from ridpool import keys as keyspace
 from ridpool.daemon.agora import AcquireClient
+from ridpool.daemon.announcements import Announcements
 from ridpool.daemon.clock import ServerClock
 from ridpool.daemon.config import Config, Credentials
 from ridpool.daemon.limiter import Budget
@@ -93,7 +94,7 @@ class Daemon:
             self.clock,
             replica_id=self.replica_id,
             lease_seconds=self.timing.lease,
-            sources=[self.warmups],
+            sources=[self.warmups, Announcements(self.redis, config)],
             next_instant=self.warmups.next_instant,
         )
         self.started_at = time.time()

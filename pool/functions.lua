@@ -490,35 +490,39 @@ local function announce(keys, args)
 end
 
 --[[
-ridpool_announced: the daemon's view of one announced channel. Ends past announcements; while this one is
-pending, an entry that would expire within AHEAD ms is retired (it counts as expired unused) and acquired
-again, so the channel keeps its count of live entries until the announcement ends; popped entries are not.
-KEYS[1] queue     PREFIX:{POOL}:q:<cname>
-KEYS[2] ann       KEYS[3] ann:at    KEYS[4] ann:left
-ARGV[1] cname     ARGV[2] ahead ms
-Reply: {live entries, left to acquire, at ms, until ms, server now ms}; left, at and until are -1 when the
-channel has no pending announcement.
+ridpool_announced: the daemon's view of announced channels, before it plans. While a channel's announcement is
+pending, an entry that would expire within AHEAD ms is retired (it counts as expired unused) and one more is to
+be acquired, so the channel keeps its count of live entries until the announcement ends; popped entries are not
+replaced.
+KEYS[1] ann       KEYS[2] ann:at    KEYS[3] ann:left
+KEYS[4..] the channels' queues, PREFIX:{POOL}:q:<cname>, in the order of ARGV[2..]
+ARGV[1] ahead ms  ARGV[2..] the channels
+Reply: {server now ms, then per channel: live entries, left to acquire, at ms, until ms}; left, at and until
+are -1 for a channel with no pending announcement.
 ]]
 local function announced(keys, args)
-  local queue, ann, at_key, left = keys[1], keys[2], keys[3], keys[4]
-  local cname, ahead = args[1], tonumber(args[2])
+  local ann, at_key, left = keys[1], keys[2], keys[3]
+  local ahead = tonumber(args[1])
   local now = now_ms()
   end_announcements(ann, at_key, left, now)
-  purge_dead(queue, now)
-  local ends = tonumber(redis.call('ZSCORE', ann, cname) or '-1')
-  if ends < 0 then
-    return {redis.call('ZCARD', queue), -1, -1, -1, now}
+  local out = {now}
+  for i = 2, #args do
+    local cname, queue = args[i], keys[i + 2]
+    purge_dead(queue, now)
+    local ends = tonumber(redis.call('ZSCORE', ann, cname) or '-1')
+    if ends >= 0 then
+      local retired = redis.call('ZREMRANGEBYSCORE', queue, '-inf', math.min(now + ahead, ends))
+      if retired > 0 then
+        expire_with_top(queue)
+        redis.call('HINCRBY', left, cname, retired)
+      end
+    end
+    out[#out + 1] = redis.call('ZCARD', queue)
+    out[#out + 1] = ends < 0 and -1 or tonumber(redis.call('HGET', left, cname) or '0')
+    out[#out + 1] = ends < 0 and -1 or tonumber(redis.call('ZSCORE', at_key, cname) or '-1')
+    out[#out + 1] = ends
   end
-  local soon = math.min(now + ahead, ends)
-  local retired = redis.call('ZREMRANGEBYSCORE', queue, '-inf', soon)
-  if retired > 0 then
-    expire_with_top(queue)
-    redis.call('HINCRBY', left, cname, retired)
-  end
-  return {
-    redis.call('ZCARD', queue), tonumber(redis.call('HGET', left, cname) or '0'),
-    tonumber(redis.call('ZSCORE', at_key, cname) or '-1'), ends, now,
-  }
+  return out
 end
 
 --[[

@@ -220,22 +220,27 @@ class Announcement:
 class ChannelState:
     """One announced channel's queue after `ridpool_announced` retired what was about to expire."""
 
+    cname: str
     live: int
-    now_ms: int
     announcement: Announcement | None  # None: no pending announcement for it
 
 
-def announced_call(keys: PoolKeys, cname: str, *, ahead_ms: int) -> Call:
+def announced_call(keys: PoolKeys, cnames: Sequence[str], *, ahead_ms: int) -> Call:
     return Call(
         "ridpool_announced",
-        (keys.queue(cname), keys.announced, keys.announced_at, keys.announced_left),
-        (cname, ahead_ms),
+        (keys.announced, keys.announced_at, keys.announced_left, *(keys.queue(c) for c in cnames)),
+        (ahead_ms, *cnames),
     )
 
 
-def parse_announced(cname: str, reply: Any) -> ChannelState:
-    live, left, at, until, now = (int(x) for x in reply)
-    return ChannelState(live, now, None if until < 0 else Announcement(cname, at, until, left))
+def parse_announced(cnames: Sequence[str], reply: Any) -> tuple[int, list[ChannelState]]:
+    """Server now (ms) and each channel's state, in the order asked."""
+    now, rest = int(reply[0]), [int(x) for x in reply[1:]]
+    out = []
+    for i, cname in enumerate(cnames):
+        live, left, at, until = rest[4 * i : 4 * i + 4]
+        out.append(ChannelState(cname, live, None if until < 0 else Announcement(cname, at, until, left)))
+    return now, out
 
 
 def announcements_call(keys: PoolKeys) -> Call:

@@ -64,6 +64,7 @@ def as_json(status: Status) -> dict[str, Any]:
                 "state": s.state,
                 "lastError": s.last_error,
                 "starts": dict(s.starts),
+                **({"announcements": announcements(s)} if s.mode == "announced" else {}),
                 **dict(s.counters),
             }
             for s in status.pools
@@ -133,6 +134,25 @@ def plan_line(s: PoolStats) -> str:
     )
 
 
+def announcements(s: PoolStats) -> dict[str, Any]:
+    """An announced pool's pending announcements, next deadline and those at risk, as its daemon last saw them."""
+    at_risk = s.extra.get("announced_at_risk_cnames", "")
+    return {
+        "pending": int(s.extra.get("announced_pending", "0")),
+        "nextDeadline": s.extra.get("announced_next") or None,
+        "atRisk": int(s.extra.get("announced_at_risk", "0")),
+        "atRiskCnames": at_risk.split(",") if at_risk else [],
+    }
+
+
+def announcement_line(s: PoolStats) -> str:
+    a = announcements(s)
+    risk = f"{a['atRisk']} ({', '.join(a['atRiskCnames'])})" if a["atRisk"] else "none"
+    return (
+        f"{s.pool}: announcements pending {a['pending']}; next deadline {a['nextDeadline'] or 'none'}; at risk {risk}"
+    )
+
+
 def render(status: Status) -> str:
     """The status as a plain text table (no terminal library: the starter-side install has none)."""
     table = [COLUMNS, *rows(status)]
@@ -147,6 +167,7 @@ def render(status: Status) -> str:
     if not status.pools:
         lines.append("no pools published yet (is a daemon running with this key prefix?)")
     lines += [plan_line(s) for s in status.pools if s.known]
+    lines += [announcement_line(s) for s in status.pools if s.mode == "announced"]
     if status.replicas:
         line = ", ".join(f"{r.id} (up since {r.info.get('started_at', '?')})" for r in status.replicas)
         lines.append(f"live replicas: {len(status.replicas)}: {line}")

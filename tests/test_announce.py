@@ -156,8 +156,10 @@ def test_the_daemon_view_replaces_an_entry_about_to_expire_while_pending(r: redi
     client.announce("classes", "c1", at=100, count=2)
     store_for(r, "c1", life=5)
     store_for(r, "c1", life=200)
-    state = functions.parse_announced("c1", functions.execute(r, functions.announced_call(KEYS, "c1", ahead_ms=10_000)))
+    call = functions.announced_call(KEYS, ["c1", "c2"], ahead_ms=10_000)
+    _, (state, other) = functions.parse_announced(["c1", "c2"], functions.execute(r, call))
     assert state.live == 1 and state.announcement is not None and state.announcement.left == 1
+    assert other.live == 0 and other.announcement is None
 
 
 def test_the_readme_redis_cli_fcall_announces(r: redis.Redis, redis_server: RedisServer) -> None:
