@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import httpx
 import structlog
 from ridpool.daemon.config import Credentials
-from ridpool.errors import RidpoolError
+from ridpool.errors import AcquireFailed
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, stop_after_attempt
 
 log = structlog.get_logger("ridpool.agora")
@@ -27,7 +27,7 @@ BACKOFF = (1.0, 3.0, 6.0)
 ATTEMPTS = len(BACKOFF) + 1
 
 
-class AcquireError(RidpoolError):
+class AcquireError(AcquireFailed):
     """An acquire that produced no ID. `retryable` tells a transient failure from a rejected request."""
 
     kind = "error"

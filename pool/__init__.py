@@ -13,10 +13,12 @@ from ridpool.aio import AsyncPoolClient
 from ridpool.client import PoolClient
 from ridpool.entry import Entry
 from ridpool.errors import (
+    AcquireFailed,
     CnameNotServed,
     ConfigError,
     CorruptEntry,
     InvalidArgument,
+    MissingExtra,
     NotAnnounced,
     PoolEmpty,
     PoolUnavailable,
@@ -27,6 +29,7 @@ from ridpool.functions import Announced
 from ridpool.stats import ChannelStats, PoolStats
 
 __all__ = [
+    "AcquireFailed",
     "Announced",
     "AsyncPoolClient",
     "ChannelStats",
@@ -35,6 +38,7 @@ __all__ = [
     "CorruptEntry",
     "Entry",
     "InvalidArgument",
+    "MissingExtra",
     "NotAnnounced",
     "PoolClient",
     "PoolEmpty",

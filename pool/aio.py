@@ -2,30 +2,53 @@
 
 from __future__ import annotations
 
+import os
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import redis.asyncio
-from ridpool import functions, plans, stats
+from ridpool import functions, ondemand, plans, stats
 from ridpool.client import socket_timeout
 from ridpool.entry import Entry
 from ridpool.functions import Announced
 from ridpool.keys import check_prefix, pool_keys, registry
 
+if TYPE_CHECKING:
+    from ridpool.daemon.config import Config
+    from ridpool.daemon.ondemand import OnDemand
+
 
 class AsyncPoolClient:
     """Pops entries from ridpool's pools with redis.asyncio; safe to share between tasks."""
 
-    def __init__(self, client: redis.asyncio.Redis, *, prefix: str = "ridpool") -> None:
+    def __init__(self, client: redis.asyncio.Redis, *, prefix: str = "ridpool", config: Config | None = None) -> None:
         self.redis = client
         self.prefix = check_prefix(prefix)
+        self.config = config
         self._slice = plans.wait_slice(socket_timeout(client))
+        self._ondemand: OnDemand | None = None
 
     @classmethod
     def from_url(cls, url: str, *, prefix: str = "ridpool", **kwargs: Any) -> AsyncPoolClient:
         return cls(
             redis.asyncio.Redis.from_url(url, **functions.connection_defaults(kwargs, asyncio=True)), prefix=prefix
         )
+
+    @classmethod
+    def from_config(cls, config: Config | str | os.PathLike[str], **kwargs: Any) -> AsyncPoolClient:
+        """See `PoolClient.from_config`."""
+        config = ondemand.load(config)
+        kwargs.setdefault("socket_timeout", config.redis.socket_timeout)
+        client = redis.asyncio.Redis.from_url(config.redis.url, **functions.connection_defaults(kwargs, asyncio=True))
+        return cls(client, prefix=config.redis.key_prefix, config=config)
+
+    async def pop_or_acquire(
+        self, pool: str, *, cname: str | None = None, min_ttl: float = 0.0, wait: float = 0.0
+    ) -> Entry:
+        """See `PoolClient.pop_or_acquire`."""
+        if self._ondemand is None:
+            self._ondemand = ondemand.make(ondemand.check_config(self.config), self.redis)
+        return await self._ondemand.pop_or_acquire(pool, cname=cname, min_ttl=min_ttl, wait=wait)
 
     async def pop(self, pool: str, *, cname: str | None = None, min_ttl: float = 0.0, wait: float = 0.0) -> Entry:
         """See `PoolClient.pop`."""
@@ -49,6 +72,8 @@ class AsyncPoolClient:
         return await functions.arun(self.redis, plans.pools(registry(self.prefix)))
 
     async def aclose(self) -> None:
+        if self._ondemand is not None:
+            await self._ondemand.aclose()
         await self.redis.aclose()
 
     async def __aenter__(self) -> AsyncPoolClient:

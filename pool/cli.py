@@ -6,7 +6,7 @@ missing.
 
 Exit codes (the README lists them): 0 done; 1 unexpected failure; 2 invalid configuration or arguments;
 3 the pool has nothing fresh enough; 4 unknown pool or a channel the pool does not serve (or, for announce, a pool
-that takes no announcements); 5 Redis unreachable.
+that takes no announcements); 5 Redis unreachable; 6 an acquire on the spot (pop --or-acquire) failed.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING
 from ridpool import channels, functions, plans
 from ridpool.client import PoolClient
 from ridpool.errors import (
+    AcquireFailed,
     CnameNotServed,
     ConfigError,
     InvalidArgument,
@@ -41,7 +42,7 @@ from ridpool.errors import (
 if TYPE_CHECKING:
     from ridpool.daemon.config import Config
 
-EXIT_OK, EXIT_FAILURE, EXIT_INVALID, EXIT_EMPTY, EXIT_UNKNOWN, EXIT_REDIS = 0, 1, 2, 3, 4, 5
+EXIT_OK, EXIT_FAILURE, EXIT_INVALID, EXIT_EMPTY, EXIT_UNKNOWN, EXIT_REDIS, EXIT_ACQUIRE = 0, 1, 2, 3, 4, 5, 6
 _EXITS: list[tuple[type[RidpoolError], int]] = [
     (ConfigError, EXIT_INVALID),
     (InvalidArgument, EXIT_INVALID),
@@ -50,6 +51,7 @@ _EXITS: list[tuple[type[RidpoolError], int]] = [
     (CnameNotServed, EXIT_UNKNOWN),
     (NotAnnounced, EXIT_UNKNOWN),
     (PoolUnavailable, EXIT_REDIS),
+    (AcquireFailed, EXIT_ACQUIRE),
 ]
 
 
@@ -138,6 +140,11 @@ def build_parser() -> argparse.ArgumentParser:
     pop.add_argument(
         "--wait", type=_number("--wait", 0, 300, high_included=True), default=0.0, help="block up to S seconds"
     )
+    pop.add_argument(
+        "--or-acquire",
+        action="store_true",
+        help="when the pool has nothing, acquire on the spot within the shared budget (needs -c and the daemon extra)",
+    )
     _redis_source(pop, required=True)
 
     announce = sub.add_parser("announce", help="announce a channel to be recorded at an instant")
@@ -201,8 +208,21 @@ def _client(args: argparse.Namespace, config: Config | None = None) -> PoolClien
 
 
 def cmd_pop(args: argparse.Namespace) -> int:
-    with _client(args) as client:
-        entry = client.pop(args.pool, cname=args.cname, min_ttl=args.min_ttl, wait=args.wait)
+    if args.or_acquire:
+        if args.config is None:
+            raise InvalidArgument("--or-acquire needs -c FILE: the daemon's config says how to acquire for the pool")
+        config = _load_config(args.config)
+        from ridpool.daemon import log
+
+        # Events to stderr (stdout is the entry's JSON), warnings and errors only, scrubbed of the secret.
+        log.configure(secrets=[os.environ.get("AGORA_CUSTOMER_SECRET", "")], level="warning")
+        if args.prefix:
+            config = config.model_copy(update={"redis": config.redis.model_copy(update={"key_prefix": args.prefix})})
+        with PoolClient.from_config(config) as client:
+            entry = client.pop_or_acquire(args.pool, cname=args.cname, min_ttl=args.min_ttl, wait=args.wait)
+    else:
+        with _client(args) as client:
+            entry = client.pop(args.pool, cname=args.cname, min_ttl=args.min_ttl, wait=args.wait)
     print(
         json.dumps(
             {
@@ -215,6 +235,7 @@ def cmd_pop(args: argparse.Namespace) -> int:
                 "sentAt": entry.sent_at_ms,
                 "expiresAt": entry.expires_at_ms,
                 "requestId": entry.request_id,
+                "source": entry.source,
             }
         )
     )

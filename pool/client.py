@@ -5,14 +5,21 @@ Each method drives a plan of `plans` with `functions.run`; `AsyncPoolClient` dri
 
 from __future__ import annotations
 
+import os
+import threading
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import redis
-from ridpool import functions, plans, stats
+import redis.asyncio
+from ridpool import functions, ondemand, plans, stats
 from ridpool.entry import Entry
 from ridpool.functions import Announced
 from ridpool.keys import check_prefix, pool_keys, registry
+
+if TYPE_CHECKING:
+    from ridpool.daemon.config import Config
+    from ridpool.daemon.ondemand import OnDemand
 
 
 def socket_timeout(client: redis.Redis | Any) -> float | None:
@@ -23,14 +30,25 @@ def socket_timeout(client: redis.Redis | Any) -> float | None:
 class PoolClient:
     """Pops entries from the pools a ridpool daemon keeps in Redis. Thread-safe (redis-py's connection pool)."""
 
-    def __init__(self, client: redis.Redis, *, prefix: str = "ridpool") -> None:
+    def __init__(self, client: redis.Redis, *, prefix: str = "ridpool", config: Config | None = None) -> None:
         self.redis = client
         self.prefix = check_prefix(prefix)
+        self.config = config  # the daemon's config: what pop_or_acquire acquires with
         self._slice = plans.wait_slice(socket_timeout(client))
+        self._ondemand: tuple[ondemand.Background, OnDemand] | None = None
+        self._lock = threading.Lock()
 
     @classmethod
     def from_url(cls, url: str, *, prefix: str = "ridpool", **kwargs: Any) -> PoolClient:
         return cls(redis.Redis.from_url(url, **functions.connection_defaults(kwargs, asyncio=False)), prefix=prefix)
+
+    @classmethod
+    def from_config(cls, config: Config | str | os.PathLike[str], **kwargs: Any) -> PoolClient:
+        """A client for the Redis and key prefix of the daemon's config, able to `pop_or_acquire` (daemon extra)."""
+        config = ondemand.load(config)
+        kwargs.setdefault("socket_timeout", config.redis.socket_timeout)
+        client = redis.Redis.from_url(config.redis.url, **functions.connection_defaults(kwargs, asyncio=False))
+        return cls(client, prefix=config.redis.key_prefix, config=config)
 
     def pop(self, pool: str, *, cname: str | None = None, min_ttl: float = 0.0, wait: float = 0.0) -> Entry:
         """Take the oldest entry with at least `min_ttl` seconds left, waiting up to `wait` seconds for one.
@@ -50,6 +68,34 @@ class PoolClient:
         """
         return functions.run(self.redis, plans.announce(pool_keys(self.prefix, pool), cname, at, count))
 
+    def pop_or_acquire(self, pool: str, *, cname: str | None = None, min_ttl: float = 0.0, wait: float = 0.0) -> Entry:
+        """`pop`, or when the pool has nothing fresh enough, an ID acquired now by ridpool's own Agora client
+        within the account's shared budget (credentials from AGORA_CUSTOMER_ID / AGORA_CUSTOMER_SECRET).
+        `entry.source` says which: "pool" or "acquired". Needs `from_config` and the daemon extra.
+
+        Raises what `pop` raises, and the Agora client's AcquireError (a RidpoolError) when the acquire fails.
+        """
+        loop, acquirer = self._acquirer()
+        return loop.run(acquirer.pop_or_acquire(pool, cname=cname, min_ttl=min_ttl, wait=wait))
+
+    def _acquirer(self) -> tuple[ondemand.Background, OnDemand]:
+        with self._lock:
+            if self._ondemand is None:
+                config = ondemand.check_config(self.config)
+                ondemand.check_extra()
+                loop = ondemand.Background()
+                kwargs = functions.connection_defaults({"socket_timeout": config.redis.socket_timeout}, asyncio=True)
+
+                async def build() -> OnDemand:
+                    return ondemand.make(config, redis.asyncio.Redis.from_url(config.redis.url, **kwargs))
+
+                try:
+                    self._ondemand = (loop, loop.run(build()))
+                except BaseException:
+                    loop.close()
+                    raise
+            return self._ondemand
+
     def report(self, entry: Entry, *, ok: bool, code: int | str | None = None) -> float:
         """Tell how `start` went with a popped entry (Agora's error code on failure); returns its age in seconds.
 
@@ -65,6 +111,11 @@ class PoolClient:
         return functions.run(self.redis, plans.pools(registry(self.prefix)))
 
     def close(self) -> None:
+        if self._ondemand is not None:
+            loop, acquirer = self._ondemand
+            loop.run(acquirer.aclose())
+            loop.close()
+            self._ondemand = None
         self.redis.close()
 
     def __enter__(self) -> PoolClient:

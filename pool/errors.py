@@ -47,5 +47,9 @@ class CorruptEntry(RidpoolError):
     """Bytes that should hold an entry do not decode as one of a known version."""
 
 
+class AcquireFailed(RidpoolError):
+    """An acquire made on the spot (pop_or_acquire) brought no ID: Agora refused it, or retries ran out."""
+
+
 class MissingExtra(RidpoolError):
     """A command needs an optional dependency that is not installed (the daemon's extra, say)."""

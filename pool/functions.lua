@@ -592,6 +592,26 @@ local function sample(keys, args)
   return index
 end
 
+--[[
+ridpool_hold_uid: hold a uid of a uid_range pool for an ID acquired on the spot (pop_or_acquire), so that no
+pooled entry gets the same uid while that ID can live.
+KEYS[1] uids      PREFIX:{POOL}:uids
+ARGV[1] hold ms   ARGV[2..] candidates, tried in order
+Reply: the uid held, or '' when every candidate is taken (ask again with others).
+]]
+local function hold_uid(keys, args)
+  local now = now_ms()
+  redis.call('ZREMRANGEBYSCORE', keys[1], '-inf', now)
+  for i = 2, #args do
+    if not redis.call('ZSCORE', keys[1], args[i]) then
+      redis.call('ZADD', keys[1], now + tonumber(args[1]), args[i])
+      expire_with_top(keys[1])
+      return args[i]
+    end
+  end
+  return ''
+end
+
 redis.register_function('ridpool_pop', pop)
 redis.register_function('ridpool_pop_packed', pop_packed)
 redis.register_function('ridpool_report', report)
@@ -604,6 +624,7 @@ redis.register_function('ridpool_cooldown', cooldown)
 redis.register_function('ridpool_announce', announce)
 redis.register_function('ridpool_announced', announced)
 redis.register_function('ridpool_announcements', announcements)
+redis.register_function('ridpool_hold_uid', hold_uid)
 redis.register_function('ridpool_sample', sample)
 redis.register_function{
   function_name = 'ridpool_version',

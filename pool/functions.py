@@ -273,6 +273,13 @@ def parse_sample(reply: Any) -> int | None:
     return None if step < 0 else step
 
 
+# -- on-demand acquires ----------------------------------------------------------------------------------
+
+
+def hold_uid_call(keys: PoolKeys, *, hold_ms: int, candidates: Sequence[int]) -> Call:
+    return Call("ridpool_hold_uid", (keys.uids,), (hold_ms, *candidates))
+
+
 # -- the shared budget -----------------------------------------------------------------------------------
 
 
