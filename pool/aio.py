@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import AsyncIterator
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
@@ -58,6 +60,16 @@ class AsyncPoolClient:
     async def announce(self, pool: str, cname: str, *, at: datetime | float, count: int = 1) -> Announced:
         """See `PoolClient.announce`."""
         return await functions.arun(self.redis, plans.announce(pool_keys(self.prefix, pool), cname, at, count))
+
+    async def take(self, *, rate: float | None = None, account: str | None = None) -> float:
+        """See `PoolClient.take`."""
+        b = ondemand.budget(self.config, self.prefix, rate=rate, account=account)
+        return await functions.arun(self.redis, plans.take(b.keys, limit=b.limit, window_ms=b.window_ms))
+
+    @contextlib.asynccontextmanager
+    async def budget(self, *, rate: float | None = None, account: str | None = None) -> AsyncIterator[float]:
+        """`async with client.budget(): await start(...)`: see `PoolClient.budget`."""
+        yield await self.take(rate=rate, account=account)
 
     async def report(self, entry: Entry, *, ok: bool, code: int | str | None = None) -> float:
         """See `PoolClient.report`."""

@@ -5,8 +5,10 @@ Each method drives a plan of `plans` with `functions.run`; `AsyncPoolClient` dri
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
+from collections.abc import Iterator
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
@@ -95,6 +97,22 @@ class PoolClient:
                     loop.close()
                     raise
             return self._ondemand
+
+    def take(self, *, rate: float | None = None, account: str | None = None) -> float:
+        """Wait for one request's grant from the account's shared budget, the one the daemon's acquires draw from
+        (`ridpool_take`); returns the seconds waited. A client made by `from_config` knows the account and rate;
+        otherwise give the daemon's `agora.rate_limit` (and `agora.account` when it is not "default").
+        """
+        b = ondemand.budget(self.config, self.prefix, rate=rate, account=account)
+        return functions.run(self.redis, plans.take(b.keys, limit=b.limit, window_ms=b.window_ms))
+
+    @contextlib.contextmanager
+    def budget(self, *, rate: float | None = None, account: str | None = None) -> Iterator[float]:
+        """`with client.budget(): recorder.start(...)`: the call inside runs once the shared budget grants it,
+        so a starter's own start/query/stop calls and the daemon's acquires together stay within Agora's limit.
+        Yields the seconds waited.
+        """
+        yield self.take(rate=rate, account=account)
 
     def report(self, entry: Entry, *, ok: bool, code: int | str | None = None) -> float:
         """Tell how `start` went with a popped entry (Agora's error code on failure); returns its age in seconds.

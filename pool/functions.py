@@ -8,9 +8,11 @@ loaded again.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import enum
 import math
+import time
 from collections.abc import Generator, Iterator, Sequence
 from dataclasses import dataclass
 from importlib import resources
@@ -376,12 +378,22 @@ async def aload_library(client: redis.asyncio.Redis) -> None:
 # -- plans and their two drivers -------------------------------------------------------------------------
 #
 # What a client does is written once, as a plan: a generator that yields Redis commands (a tuple for
-# `execute_command`, a list of tuples for a pipeline) and is sent their replies, or thrown their error replies.
-# A plan does no I/O itself; `run` drives it with a sync client and `arun` with an asyncio one (the way stamina
-# drives one retry core from `__iter__` and `__aiter__`), so a loop, a retry or a reading of replies exists once.
+# `execute_command`, a list of tuples for a pipeline) or a `Sleep`, and is sent their replies, or thrown their
+# error replies. A plan does no I/O itself; `run` drives it with a sync client and `arun` with an asyncio one
+# (the way stamina drives one retry core from `__iter__` and `__aiter__`), so a loop, a retry or a reading of
+# replies exists once.
 
 Command = tuple[Arg | float, ...]
-Step = Command | list[Command]
+
+
+@dataclass(frozen=True, slots=True)
+class Sleep:
+    """A plan's pause: the sync driver sleeps, the asyncio one awaits asyncio.sleep."""
+
+    seconds: float
+
+
+Step = Command | list[Command] | Sleep
 T = TypeVar("T")
 Plan = Generator[Step, Any, T]
 
@@ -449,6 +461,8 @@ async def arun(client: redis.asyncio.Redis, plan: Plan[T]) -> T:
 
 
 def _send(client: redis.Redis, step: Step) -> Any:
+    if isinstance(step, Sleep):
+        return time.sleep(step.seconds)
     if isinstance(step, tuple):
         return client.execute_command(*step)  # type: ignore[no-untyped-call]
     pipe = client.pipeline(transaction=False)
@@ -458,6 +472,8 @@ def _send(client: redis.Redis, step: Step) -> Any:
 
 
 async def _asend(client: redis.asyncio.Redis, step: Step) -> Any:
+    if isinstance(step, Sleep):
+        return await asyncio.sleep(step.seconds)
     if isinstance(step, tuple):
         return await client.execute_command(*step)  # type: ignore[no-untyped-call]
     pipe = client.pipeline(transaction=False)

@@ -1,5 +1,6 @@
-"""The starter's side of `pop_or_acquire`: finds the daemon's on-demand acquirer (the `daemon` extra: httpx and
-the Agora client), and drives it from the sync client on one background event loop shared by its threads.
+"""What a starter borrows from the daemon: `pop_or_acquire`'s on-demand acquirer (the `daemon` extra: httpx and
+the Agora client), driven from the sync client on one background event loop shared by its threads, and the
+account budget's window for the starter's own start/query/stop calls.
 
 The work itself (pop, else acquire within the shared budget) is written once, in `ridpool.daemon.ondemand`.
 """
@@ -11,9 +12,11 @@ import importlib.util
 import os
 import threading
 from collections.abc import Coroutine
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from ridpool.errors import InvalidArgument, MissingExtra
+from ridpool.keys import AccountKeys, account_keys
 
 if TYPE_CHECKING:
     from ridpool.daemon.config import Config
@@ -77,3 +80,30 @@ def load(config: Config | str | os.PathLike[str]) -> Config:
 
         return load_config(config)
     return config
+
+
+def budget(config: Config | None, prefix: str, *, rate: float | None, account: str | None) -> Budget:
+    """The account budget a starter's own Agora calls draw from: the config's (the daemon's), or the one named.
+
+    Give the daemon's `agora.rate_limit` and `agora.account`: the window is then the one the daemon keeps to,
+    so starters and daemon together stay within it.
+    """
+    from ridpool.daemon.limiter import NETWORK_JITTER, window_for  # redis only: fine on the starter's install
+
+    if config is not None:
+        rate = config.agora.rate_limit if rate is None else rate
+        account = account or config.agora.account
+    if rate is None:
+        raise InvalidArgument("budget needs rate= (the daemon's agora.rate_limit), or a client made by from_config")
+    try:
+        window = window_for(rate, config.agora.jitter if config is not None else NETWORK_JITTER)
+    except ValueError as exc:
+        raise InvalidArgument(str(exc)) from None
+    return Budget(account_keys(prefix, account or "default"), window.limit, window.window_ms)
+
+
+@dataclass(frozen=True, slots=True)
+class Budget:
+    keys: AccountKeys
+    limit: int
+    window_ms: int

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import time
+import uuid
 from collections.abc import Callable
 from datetime import datetime
 from typing import Any
@@ -17,7 +18,7 @@ from ridpool import channels, functions, stats
 from ridpool.entry import Entry
 from ridpool.errors import InvalidArgument, PoolEmpty
 from ridpool.functions import Plan
-from ridpool.keys import PoolKeys
+from ridpool.keys import AccountKeys, PoolKeys
 
 # A waiting pop blocks on its queue's wake-up list in slices, so it also notices entries added by paths that
 # did not signal and never blocks longer than the socket timeout allows.
@@ -119,3 +120,15 @@ def announce(keys: PoolKeys, cname: str, at: datetime | float, count: int) -> Pl
 
 def announcements(keys: PoolKeys) -> Plan[tuple[int, list[functions.Announcement]]]:
     return functions.parse_announcements((yield from functions.fcall(functions.announcements_call(keys))))
+
+
+def take(keys: AccountKeys, *, limit: int, window_ms: int) -> Plan[float]:
+    """Wait for a grant from the account's shared budget (`ridpool_take`); returns the seconds waited."""
+    waited = 0.0
+    while True:
+        call = functions.take_call(keys, limit=limit, window_ms=window_ms, member=uuid.uuid4().hex)
+        wait = functions.parse_wait((yield from functions.fcall(call)))
+        if wait <= 0:
+            return waited
+        yield functions.Sleep(wait)
+        waited += wait
