@@ -203,6 +203,7 @@ class Refiller:
             lease_ms=self.lease_ms,
             token_base=f"{self.replica_id}:{uuid.uuid4().hex[:12]}",
             uid_candidates=candidates,
+            announced=pool.announced,
         )
         return functions.parse_reserve(await functions.aexecute(self.redis, call))
 

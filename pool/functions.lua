@@ -224,6 +224,7 @@ end
 --[[
 ridpool_reserve: lease acquires for one channel of a pool, up to what it lacks, so that replicas never overfill.
 KEYS[1] queue     KEYS[2] inflight    KEYS[3] uids    KEYS[4] hold (set while the pool backs off)
+KEYS[5] ann:left  (optional) for an announced channel: leases never exceed what its announcement still lacks
 ARGV[1] slot         the channel ('' for a template pool); leases are counted per slot and capped per pool
 ARGV[2] target       entries to keep ready in this slot
 ARGV[3] cap          acquires in flight for the whole pool, across replicas
@@ -267,6 +268,10 @@ local function reserve(keys, args)
     return again
   end
   local n = math.min(target - redis.call('ZCARD', queue) - mine, cap - #leases, want)
+  if keys[5] then
+    -- An announced channel: never more than its announcement still lacks (a plan made before a pop is stale).
+    n = math.min(n, tonumber(redis.call('HGET', keys[5], slot) or '0') - mine)
+  end
   local out = {}
   if n <= 0 then
     return out

@@ -143,10 +143,12 @@ def reserve_call(
     lease_ms: int,
     token_base: str,
     uid_candidates: Sequence[int] = (),
+    announced: bool = False,
 ) -> Call:
+    """`announced`: the channel is an announced one; its announcement's count caps the leases."""
     return Call(
         "ridpool_reserve",
-        (keys.queue(queue_cname), keys.inflight, keys.uids, keys.hold),
+        (keys.queue(queue_cname), keys.inflight, keys.uids, keys.hold, *((keys.announced_left,) if announced else ())),
         (queue_cname or "", target, cap, want, lease_ms, token_base, *uid_candidates),
     )
 

@@ -255,3 +255,19 @@ def test_plans_announce_at_reads_instants(monkeypatch: pytest.MonkeyPatch) -> No
     """Seconds become '+ms' from the server's now (never below 0); an aware datetime becomes Unix ms."""
     assert plans.announce_at(40) == "+40000" and plans.announce_at(-5) == "+0"
     assert plans.announce_at(datetime(2026, 11, 26, 9, 0, tzinfo=UTC), wall=lambda: 1795680000.0) == "1795683600000"
+
+
+def test_leases_for_an_announced_channel_never_exceed_what_it_lacks(r: redis.Redis, client: PoolClient) -> None:
+    """A stale plan (target 5) leases only what the announcement still lacks, minus leases already held."""
+    publish_announced(r)
+    client.announce("classes", "c1", at=10, count=2)
+    store_for(r, "c1")  # one of the two is stored: one left
+
+    def reserve(base: str) -> list[functions.Lease]:
+        call = functions.reserve_call(
+            KEYS, queue_cname="c1", target=5, cap=10, want=5, lease_ms=15_000, token_base=base, announced=True
+        )
+        return functions.parse_reserve(functions.execute(r, call))
+
+    assert len(reserve("a")) == 1
+    assert reserve("b") == []  # the one left is leased already
