@@ -16,7 +16,6 @@ import itertools
 import json
 import os
 import random
-import signal
 import subprocess
 import sys
 import tempfile
@@ -33,7 +32,7 @@ from ridpool.daemon import log
 from ridpool.daemon.limiter import window_for
 from ridpool.daemon.localredis import LocalRedis
 
-from benchmarks.common import APPID, CUSTOMER_ID, PREFIX, ROOT, SECRET, UID, SimProcess
+from benchmarks.common import APPID, CUSTOMER_ID, PREFIX, ROOT, SECRET, UID, SimProcess, terminate
 
 RATE = 10  # the daemon's agora.rate_limit: the simulator's own window, so any excess is a 429
 LATENCY, JITTER = 0.15, 0.1
@@ -88,13 +87,7 @@ class Daemon:
         )
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+        terminate(self.proc, 15)
         self.out.close()
 
 
@@ -318,11 +311,13 @@ CLI at that instant, all at once:
 
 The daemon starts acquiring for the announcements as late as the budget allows (earliest deadline first, with
 {sustained:.2f}/s sustained: {a.channels} IDs need {a.channels / sustained:.1f} s, plus its 2 s lead), so the
-IDs are a few seconds old at the instant rather than {AHEAD:.0f} s.
+IDs are a few seconds old at the instant rather than {AHEAD:.0f} s. Each pop takes no wait (no `--wait`); "all
+pops done after" is the start-up of {a.channels} CLI processes at once on this machine's cores.
 
 **{STARTERS} starters within {SPREAD:.0f} s on a pool of {POOL_SIZE}** (the daemon refilling it meanwhile), the
-same run; anchor: today's fallback, where a starter that finds the pool empty acquires itself (one attempt, a 429
-retried after 1 s), outside the budget. The bound is what the budget itself allows: ({STARTERS} - {POOL_SIZE}) /
+same run; anchor: today's fallback, where a starter that finds the pool empty acquires itself, outside the budget,
+retrying a 429 with a jittered doubling backoff from 1 s to 8 s (the simulator, like Agora, counts refused
+requests in its window too). The bound is what the budget itself allows: ({STARTERS} - {POOL_SIZE}) /
 {sustained:.2f}/s = {bound:.1f} s after the burst.
 
 | mode | got an ID | from the pool | HTTP 429s | requests to Agora | last ID after | / bound | started OK |
@@ -335,13 +330,22 @@ share the same budget) against {theirs.last_id:.1f} s.
 {END}"""
 
 
-def write(text: str) -> None:
-    doc = DOC.read_text() if DOC.exists() else ""
+def replace_section(doc: str, text: str) -> str:
+    """`doc` with its announce section replaced by `text` (appended when it has none)."""
     if BEGIN in doc and END in doc:
-        doc = doc[: doc.index(BEGIN)] + text + doc[doc.index(END) + len(END) :]
-    else:
-        doc = doc.rstrip("\n") + "\n\n" + text + "\n"
-    DOC.write_text(doc)
+        return doc[: doc.index(BEGIN)] + text + doc[doc.index(END) + len(END) :]
+    return doc.rstrip("\n") + "\n\n" + text + "\n"
+
+
+def carry(old: str, new: str) -> str:
+    """The page `benchmarks.run` renders (`new`), keeping the announce section of the page it replaces."""
+    if BEGIN not in old or END not in old:
+        return new
+    return replace_section(new, old[old.index(BEGIN) : old.index(END) + len(END)])
+
+
+def write(text: str) -> None:
+    DOC.write_text(replace_section(DOC.read_text() if DOC.exists() else "", text))
 
 
 def main() -> int:
