@@ -411,8 +411,8 @@ def _warmup_problems(agora: AgoraSettings, pools: list[Mapping[str, Any]]) -> li
     problems: list[Problem] = []
     for i, (p, (channels, _, age)) in enumerate(zip(pools, shapes, strict=True)):
         largest = planner.largest_feasible(rate, age) // channels
-        tables = p.get("warmups") if isinstance(p.get("warmups"), list) else []
-        for j, w in enumerate(tables):
+        tables = p.get("warmups")
+        for j, w in enumerate(tables if isinstance(tables, list) else []):
             size = w.get("size") if isinstance(w, Mapping) else None
             if isinstance(size, int) and not isinstance(size, bool) and size > largest:
                 per = f" per channel x {channels} channels" if channels > 1 else ""
