@@ -29,6 +29,7 @@ from ridpool import keys as keyspace
 from ridpool.daemon.agora import AcquireClient
 from ridpool.daemon.clock import ServerClock
 from ridpool.daemon.config import Config, Credentials
+from ridpool.daemon.demand import LearnedSource
 from ridpool.daemon.limiter import Budget
 from ridpool.daemon.refill import Refiller, queue_cname
 from ridpool.daemon.warmups import WarmupSource
@@ -100,7 +101,7 @@ class Daemon:
             self.clock,
             replica_id=self.replica_id,
             lease_seconds=self.timing.lease,
-            sources=[self.warmups],
+            sources=[self.warmups, LearnedSource(self.redis, config.pools, pool_keys)],
             next_instant=self.warmups.next_instant,
         )
         self.started_at = time.time()

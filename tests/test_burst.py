@@ -9,9 +9,13 @@ from collections.abc import Iterator
 
 import pytest
 import redis
+import redis.asyncio
 from ridpool import AsyncPoolClient, PoolEmpty, functions
+from ridpool.daemon import demand, planner
+from ridpool.daemon.planner import Demand
 from ridpool.keys import pool_keys
 from ridpool.testing import Faults, Simulator
+from structlog.testing import capture_logs
 
 from tests.conftest import PREFIX
 from tests.daemonkit import CUSTOMER_ID, FAST, SECRET, eventually, make_config, running, web_pool
@@ -130,3 +134,30 @@ async def test_status_and_stats_show_waste_over_the_last_samples(
 
 async def _expired(aclient: AsyncPoolClient) -> bool:
     return (await aclient.stats("web")).counters["expired"] == 3
+
+
+async def test_learned_demand_reads_recorded_history_from_redis_and_logs_each_raise(
+    redis_url: str, r: redis.Redis
+) -> None:
+    """History as the sampler writes it (two weeks of 40 starts at one minute): the source forecasts that minute,
+    capped at max_size - size, logs the raise once, and the plan raises the target before the minute."""
+    config = make_config(redis_url, "http://127.0.0.1:9", web_pool(2, auto_size=True, max_size=30))
+    keys = pool_keys(PREFIX, "web")
+    minute = 29_000_000
+    for weeks in (1, 2):
+        r.hset(keys.history, str(minute - weeks * demand.WEEK), "40 40 0 0")
+    client = redis.asyncio.Redis.from_url(redis_url)
+    source = demand.LearnedSource(client, config.pools, {"web": keys})
+    with capture_logs() as logs:
+        found = await source.demands((minute - 3) * 60_000)
+        again = await source.demands((minute - 2) * 60_000)
+    await client.aclose()
+    assert [(d.count, d.at_ms) for d in found] == [(28, minute * 60_000)] and again == found
+    assert [e["event"] for e in logs] == ["demand.learned"] and logs[0]["pool"] == "web"
+    plan = planner.plan(
+        [Demand("web", None, 2, 0, None, "size"), *found],
+        now_ms=minute * 60_000 - 2000,
+        rate=9,
+        max_age_ms={"web": 270_000},
+    )
+    assert plan[("web", None)].count == 30 and plan[("web", None)].reason.startswith("learned weekly")

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 import pytest
-from ridpool.daemon import planner, warmups
+from ridpool.daemon import demand, planner, warmups
 from ridpool.daemon.config import overlap_warnings, parse_config
 from ridpool.daemon.planner import Demand, Span
 from ridpool.errors import ConfigError
@@ -198,3 +198,61 @@ def test_overlapping_warmups_that_together_exceed_the_budget_get_a_warning_with_
     assert len(found) == 1
     assert found[0].startswith("pools[0].warmups[0] (0 9 * * *, UTC) at 2026-11-25T09:00:00+00:00: overlapping")
     assert "entries short at" in found[0]
+
+
+# -- learned demand ------------------------------------------------------------------------------------------
+
+MONDAY_0900 = int(datetime(2026, 11, 2, 9, tzinfo=UTC).timestamp()) // 60  # a Monday, as a minute index
+
+
+def recorded_weeks(weeks: int) -> dict[int, int]:
+    """Weeks of history as the sampler records them: every minute present, 200 starts at 09:00 Monday-Friday."""
+    start = MONDAY_0900 - 9 * 60
+    history = {m: 1 if m % 7 == 0 else 0 for m in range(start, start + weeks * demand.WEEK)}
+    for week in range(weeks):
+        for day in range(5):
+            history[MONDAY_0900 + week * demand.WEEK + day * demand.DAY] = 200
+    return history
+
+
+def test_replayed_history_raises_the_target_ahead_of_a_weekday_class_schedule() -> None:
+    """Three recorded weeks of 200 starts at 09:00 on weekdays: replayed minute by minute through the fourth
+    Monday, the target reaches max_size before 09:00 and never leaves [size, max_size]; not on the Saturday."""
+    history = recorded_weeks(3)
+    monday = MONDAY_0900 + 3 * demand.WEEK
+    seen = {}
+    for ms in range((monday - 10) * 60_000, (monday + 2) * 60_000, 1000):  # the injected clock, second by second
+        found = demand.learned_demands("a", [None], history, now_minute=ms // 60_000, horizon=6, room=130)
+        target = planner.plan([size("a", 20), *found], now_ms=ms, rate=9, max_age_ms=AGE)[("a", None)]
+        assert 20 <= target.count <= 150
+        seen[ms] = target
+    ready = seen[monday * 60_000 - 2000]
+    assert ready.count == 150 and ready.reason.startswith("learned weekly: 200+ starts at this minute")
+    assert seen[(monday - 10) * 60_000].count == 20
+    saturday = monday + 5 * demand.DAY
+    assert demand.learned_demands("a", [None], history, now_minute=saturday - 1, horizon=6, room=130) == []
+
+
+@pytest.mark.parametrize(
+    ("days", "expect"),
+    [
+        ({1: 50, 2: 40, 3: 60}, 40),  # three days running, no week of history yet: the least of them
+        ({1: 50, 2: 40}, None),  # two days are not a pattern
+        ({1: 50, 2: 40, 3: 60, 7: 0}, None),  # a week ago this minute was recorded quiet: not daily after all
+        ({1: 2, 2: 40, 3: 60}, None),  # below MIN_BURST once
+        ({7: 30, 14: 35}, 30),  # weekly: the least of the last two weeks
+    ],
+)
+def test_a_forecast_needs_demand_that_recurred_every_time(days: dict[int, int], expect: int | None) -> None:
+    """Daily needs 3 days running (and not a quiet day a week ago); weekly needs 2 weeks running."""
+    minute = 100_000
+    history = {minute - d * demand.DAY: n for d, n in days.items()}
+    found = demand.forecast(history, minute)
+    assert (found.count if found else None) == expect
+
+
+def test_learned_demands_never_add_more_than_the_room_to_max_size() -> None:
+    """Successive forecast minutes share max_size - size between them, spread over the channels."""
+    history = {m - demand.WEEK: 100 for m in (11, 12)} | {m - 2 * demand.WEEK: 100 for m in (11, 12)}
+    found = demand.learned_demands("a", ["r1", "r2"], history, now_minute=10, horizon=5, room=30)
+    assert [(d.cname, d.count) for d in found] == [("r1", 30), ("r2", 30)]
