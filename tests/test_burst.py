@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import json
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import redis
@@ -161,3 +165,43 @@ async def test_learned_demand_reads_recorded_history_from_redis_and_logs_each_ra
         max_age_ms={"web": 270_000},
     )
     assert plan[("web", None)].count == 30 and plan[("web", None)].reason.startswith("learned weekly")
+
+
+def _ridpool(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "ridpool.cli", *args], capture_output=True, text=True, timeout=30, check=False
+    )
+
+
+def test_check_config_exits_2_listing_every_warmup_problem(tmp_path: Path) -> None:
+    """An infeasible size (with the largest feasible one), a bad cron and a bad zone, all on stderr, exit 2."""
+    path = tmp_path / "bad.toml"
+    path.write_text(
+        '[agora]\nbase_url = "https://api.sd-rtn.com"\nrate_limit = 10\n[[pools]]\nname = "web"\n'
+        'appid = "0123456789abcdef0123456789abcdef"\ncname = "web-{uuid}"\nuid = "5"\nscene = 1\nsize = 20\n'
+        '[[pools.warmups]]\ncron = "0 9 * * 1-5"\nsize = 9000\n'
+        '[[pools.warmups]]\ncron = "0 9 * * 9"\ntimezone = "Europe/Nowhere"\nsize = 10\n'
+    )
+    done = _ridpool("check-config", "-c", str(path))
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert "pools[0].warmups[0].size: 9000 cannot be ready" in done.stderr
+    assert "the largest feasible size is" in done.stderr
+    assert "pools[0].warmups[1].cron" in done.stderr and "pools[0].warmups[1].timezone" in done.stderr
+
+
+async def test_status_shows_the_target_its_reason_the_next_warmup_and_the_last_hour(
+    redis_url: str, r: redis.Redis
+) -> None:
+    """The stats hash fields the daemon writes appear in `ridpool status`, as a table and as JSON."""
+    publish_pool(r, PREFIX, "web", size=2)
+    keys = pool_keys(PREFIX, "web")
+    reason = "warmup 0 9 * * 1-5 at 2026-11-26T09:00:00+01:00 +200; size 2"
+    r.hset(keys.stats, mapping={"target": 202, "target_reason": reason, "next_warmup": "2026-11-26T08:00:00+00:00"})
+    r.hset(keys.history, mapping={"last": 100, "100": "10 8 1 2", "99": "10 9 0 0", "30": "99 0 0 99"})
+    table = _ridpool("status", "--redis-url", redis_url, "--prefix", PREFIX)
+    assert table.returncode == 0, table.stderr
+    assert f"web: target 202 ({reason}); next warm-up 2026-11-26T08:00:00+00:00" in table.stdout
+    assert "last hour: acquired 20, popped 17, expired unused 2 (waste 10.0%), misses 1" in table.stdout
+    [web] = json.loads(_ridpool("status", "--json", "--redis-url", redis_url, "--prefix", PREFIX).stdout)["pools"]
+    assert (web["target"], web["targetReason"], web["nextWarmup"]) == (202, reason, "2026-11-26T08:00:00+00:00")
+    assert web["lastHour"] == {"acquired": 20, "popped": 17, "expiredUnused": 2, "misses": 1, "wasteRatio": 0.1}
