@@ -256,3 +256,19 @@ def test_learned_demands_never_add_more_than_the_room_to_max_size() -> None:
     history = {m - demand.WEEK: 100 for m in (11, 12)} | {m - 2 * demand.WEEK: 100 for m in (11, 12)}
     found = demand.learned_demands("a", ["r1", "r2"], history, now_minute=10, horizon=5, room=30)
     assert [(d.cname, d.count) for d in found] == [("r1", 30), ("r2", 30)]
+
+
+@pytest.mark.parametrize(
+    ("extra", "problem"),
+    [
+        ({"auto_size": True}, "pools[0].max_size: required with auto_size = true"),
+        ({"auto_size": True, "max_size": 10}, "pools[0].max_size: must be at least size 20 (got 10)"),
+    ],
+)
+def test_auto_size_needs_a_max_size_no_smaller_than_size(extra: dict[str, object], problem: str) -> None:
+    """auto_size without max_size, or a max_size below size, is refused naming the field."""
+    data = config()
+    data["pools"][0].update(extra)  # type: ignore[index]
+    with pytest.raises(ConfigError) as caught:
+        parse_config(data)
+    assert any(p.startswith(problem) for p in caught.value.problems), caught.value.problems
