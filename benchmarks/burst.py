@@ -470,6 +470,12 @@ def render(
     return "\n".join(lines) + "\n"
 
 
+def section_of(text: str) -> str:
+    """The Bursts section of a report, markers included, or ""."""
+    found = re.search(re.escape(BEGIN) + ".*?" + re.escape(END) + "\n?", text, flags=re.S)
+    return found.group(0) if found else ""
+
+
 def write_section(md: Path, section: str) -> None:
     text = md.read_text() if md.exists() else "# Benchmarks\n"
     if BEGIN in text and END in text:

@@ -22,7 +22,7 @@ import redis
 from ridpool.daemon import log
 from ridpool.daemon.localredis import LocalRedis
 
-from benchmarks import cpu, first_pop, memory, pop, refill, timeline
+from benchmarks import burst, cpu, first_pop, memory, pop, refill, timeline
 from benchmarks.common import FULL, QUICK, ROOT, load_average, machine
 from benchmarks.report import Results, render
 
@@ -78,7 +78,11 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         server.stop()
         shutil.rmtree(server.dir, ignore_errors=True)
+    # The "Bursts" section is written by benchmarks/burst.py, a run of its own: keep it.
+    kept = burst.section_of(md.read_text()) if md.exists() else ""
     md.write_text(render(results))
+    if kept:
+        burst.write_section(md, kept)
     raw = ROOT / "benchmarks" / "out" / ("results-quick.json" if args.quick else "results.json")
     raw.parent.mkdir(parents=True, exist_ok=True)
     raw.write_text(json.dumps(asdict(results), indent=1, default=str))
