@@ -22,7 +22,7 @@ import redis
 from ridpool.daemon import log
 from ridpool.daemon.localredis import LocalRedis
 
-from benchmarks import announce, cpu, first_pop, memory, pop, refill, timeline
+from benchmarks import announce, burst, cpu, first_pop, memory, pop, refill, timeline
 from benchmarks.common import FULL, QUICK, ROOT, load_average, machine
 from benchmarks.report import Results, render
 
@@ -78,8 +78,13 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         server.stop()
         shutil.rmtree(server.dir, ignore_errors=True)
-    # benchmarks.announce keeps its own section of the page (it runs on its own): carry it over.
-    md.write_text(announce.carry(md.read_text() if md.exists() else "", render(results)))
+    # The "Bursts" section is written by benchmarks/burst.py, a run of its own: keep it; and so is the
+    # announce section (benchmarks/announce.py).
+    old = md.read_text() if md.exists() else ""
+    kept = burst.section_of(old) if old else ""
+    md.write_text(announce.carry(old, render(results)))
+    if kept:
+        burst.write_section(md, kept)
     raw = ROOT / "benchmarks" / "out" / ("results-quick.json" if args.quick else "results.json")
     raw.parent.mkdir(parents=True, exist_ok=True)
     raw.write_text(json.dumps(asdict(results), indent=1, default=str))

@@ -373,30 +373,46 @@ class Config(_Frozen):
 
 def _config_rules(v: dict[str, Any], raw: Mapping[str, Any]) -> list[Problem]:
     problems = _unique_pool_names(v, raw)
-    if "agora" in v and "pools" in v and isinstance(v["agora"], AgoraSettings):
-        problems += _warmup_problems(v["agora"], v["pools"])
+    agora = v.get("agora")
+    if isinstance(agora, Mapping):  # valid, but left raw because another field failed
+        agora = AgoraSettings.model_validate(agora)
+    if isinstance(agora, AgoraSettings) and isinstance(raw.get("pools"), list | tuple):
+        problems += _warmup_problems(agora, [p for p in raw["pools"] if isinstance(p, Mapping)])
     return problems
 
 
-def _warmup_problems(agora: AgoraSettings, pools: tuple[PoolConfig, ...]) -> list[Problem]:
-    """Warm-ups no schedule can meet, each alone: more entries than the budget acquires within max_age."""
+def _number(table: Mapping[str, Any], key: str, default: float) -> float:
+    value = table.get(key, default)
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else default
+
+
+def _warmup_problems(agora: AgoraSettings, pools: list[Mapping[str, Any]]) -> list[Problem]:
+    """Warm-ups no schedule can meet, each alone: more entries than the budget acquires within max_age.
+
+    Read from the raw tables, so that a size is judged even beside other problems of its pool (with the
+    defaults standing in for the fields that are wrong)."""
     sustained = window_for(agora.rate_limit, agora.jitter).sustained
-    standing = [planner.Demand(p.name, c or None, p.size, 0, None, "size") for p in pools for c in p.slots]
-    rate = planner.available_rate(sustained, standing, {p.name: p.max_age_ms for p in pools})
+    shapes = []
+    for p in pools:
+        channels = len(p["cnames"]) if isinstance(p.get("cnames"), list) and p["cnames"] else 1
+        shapes.append((channels, max(0.0, _number(p, "size", 0)), round(_number(p, "max_age", 270.0) * 1000)))
+    standing = sum(channels * size * 1000 / max(1, age) for channels, size, age in shapes)
+    rate = max(0.0, sustained * planner.HEADROOM - standing)
     problems: list[Problem] = []
-    for i, pool in enumerate(pools):
-        channels = max(1, len(pool.slots))  # an announced pool's channels are not known ahead
-        largest = planner.largest_feasible(rate, pool.max_age_ms) // channels
-        for j, warmup in enumerate(pool.warmups):
-            if warmup.size > largest:
+    for i, (p, (channels, _, age)) in enumerate(zip(pools, shapes, strict=True)):
+        largest = planner.largest_feasible(rate, age) // channels
+        tables = p.get("warmups")
+        for j, w in enumerate(tables if isinstance(tables, list) else []):
+            size = w.get("size") if isinstance(w, Mapping) else None
+            if isinstance(size, int) and not isinstance(size, bool) and size > largest:
                 per = f" per channel x {channels} channels" if channels > 1 else ""
                 why = (
-                    f"{warmup.size}{per} cannot be ready at the instant: the budget plans warm-ups at "
+                    f"{size}{per} cannot be ready at the instant: the budget plans warm-ups at "
                     f"{rate:.2f}/s ({sustained:.2f}/s sustained x {planner.HEADROOM} less standing sizes), which "
-                    f"acquires at most {largest * channels} within max_age {_show(pool.max_age)} s less "
+                    f"acquires at most {largest * channels} within max_age {_show(age / 1000)} s less "
                     f"{(planner.LEAD_MS + planner.MARGIN_MS) / 1000:g} s lead; the largest feasible size is {largest}"
                 )
-                problems.append((("pools", i, "warmups", j, "size"), why, warmup.size))
+                problems.append((("pools", i, "warmups", j, "size"), why, size))
     return problems
 
 

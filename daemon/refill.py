@@ -101,6 +101,7 @@ class Refiller:
         self.targets: dict[planner.SlotKey, planner.Target] = {}  # the last round's plan
         self.next_instant = next_instant  # a pool's next warm-up instant (server ms), for status
         self.published: dict[str, tuple[int, str, str]] = {}  # what each pool's stats hash says of its target
+        self.logged: dict[str, str] = {}  # the last reason logged per pool
 
     # -- one round -----------------------------------------------------------------------------------------
 
@@ -128,9 +129,11 @@ class Refiller:
             at = self.next_instant(pool, now_ms) if self.next_instant else None
             state = (count, reason, "" if at is None else from_ms(at).isoformat(timespec="seconds"))
             if self.published.get(pool) != state:
-                if self.published.get(pool, (0, "", ""))[1].split(" +")[0] != reason.split(" +")[0]:
-                    log.info("refill.target", pool=pool, target=count, reason=reason, next_warmup=state[2])
                 changed[pool] = state
+            why = reason.split(" +")[0]  # what raises it, not by how much (a ramp changes that every round)
+            if self.logged.get(pool) != why:
+                self.logged[pool] = why
+                log.info("refill.target", pool=pool, target=count, reason=reason, next_warmup=state[2])
         if not changed:
             return
         async with self.redis.pipeline(transaction=False) as pipe:

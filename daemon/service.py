@@ -30,14 +30,17 @@ from ridpool.daemon.agora import AcquireClient
 from ridpool.daemon.announcements import Announcements
 from ridpool.daemon.clock import ServerClock
 from ridpool.daemon.config import Config, Credentials
+from ridpool.daemon.demand import LearnedSource
 from ridpool.daemon.limiter import Budget
-from ridpool.daemon.refill import Refiller
+from ridpool.daemon.refill import Refiller, queue_cname
 from ridpool.daemon.warmups import WarmupSource
 from ridpool.errors import PoolUnavailable
 from ridpool.meta import PoolMeta, apublish
 
 log = structlog.get_logger("ridpool.daemon")
 VERSION = "0.1.0"
+# Demand history is kept five weeks: enough to see a weekly schedule recur, and counters only (no IDs).
+HISTORY_RETENTION_MS = 35 * 86_400_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,6 +54,9 @@ class Timing:
     backoff_scale: float = 1.0  # scales Agora's 1 s / 3 s / 6 s retry backoff
     redis_backoff_cap: float = 8.0  # longest pause between attempts to reach a Redis that is down
     lease: float = 15.0  # how long a lease holds unless renewed (every heartbeat): a dead replica's lapse after it
+    sample: float = 15.0  # between attempts to write a step of demand history (one replica writes each step)
+    history_step: float = 60.0  # one step of demand history
+    warmup_shift: float = 0.0  # seconds added to server time to compute warm-up instants (tests move them near)
 
 
 class Daemon:
@@ -85,7 +91,9 @@ class Daemon:
             jitter=config.agora.jitter,
         )
         pool_keys = {p.name: keyspace.pool_keys(self.prefix, p.name) for p in config.pools}
-        self.warmups = WarmupSource(self.redis, config.pools, pool_keys)
+        self.warmups = WarmupSource(
+            self.redis, config.pools, pool_keys, shift_ms=round(self.timing.warmup_shift * 1000)
+        )
         self.refiller = Refiller(
             self.redis,
             config,
@@ -94,7 +102,11 @@ class Daemon:
             self.clock,
             replica_id=self.replica_id,
             lease_seconds=self.timing.lease,
-            sources=[self.warmups, Announcements(self.redis, config)],
+            sources=[
+                self.warmups,
+                LearnedSource(self.redis, config.pools, pool_keys),
+                Announcements(self.redis, config),
+            ],
             next_instant=self.warmups.next_instant,
         )
         self.started_at = time.time()
@@ -143,6 +155,16 @@ class Daemon:
         if not all(present):
             await self.publish()
         await self.refiller.round()
+
+    async def sample(self) -> None:
+        """One step of every pool's demand history (the first replica in a step writes it)."""
+        with functions.reaching(self.redis):
+            for pool in self.config.pools:
+                keys = keyspace.pool_keys(self.prefix, pool.name)
+                queues = [queue_cname(pool, c) for c in pool.slots]
+                step_ms = round(self.timing.history_step * 1000)
+                call = functions.sample_call(keys, queues, step_ms=step_ms, retention_ms=HISTORY_RETENTION_MS)
+                await functions.aexecute(self.redis, call)
 
     async def refill_loop(self) -> None:
         """Rounds back to back: each after an acquire ends, a tick, or just before a warm-up instant."""
@@ -217,6 +239,7 @@ class Daemon:
         jobs = (
             ("publish", self.publish, self.timing.publish),
             ("heartbeat", self.heartbeat, self.timing.heartbeat),
+            ("sample", self.sample, self.timing.sample),
         )
         for name, job, every in jobs:
             scheduler.add_job(

@@ -144,8 +144,18 @@ class WarmupSource:
     agree on it.
     """
 
-    def __init__(self, client: redis.asyncio.Redis, pools: Sequence[PoolConfig], keys: dict[str, PoolKeys]) -> None:
+    def __init__(
+        self,
+        client: redis.asyncio.Redis,
+        pools: Sequence[PoolConfig],
+        keys: dict[str, PoolKeys],
+        *,
+        shift_ms: int = 0,
+    ) -> None:
         self.redis = client
+        # Instants are computed on server time + shift_ms: tests and benchmarks move a cron instant to when they
+        # want it (0 in production).
+        self.shift_ms = shift_ms
         self.keys = keys
         self.pools = {p.name: p for p in pools if p.warmups}
         self.specs = {
@@ -161,10 +171,12 @@ class WarmupSource:
             # Far enough ahead that no instant can need acquiring before it comes into view (its entries would
             # die first), plus the time until the next recompute.
             horizon = timedelta(milliseconds=pool.max_age_ms * 2 + 60_000 + RECOMPUTE_MS)
-            now = from_ms(now_ms)
-            found = [(w, to_ms(at)) for w in self.specs[pool.name] for at in w.running_and_next(now, horizon)]
+            now = from_ms(now_ms + self.shift_ms)
+            found = [
+                (w, to_ms(at) - self.shift_ms) for w in self.specs[pool.name] for at in w.running_and_next(now, horizon)
+            ]
             upcoming = [
-                to_ms(at)
+                to_ms(at) - self.shift_ms
                 for w in self.specs[pool.name]
                 if (at := trigger(w.cron, w.timezone).get_next_fire_time(None, now)) is not None
             ]
