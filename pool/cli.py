@@ -278,7 +278,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     config = _load_config(args.config)
     for warning in config.warnings:
         print(f"warning: {warning}", file=sys.stderr)
-    names = ", ".join(f"{p.name} ({len(p.slots)}x{p.size})" for p in config.pools)
+    names = ", ".join(f"{p.name} ({'announced' if p.announced else f'{len(p.slots)}x{p.size}'})" for p in config.pools)
     print(f"{args.config}: valid; pools: {names}")
     return EXIT_OK
 

@@ -132,6 +132,7 @@ class PoolClient:
         if self._ondemand is not None:
             loop, acquirer = self._ondemand
             loop.run(acquirer.aclose())
+            loop.run(acquirer.redis.aclose())  # its own connection, made on the background loop
             loop.close()
             self._ondemand = None
         self.redis.close()

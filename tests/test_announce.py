@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shlex
 import subprocess
+import tomllib
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -13,13 +14,16 @@ import redis
 from ridpool import (
     AsyncPoolClient,
     CnameNotServed,
+    ConfigError,
     InvalidArgument,
     NotAnnounced,
     PoolClient,
     PoolEmpty,
+    PoolUnavailable,
     functions,
     plans,
 )
+from ridpool.daemon.config import parse_config
 from ridpool.keys import pool_keys
 from ridpool.meta import PoolMeta, publish
 
@@ -271,3 +275,31 @@ def test_leases_for_an_announced_channel_never_exceed_what_it_lacks(r: redis.Red
 
     assert len(reserve("a")) == 1
     assert reserve("b") == []  # the one left is leased already
+
+
+def test_announce_with_redis_down_is_pool_unavailable() -> None:
+    """No Redis: announce raises PoolUnavailable naming the server, never another error."""
+    down = PoolClient.from_url(f"redis://127.0.0.1:{free_port()}/0", prefix=PREFIX)
+    with down, pytest.raises(PoolUnavailable, match="unavailable"):
+        down.announce("classes", "class-1", at=10)
+
+
+ISSUE_POOL = """
+[[pools]]
+name = "classes"
+appid = "0123456789abcdef0123456789abcdef"
+announced = true
+uid = "527841"          # or uid_range, as for other pools
+scene = 0
+max_age = 270
+"""
+
+
+def test_the_issues_announced_pool_table_is_a_valid_config() -> None:
+    """The `announced = true` table as the issue writes it validates; with a cname beside it, it does not."""
+    base = '[agora]\nbase_url = "https://api.sd-rtn.com"\n'
+    config = parse_config(tomllib.loads(base + ISSUE_POOL))
+    [pool] = config.pools
+    assert pool.announced and pool.announce_grace == 300 and pool.slots == ()
+    with pytest.raises(ConfigError, match="announced pool takes its channels from announcements"):
+        parse_config(tomllib.loads(base + ISSUE_POOL + 'cname = "x"\n'))
