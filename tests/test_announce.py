@@ -303,3 +303,14 @@ def test_the_issues_announced_pool_table_is_a_valid_config() -> None:
     assert pool.announced and pool.announce_grace == 300 and pool.slots == ()
     with pytest.raises(ConfigError, match="announced pool takes its channels from announcements"):
         parse_config(tomllib.loads(base + ISSUE_POOL + 'cname = "x"\n'))
+
+
+def test_an_entry_is_not_replaced_once_its_announcement_has_ended(r: redis.Redis, client: PoolClient) -> None:
+    """After `at` + grace the announcement is gone: a dying entry stays (and expires unused), nothing is re-acquired."""
+    publish_announced(r, grace=0)
+    client.announce("classes", "c1", at=0)  # ends at once: its instant is now and its grace 0
+    store_for(r, "c1", life=5)
+    call = functions.announced_call(KEYS, ["c1"], ahead_ms=10_000)
+    _, [state] = functions.parse_announced(["c1"], functions.execute(r, call))
+    assert state.announcement is None and state.live == 1
+    assert not r.exists(KEYS.announced, KEYS.announced_at, KEYS.announced_left)
