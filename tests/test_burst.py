@@ -205,3 +205,19 @@ async def test_status_shows_the_target_its_reason_the_next_warmup_and_the_last_h
     [web] = json.loads(_ridpool("status", "--json", "--redis-url", redis_url, "--prefix", PREFIX).stdout)["pools"]
     assert (web["target"], web["targetReason"], web["nextWarmup"]) == (202, reason, "2026-11-26T08:00:00+00:00")
     assert web["lastHour"] == {"acquired": 20, "popped": 17, "expiredUnused": 2, "misses": 1, "wasteRatio": 0.1}
+
+
+async def test_replicas_sample_demand_history_as_counters_with_a_ttl(
+    redis_url: str, sim: Simulator, aclient: AsyncPoolClient, r: redis.Redis
+) -> None:
+    """Three replicas sampling every 50 ms with 300 ms steps write steps of four counters (no IDs) that together
+    count each acquire once, in a key that expires."""
+    keys = pool_keys(PREFIX, "web")
+    timing = dataclasses.replace(FAST, sample=0.05, history_step=0.3)
+    async with running(make_config(redis_url, sim.url, web_pool(3), rate_limit=10), replicas=3, timing=timing):
+        await eventually(lambda: len([k for k in r.hkeys(keys.history) if k.isdigit()]) >= 3, what="3 steps")
+    history = {k.decode(): v.decode() for k, v in r.hgetall(keys.history).items()}
+    steps = sorted(int(k) for k in history if k.isdigit())
+    assert all(len(history[str(s)].split()) == 4 for s in steps)  # added pops misses expired: counters only
+    assert sum(int(history[str(s)].split()[0]) for s in steps) <= 3
+    assert 0 < r.pttl(keys.history) <= 35 * 86_400_000
