@@ -221,3 +221,35 @@ async def test_replicas_sample_demand_history_as_counters_with_a_ttl(
     assert all(len(history[str(s)].split()) == 4 for s in steps)  # added pops misses expired: counters only
     assert sum(int(history[str(s)].split()[0]) for s in steps) <= 3
     assert 0 < r.pttl(keys.history) <= 35 * 86_400_000
+
+
+async def test_the_daemon_raises_the_target_ahead_of_learned_demand_and_lowers_it_after(
+    redis_url: str, sim: Simulator, aclient: AsyncPoolClient, r: redis.Redis
+) -> None:
+    """Recorded history (1 s steps: 30 starts at one step on each of the last two weeks) makes the daemon raise
+    the target to max_size just before that step, with its reason in status and the logs, then back to size."""
+    keys = pool_keys(PREFIX, "web")
+    step = server_ms(r) // 1000 + 5
+    week = 7 * 86_400
+    r.hset(keys.history, mapping={str(step - week): "30 30 0 0", str(step - 2 * week): "30 30 0 0"})
+    pool = web_pool(2, max_age=20, auto_size=True, max_size=10)
+    timing = dataclasses.replace(FAST, history_step=1.0, sample=60.0)
+    seen: list[int] = []
+
+    async def target_is(n: int) -> bool:
+        stats = await aclient.stats("web")
+        if stats.target_now is not None:  # None until the daemon's first round published it
+            seen.append(stats.target_now)
+        return stats.target_now == n and stats.size == n
+
+    with capture_logs() as logs:
+        async with running(make_config(redis_url, sim.url, pool, rate_limit=10), timing=timing):
+            await eventually(lambda: target_is(10), timeout=10, what="the learned raise")
+            raised = await aclient.stats("web")
+            await eventually(lambda: server_ms(r) >= step * 1000, timeout=10, what="the learned step")
+            await eventually(lambda: _target_is(aclient, 2), timeout=5, what="back to the standing size")
+    assert raised.target_reason.startswith("learned weekly: 30+ starts at this minute 2 weeks running")
+    assert max(seen) == 10 and min(seen) >= 2
+    learned = [e for e in logs if e["event"] == "demand.learned"]
+    assert [(e["pool"], e["at_ms"], e["per_channel"]) for e in learned] == [("web", step * 1000, 8)]
+    assert sim.stats().rate_limited == 0
