@@ -40,6 +40,7 @@ import redis.asyncio
 from ridpool import AsyncPoolClient, PoolEmpty
 from ridpool.daemon import log, planner
 from ridpool.daemon.agora import AcquireClient
+from ridpool.daemon.config import Config
 from ridpool.daemon.limiter import Budget, window_for
 from ridpool.daemon.localredis import LocalRedis
 from ridpool.entry import Entry
@@ -102,6 +103,13 @@ def web(size: int, *, max_age: float = 270.0, warmups: list[dict[str, Any]] | No
     return pool
 
 
+def configured(url: str, sim_url: str, pool: dict[str, Any]) -> Config:
+    """The daemon's config with every default left alone (agora.max_in_flight too) but the rate of 10/s."""
+    data = daemon_config(url, sim_url, pool, rate_limit=CEILING)
+    del data["agora"]["max_in_flight"]
+    return parse(data)
+
+
 def every_minute(size: int, duration: float) -> list[dict[str, Any]]:
     return [{"cron": "* * * * *", "size": size, "duration": duration}]
 
@@ -136,8 +144,7 @@ async def refill_rate(r: redis.Redis, url: str, shape: Shape, latency: float) ->
     clean(r)
     sim = SimProcess(rate_limit=CEILING, latency=latency, jitter=JITTER)
     try:
-        config = parse(daemon_config(url, sim.url, web(400), rate_limit=CEILING))
-        config = config.model_copy(update={"agora": config.agora.model_copy(update={"max_in_flight": 32})})
+        config = configured(url, sim.url, web(400))
         series: list[tuple[float, int]] = []
         async with httpx.AsyncClient() as http, running(config):
             await asyncio.sleep(2.0)
@@ -228,7 +235,7 @@ async def burst(r: redis.Redis, url: str, shape: Shape, *, warmup: bool, replica
         # A window shorter than the time to the instant: the previous minute's window is over when the daemons
         # start (a daemon started inside a running window rightly acquires for what is left of it).
         warmups = every_minute(shape.burst, 20) if warmup else None
-        config = parse(daemon_config(url, sim.url, web(shape.standing, warmups=warmups), rate_limit=CEILING))
+        config = configured(url, sim.url, web(shape.standing, warmups=warmups))
         timing = dataclasses.replace(REALISTIC, warmup_shift=shift)
         rng = random.Random(7)
         async with (
@@ -296,7 +303,7 @@ async def limit(r: redis.Redis, url: str, shape: Shape) -> Limit:
         bound = SUSTAINED * (shape.short_age - lead_s)
         shift, instant = shift_for(r, shape.short_age + 5)
         pool = web(0, max_age=shape.short_age, warmups=every_minute(size, 10))
-        config = parse(daemon_config(url, sim.url, pool, rate_limit=CEILING))
+        config = configured(url, sim.url, pool)
         rng = random.Random(11)
         timing = dataclasses.replace(REALISTIC, warmup_shift=shift)
         async with _clients(url) as aclient, running(config, timing=timing):
@@ -349,7 +356,7 @@ async def waste(r: redis.Redis, url: str, shape: Shape, *, warmup: bool) -> Wast
             pool = web(5, max_age=shape.short_age, warmups=every_minute(shape.burst, shape.short_age * 180 / 270))
         else:
             pool = web(shape.burst, max_age=shape.short_age)
-        config = parse(daemon_config(url, sim.url, pool, rate_limit=CEILING))
+        config = configured(url, sim.url, pool)
         timing = dataclasses.replace(REALISTIC, warmup_shift=shift)
         rng = random.Random(5)
         bursts = [first, first + 60_000]
@@ -398,8 +405,9 @@ def render(
         lines += ["**Quick run: small sizes, the numbers mean little.**", ""]
     lines += [
         f"Reproduce: `{command}` (took {seconds:.0f} s; {cpu}, load average {load} at start). The machine is shared",
-        "with other work (2 cores, other processes running): latencies and rates carry that noise. Every daemon uses",
-        "the default `max_in_flight` (derived from the budget and the observed latency); the simulator keeps",
+        "with other work (2 cores, other processes running): latencies and rates carry that noise. Every daemon runs",
+        "the default configuration but `rate_limit = 10`: `max_in_flight` derived from the budget and the observed",
+        "latency, `agora.max_in_flight` 32 per replica; the simulator keeps",
         f"Agora's strict 10/s window with {LATENCY * 1000:.0f} ms latency (+-{JITTER * 1000:.0f} ms) in a process of",
         f"its own. Sustained rate of `rate_limit = 10`: {SUSTAINED:.2f}/s.",
         "",

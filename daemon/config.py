@@ -268,11 +268,6 @@ class PoolConfig(_Frozen):
         return round(self.max_age * 1000)
 
     @property
-    def most_per_channel(self) -> int:
-        """The highest target a channel can have: standing size plus every warm-up at once, or max_size."""
-        return max(self.size + sum(w.size for w in self.warmups), self.max_size or 0)
-
-    @property
     def is_template(self) -> bool:
         return self.scene == 1 and self.cname is not None and bool(channels.PLACEHOLDER.search(self.cname))
 
@@ -491,8 +486,10 @@ def overlap_warnings(config: Config, now: datetime) -> tuple[str, ...]:
     standing = [planner.Demand(p.name, c or None, p.size, 0, None, "size") for p in config.pools for c in p.slots]
     rate = planner.available_rate(config.sustained_rate, standing, max_age)
     demands = []
+    tables: dict[str, WarmupConfig] = {}
     for i, pool in enumerate(config.pools):
         for j, w in enumerate(pool.warmups):
+            tables[f"pools[{i}].warmups[{j}]"] = w
             spec = warmups.Warmup(pool.name, j, w.cron, w.timezone, w.size, w.duration)
             for at in spec.instants(now, now + OVERLAP_HORIZON, limit=2000):
                 at_ms = warmups.to_ms(at)
@@ -503,7 +500,7 @@ def overlap_warnings(config: Config, now: datetime) -> tuple[str, ...]:
     for d, span in planner.shortfalls(planner.schedule(demands, rate=rate, max_age_ms=max_age)):
         if d.source in found:
             continue
-        w = config.pools[int(d.source[6 : d.source.index("]")])].warmups[int(d.source.rsplit("[", 1)[1][:-1])]
+        w = tables[d.source]
         early = (span.earliest_ms - span.needed_ms) / 1000
         found[d.source] = (
             f"{d.source} ({w.cron}, {w.timezone}) at {warmups.local(d.at_ms, w.timezone).isoformat()}: "

@@ -47,20 +47,22 @@ class Forecast:
     reason: str
 
 
-def lags(minute: int) -> list[int]:
-    """The past minutes a forecast for `minute` reads."""
-    return [minute - k * DAY for k in range(1, DAYS_SEEN + 1)] + [minute - k * WEEK for k in range(1, WEEKS_SEEN + 1)]
+def lags(minute: int, day: int = DAY) -> list[int]:
+    """The past minutes a forecast for `minute` reads (`day`: steps in a day, when a step is not a minute)."""
+    week = 7 * day
+    return [minute - k * day for k in range(1, DAYS_SEEN + 1)] + [minute - k * week for k in range(1, WEEKS_SEEN + 1)]
 
 
-def forecast(history: Mapping[int, int], minute: int) -> Forecast | None:
+def forecast(history: Mapping[int, int], minute: int, day: int = DAY) -> Forecast | None:
     """The demand expected in `minute` from the history (minute -> starts; absent: not recorded), or None."""
     found = []
-    weekly = [history.get(minute - k * WEEK, 0) for k in range(1, WEEKS_SEEN + 1)]
+    week = 7 * day
+    weekly = [history.get(minute - k * week, 0) for k in range(1, WEEKS_SEEN + 1)]
     if min(weekly) >= MIN_BURST:
         why = f"learned weekly: {min(weekly)}+ starts at this minute {WEEKS_SEEN} weeks running"
         found.append(Forecast(minute, min(weekly), why))
-    daily = [history.get(minute - k * DAY, 0) for k in range(1, DAYS_SEEN + 1)]
-    week_ago = history.get(minute - WEEK)
+    daily = [history.get(minute - k * day, 0) for k in range(1, DAYS_SEEN + 1)]
+    week_ago = history.get(minute - week)
     if min(daily) >= MIN_BURST and (week_ago is None or week_ago >= MIN_BURST):
         why = f"learned daily: {min(daily)}+ starts at this minute {DAYS_SEEN} days running"
         found.append(Forecast(minute, min(daily), why))
@@ -75,18 +77,19 @@ def learned_demands(
     now_minute: int,
     horizon: int,
     room: int,
+    step_ms: int = 60_000,
 ) -> list[Demand]:
     """Demands for the minutes after `now_minute` up to `horizon` minutes ahead, per channel, adding together
     at most `room` (max_size - size) to any channel."""
     out: list[Demand] = []
     left = room
     for minute in range(now_minute + 1, now_minute + horizon + 1):
-        f = forecast(history, minute)
+        f = forecast(history, minute, 86_400_000 // step_ms)
         if f is None or left <= 0:
             continue
         per_channel = min(left, math.ceil(f.count / len(cnames)))
         left -= per_channel
-        at = minute * 60_000
+        at = minute * step_ms
         out += [Demand(pool, c, per_channel, at, at, f.reason) for c in cnames]
     return out
 
@@ -104,7 +107,16 @@ def parse_history(minutes: Sequence[int], replies: Sequence[object]) -> dict[int
 class LearnedSource:
     """Learned demands of the pools with auto_size, from their history in Redis (read once per minute)."""
 
-    def __init__(self, client: redis.asyncio.Redis, pools: Sequence[PoolConfig], keys: dict[str, PoolKeys]) -> None:
+    def __init__(
+        self,
+        client: redis.asyncio.Redis,
+        pools: Sequence[PoolConfig],
+        keys: dict[str, PoolKeys],
+        *,
+        step_ms: int = 60_000,
+    ) -> None:
+        # The history's step (a minute; tests shorten it, and a day is then 86400 s / step steps).
+        self.step_ms = step_ms
         self.redis = client
         self.keys = keys
         self.pools = [p for p in pools if p.auto_size and p.max_size is not None]
@@ -112,13 +124,14 @@ class LearnedSource:
         self.logged: set[tuple[str, int]] = set()  # (pool, minute) raises already logged
 
     async def demands(self, now_ms: int) -> list[Demand]:
-        minute = now_ms // 60_000
+        minute = now_ms // self.step_ms
         if self.cache[0] == minute:
             return self.cache[1]
         out: list[Demand] = []
+        day = 86_400_000 // self.step_ms
         for pool in self.pools:
-            horizon = math.ceil(pool.max_age / 60) + 1
-            wanted = sorted({lag for m in range(minute + 1, minute + horizon + 1) for lag in lags(m)})
+            horizon = math.ceil(pool.max_age_ms / self.step_ms) + 1
+            wanted = sorted({lag for m in range(minute + 1, minute + horizon + 1) for lag in lags(m, day)})
             with functions.reaching(self.redis):
                 replies = await self.redis.hmget(self.keys[pool.name].history, [str(m) for m in wanted])
             cnames = [None] if pool.is_template else list(pool.slots)
@@ -129,6 +142,7 @@ class LearnedSource:
                 now_minute=minute,
                 horizon=horizon,
                 room=(pool.max_size or 0) - pool.size,
+                step_ms=self.step_ms,
             )
             for d in found[:: len(cnames)]:
                 if (pool.name, d.at_ms) not in self.logged:

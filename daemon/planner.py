@@ -9,9 +9,12 @@ from `at_ms` (server time) until `until_ms`. Today's sources:
 - scheduled warm-ups (`daemon/warmups.py`): the cron instant, the instant + duration;
 - learned demand (`daemon/demand.py`): a minute that recurs, with no window (ready by the minute, then done).
 
-A new source (announced channels, say) plugs in by producing more `Demand`s: the refill asks every source for
-its demands each round and hands them all to `plan`, so a source may name channels the config never listed (the
-refill's set of channels is whatever the demands name, plus the configured ones). A source reports a window
+A new source (announced channels, say) plugs in by producing more `Demand`s: an object with
+`async def demands(self, now_ms: int) -> list[Demand]` (`refill.DemandSource`) added to `Refiller.sources`
+(`Daemon.__init__` wires the standing sizes, the warm-ups and learned demand). The refill asks every source for
+its demands each round and hands them all to `plan`, so a source may name channels the config never listed: the
+refill's set of channels is whatever the demands name (their queues are `PoolKeys.queue(cname)`; a pop for such
+a channel also needs `c:<cname>` in the pool's meta, which the source's side publishes). A source reports a window
 already running as what is *left* of it (`count` minus what was popped since `at_ms`), because popped entries
 use a burst up; entries that expired unused are not subtracted, so they are replaced while demand is left.
 

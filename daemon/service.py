@@ -91,6 +91,7 @@ class Daemon:
             jitter=config.agora.jitter,
         )
         pool_keys = {p.name: keyspace.pool_keys(self.prefix, p.name) for p in config.pools}
+        self.step_ms = round(self.timing.history_step * 1000)
         self.warmups = WarmupSource(
             self.redis, config.pools, pool_keys, shift_ms=round(self.timing.warmup_shift * 1000)
         )
@@ -104,7 +105,7 @@ class Daemon:
             lease_seconds=self.timing.lease,
             sources=[
                 self.warmups,
-                LearnedSource(self.redis, config.pools, pool_keys),
+                LearnedSource(self.redis, config.pools, pool_keys, step_ms=self.step_ms),
                 Announcements(self.redis, config),
             ],
             next_instant=self.warmups.next_instant,
@@ -162,8 +163,7 @@ class Daemon:
             for pool in self.config.pools:
                 keys = keyspace.pool_keys(self.prefix, pool.name)
                 queues = [queue_cname(pool, c) for c in pool.slots]
-                step_ms = round(self.timing.history_step * 1000)
-                call = functions.sample_call(keys, queues, step_ms=step_ms, retention_ms=HISTORY_RETENTION_MS)
+                call = functions.sample_call(keys, queues, step_ms=self.step_ms, retention_ms=HISTORY_RETENTION_MS)
                 await functions.aexecute(self.redis, call)
 
     async def refill_loop(self) -> None:

@@ -205,3 +205,51 @@ async def test_status_shows_the_target_its_reason_the_next_warmup_and_the_last_h
     [web] = json.loads(_ridpool("status", "--json", "--redis-url", redis_url, "--prefix", PREFIX).stdout)["pools"]
     assert (web["target"], web["targetReason"], web["nextWarmup"]) == (202, reason, "2026-11-26T08:00:00+00:00")
     assert web["lastHour"] == {"acquired": 20, "popped": 17, "expiredUnused": 2, "misses": 1, "wasteRatio": 0.1}
+
+
+async def test_replicas_sample_demand_history_as_counters_with_a_ttl(
+    redis_url: str, sim: Simulator, aclient: AsyncPoolClient, r: redis.Redis
+) -> None:
+    """Three replicas sampling every 50 ms with 300 ms steps write steps of four counters (no IDs) that together
+    count each acquire once, in a key that expires."""
+    keys = pool_keys(PREFIX, "web")
+    timing = dataclasses.replace(FAST, sample=0.05, history_step=0.3)
+    async with running(make_config(redis_url, sim.url, web_pool(3), rate_limit=10), replicas=3, timing=timing):
+        await eventually(lambda: len([k for k in r.hkeys(keys.history) if k.isdigit()]) >= 3, what="3 steps")
+    history = {k.decode(): v.decode() for k, v in r.hgetall(keys.history).items()}
+    steps = sorted(int(k) for k in history if k.isdigit())
+    assert all(len(history[str(s)].split()) == 4 for s in steps)  # added pops misses expired: counters only
+    assert sum(int(history[str(s)].split()[0]) for s in steps) <= 3
+    assert 0 < r.pttl(keys.history) <= 35 * 86_400_000
+
+
+async def test_the_daemon_raises_the_target_ahead_of_learned_demand_and_lowers_it_after(
+    redis_url: str, sim: Simulator, aclient: AsyncPoolClient, r: redis.Redis
+) -> None:
+    """Recorded history (1 s steps: 30 starts at one step on each of the last two weeks) makes the daemon raise
+    the target to max_size just before that step, with its reason in status and the logs, then back to size."""
+    keys = pool_keys(PREFIX, "web")
+    step = server_ms(r) // 1000 + 5
+    week = 7 * 86_400
+    r.hset(keys.history, mapping={str(step - week): "30 30 0 0", str(step - 2 * week): "30 30 0 0"})
+    pool = web_pool(2, max_age=20, auto_size=True, max_size=10)
+    timing = dataclasses.replace(FAST, history_step=1.0, sample=60.0)
+    seen: list[int] = []
+
+    async def target_is(n: int) -> bool:
+        stats = await aclient.stats("web")
+        if stats.target_now is not None:  # None until the daemon's first round published it
+            seen.append(stats.target_now)
+        return stats.target_now == n and stats.size == n
+
+    with capture_logs() as logs:
+        async with running(make_config(redis_url, sim.url, pool, rate_limit=10), timing=timing):
+            await eventually(lambda: target_is(10), timeout=10, what="the learned raise")
+            raised = await aclient.stats("web")
+            await eventually(lambda: server_ms(r) >= step * 1000, timeout=10, what="the learned step")
+            await eventually(lambda: _target_is(aclient, 2), timeout=5, what="back to the standing size")
+    assert raised.target_reason.startswith("learned weekly: 30+ starts at this minute 2 weeks running")
+    assert max(seen) == 10 and min(seen) >= 2
+    learned = [e for e in logs if e["event"] == "demand.learned"]
+    assert [(e["pool"], e["at_ms"], e["per_channel"]) for e in learned] == [("web", step * 1000, 8)]
+    assert sim.stats().rate_limited == 0
