@@ -25,8 +25,8 @@ import redis
 import redis.asyncio
 from redis.utils import HIREDIS_AVAILABLE
 from ridpool import AsyncPoolClient, PoolClient, functions
-from ridpool.client import check_wait
 from ridpool.keys import pool_keys
+from ridpool.plans import check_wait
 
 from benchmarks.common import PREFIX, Sizes, clean, encoded_entries, fill, keys_for, percentile, publish_pool, server_ms
 

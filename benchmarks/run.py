@@ -22,7 +22,7 @@ import redis
 from ridpool.daemon import log
 from ridpool.daemon.localredis import LocalRedis
 
-from benchmarks import cpu, first_pop, imports, memory, pop, refill, timeline
+from benchmarks import announce, burst, cpu, first_pop, imports, memory, pop, refill, timeline
 from benchmarks.common import FULL, QUICK, ROOT, load_average, machine
 from benchmarks.report import Results, render
 
@@ -78,7 +78,13 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         server.stop()
         shutil.rmtree(server.dir, ignore_errors=True)
-    md.write_text(render(results))
+    # The "Bursts" section is written by benchmarks/burst.py, a run of its own: keep it; and so is the
+    # announce section (benchmarks/announce.py).
+    old = md.read_text() if md.exists() else ""
+    kept = burst.section_of(old) if old else ""
+    md.write_text(announce.carry(old, render(results)))
+    if kept:
+        burst.write_section(md, kept)
     print("CLI imports", flush=True)
     imports.write(md, imports.section(imports.run()))
     raw = ROOT / "benchmarks" / "out" / ("results-quick.json" if args.quick else "results.json")

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import httpx
 from ridpool.daemon.config import Credentials
-from ridpool.errors import RidpoolError
+from ridpool.errors import AcquireFailed
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, stop_after_attempt
 
 # Agora's advice: back off 1 s, 3 s, 6 s between attempts on 5xx, timeouts and network errors.
@@ -25,7 +25,7 @@ BACKOFF = (1.0, 3.0, 6.0)
 ATTEMPTS = len(BACKOFF) + 1
 
 
-class AcquireError(RidpoolError):
+class AcquireError(AcquireFailed):
     """An acquire that produced no ID. `retryable` False: the request itself is wrong (the pool's state becomes
     `error` and the failure is logged as an error); True: Agora may answer another time (state `retrying`)."""
 

@@ -14,6 +14,7 @@ import secrets
 import tomllib
 import uuid
 from collections.abc import Callable, Mapping
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
@@ -32,17 +33,18 @@ from pydantic import (
 )
 from pydantic_core import ErrorDetails, InitErrorDetails, PydanticCustomError
 from redis.connection import parse_url
+from ridpool import channels
+from ridpool.daemon import planner, warmups
+from ridpool.daemon.limiter import window_for
 from ridpool.errors import ConfigError
 from ridpool.keys import NAME_PATTERN, PREFIX_PATTERN
 
 UID_MAX = 2**32 - 1
+AUTO_IN_FLIGHT_UIDS = 8  # uids a uid_range must spare for acquires in flight when max_in_flight is derived
 UID_WARN_ABOVE = 2**31 - 1  # Agora has been seen to answer code 2 above this
 AGORA_DEFAULT_RATE = 10.0
 _HEX32 = re.compile(r"[0-9a-fA-F]{32}")
 _DECIMAL = re.compile(r"[1-9][0-9]*")
-_CHANNEL_CHAR = re.compile(r"[a-zA-Z0-9 !#$%&()+\-:;<=.>?@\[\]^_{}|~,]")
-_PLACEHOLDER = re.compile(r"\{([^{}]*)\}")
-_EXPANSION_BYTES = {"uuid": 32, "n": 10}  # longest expansion of each template placeholder
 
 Loc = tuple[str | int, ...]
 Problem = tuple[Loc, str, object]  # where, why, the offending value
@@ -198,7 +200,8 @@ class AgoraSettings(_Frozen):
     base_url: BaseUrls
     rate_limit: Positive = 8.0  # acquires per second for all replicas together
     timeout: Annotated[SFloat, _check(lambda t: 0 < t <= 60, "must be greater than 0 and at most 60")] = 10.0
-    max_in_flight: AtLeastOne = 10  # per account, per replica
+    # Acquires in flight per replica: a bound on concurrency (and connections), not the rate, which the budget sets.
+    max_in_flight: AtLeastOne = 32
     account: Name = "default"
     # Seconds by which the network (or a busy host) may bunch requests on their way to Agora; every budget window
     # is this much longer than a second, so the sustained rate is floor(rate_limit) / (1 + jitter).
@@ -219,6 +222,32 @@ class LogSettings(_Frozen):
     summary_interval: Annotated[SFloat, _check(lambda s: s >= 0, "must be 0 (off) or more")] = 60.0
 
 
+def _cron_ok(cron: str) -> str:
+    try:
+        warmups.trigger(cron)
+    except ValueError as exc:
+        raise ValueError(f"{exc} (got {_show(cron)})") from None
+    return cron
+
+
+def _zone_ok(zone: str) -> str:
+    try:
+        warmups.trigger("0 0 * * *", zone)
+    except ValueError as exc:
+        raise ValueError(str(exc)) from None
+    return zone
+
+
+class WarmupConfig(_Frozen):
+    """A burst the pool is told about: `size` entries beyond the standing size ready (per channel) at each
+    instant of `cron` (in `timezone`), for starts until `duration` seconds later."""
+
+    cron: Annotated[SStr, AfterValidator(_cron_ok)]
+    timezone: Annotated[SStr, AfterValidator(_zone_ok)] = "UTC"
+    size: AtLeastOne
+    duration: Annotated[SFloat, _check(lambda d: 0 < d <= 86400, "must be greater than 0 and at most 86400")] = 300.0
+
+
 class PoolConfig(_Frozen):
     name: Name
     appid: Annotated[SStr, _check(_HEX32.fullmatch, "must be 32 hexadecimal characters")]
@@ -232,10 +261,18 @@ class PoolConfig(_Frozen):
     size: Annotated[SInt, _check(lambda n: n >= 0, "must be 0 or more")] = 0
     # Seconds an entry is offered, counted from sending its acquire; Agora's IDs live five minutes.
     max_age: Annotated[SFloat, _check(lambda a: 0 < a < 300, "must be greater than 0 and below 300")] = 270.0
-    max_in_flight: AtLeastOne = 5  # across replicas
+    # Across replicas. None: derived from the budget and Agora's observed latency (planner.in_flight_cap).
+    max_in_flight: AtLeastOne | None = None
+    warmups: tuple[WarmupConfig, ...] = ()
+    auto_size: Annotated[bool, Strict()] = False  # raise the target ahead of demand learned from history
+    max_size: Annotated[SInt, _check(lambda n: n >= 0, "must be 0 or more")] | None = None
     start_parameter: Annotated[dict[str, Any], AfterValidator(_json_only)] | None = None
     exclude_resource_ids: tuple[Annotated[SStr, _check(bool, "must not be empty")], ...] | None = None
     region_affinity: Annotated[SInt, _check(lambda r: 0 <= r <= 4, "must be 0 to 4")] | None = None
+    # A pool of channels announced at run time (`ridpool announce`) instead of listed here.
+    announced: Annotated[bool, Strict()] = False
+    # Seconds after an announcement's instant during which entries about to expire unpopped are replaced.
+    announce_grace: Annotated[SFloat, _check(lambda g: 0 <= g <= 3600, "must be from 0 to 3600 seconds")] = 300.0
 
     @model_validator(mode="wrap")
     @classmethod
@@ -243,12 +280,18 @@ class PoolConfig(_Frozen):
         return _with_rules(cls, data, handler, _pool_rules)
 
     @property
+    def max_age_ms(self) -> int:
+        return round(self.max_age * 1000)
+
+    @property
     def is_template(self) -> bool:
-        return self.scene == 1 and self.cname is not None and bool(_PLACEHOLDER.search(self.cname))
+        return self.scene == 1 and self.cname is not None and bool(channels.PLACEHOLDER.search(self.cname))
 
     @property
     def slots(self) -> tuple[str, ...]:
         """The channels the pool keeps `size` entries ready for; "" is the one slot of a template."""
+        if self.announced:
+            return ()  # the announced channels, known at run time
         if self.cnames is not None:
             return self.cnames
         return ("",) if self.is_template else (str(self.cname),)
@@ -260,7 +303,7 @@ class PoolConfig(_Frozen):
         if not self.is_template:
             return self.cname
         fresh = {"uuid": lambda: uuid.uuid4().hex, "n": lambda: str(secrets.randbelow(10**10))}
-        return _PLACEHOLDER.sub(lambda m: fresh[m.group(1)](), self.cname)
+        return channels.PLACEHOLDER.sub(lambda m: fresh[m.group(1)](), self.cname)
 
     def client_request(self) -> dict[str, object]:
         """Agora's `clientRequest`, holding only what is set (scene only when not 0)."""
@@ -285,32 +328,18 @@ def _exactly_one(v: dict[str, Any], first: str, second: str) -> list[Problem]:
 
 
 def _cname_problems(loc: Loc, name: str, scene: int, template_allowed: bool) -> list[Problem]:
-    placeholders = _PLACEHOLDER.findall(name)
-    if scene == 1:
-        unknown = [p for p in placeholders if p not in _EXPANSION_BYTES]
-        if placeholders and not template_allowed:
-            why = "templates are not allowed in cnames; give one template as cname instead"
-        elif unknown:
-            why = f"unknown placeholder {{{unknown[0]}}}; only {{uuid}} and {{n}} are allowed"
-        elif "{" in (rest := _PLACEHOLDER.sub("", name)) or "}" in rest:
-            why = "has an unmatched brace; a template uses {uuid} or {n}"
-        elif not 0 < (size := len(rest.encode()) + sum(_EXPANSION_BYTES[p] for p in placeholders)) <= 128:
-            why = f"label must be 1 to 128 bytes (is {size} bytes at its longest)"
-        else:
-            return []
-    elif used := [p for p in placeholders if p in _EXPANSION_BYTES]:
-        why = f"{{{used[0]}}} makes a template, which needs scene 1 (web page recording), not scene {scene}"
-    elif not 0 < (size := len(name.encode())) < 64:
-        why = f"must be 1 to 63 bytes for scene {scene} (is {size})"
-    elif bad := "".join(dict.fromkeys(c for c in name if not _CHANNEL_CHAR.fullmatch(c))):
-        why = f"has characters Agora refuses in a channel name: {_show(bad)}"
-    else:
-        return []
-    return [(loc, f"{why} (got {_show(name)})", name)]
+    why = channels.problem(name, scene, template_allowed=template_allowed)
+    return [] if why is None else [(loc, f"{why} (got {_show(name)})", name)]
 
 
 def _pool_rules(v: dict[str, Any], _raw: Mapping[str, Any]) -> list[Problem]:
-    problems = _exactly_one(v, "cname", "cnames") + _exactly_one(v, "uid", "uid_range")
+    problems: list[Problem]
+    if v.get("announced") is True:
+        why = "an announced pool takes its channels from announcements; remove it"
+        problems = [((name,), why, v[name]) for name in ("cname", "cnames") if v.get(name) is not None]
+    else:
+        problems = _exactly_one(v, "cname", "cnames")
+    problems += _exactly_one(v, "uid", "uid_range")
     scene = v.get("scene")
     if isinstance(scene, int):
         if isinstance(v.get("cname"), str):
@@ -319,12 +348,18 @@ def _pool_rules(v: dict[str, Any], _raw: Mapping[str, Any]) -> list[Problem]:
             problems += _cname_problems(("cnames", i), name, scene, template_allowed=False)
     if v.get("uid_range") is not None and all(k in v for k in ("size", "max_in_flight", "cnames")):
         lo, hi = v["uid_range"]
-        channels = len(v["cnames"] or ())
-        live = v["size"] * max(channels, 1) + v["max_in_flight"]
+        n_channels = len(v["cnames"] or ())
+        in_flight = v["max_in_flight"] or AUTO_IN_FLIGHT_UIDS
+        most = max(v["size"] + sum(w.size for w in v.get("warmups") or ()), v.get("max_size") or 0)
+        live = most * max(n_channels, 1) + in_flight
         if hi - lo + 1 < live:
-            per = f"size {v['size']} x {channels} cnames" if channels else f"size {v['size']}"
+            per = f"size {most} x {n_channels} cnames" if n_channels else f"size {most}"
             why = f"holds {hi - lo + 1} uids but the pool can have {live} live entries ({per} + max_in_flight"
-            problems.append((("uid_range",), f"{why} {v['max_in_flight']}) (got {_show([lo, hi])})", [lo, hi]))
+            problems.append((("uid_range",), f"{why} {in_flight}) (got {_show([lo, hi])})", [lo, hi]))
+    if v.get("auto_size") and v.get("max_size") is None and "max_size" in v:
+        problems.append((("max_size",), "required with auto_size = true (the most entries per channel)", None))
+    if v.get("max_size") is not None and isinstance(v.get("size"), int) and v["max_size"] < v["size"]:
+        problems.append((("max_size",), f"must be at least size {v['size']} (got {v['max_size']})", v["max_size"]))
     return problems
 
 
@@ -341,7 +376,57 @@ class Config(_Frozen):
     @model_validator(mode="wrap")
     @classmethod
     def _rules(cls, data: Any, handler: ValidatorFunctionWrapHandler) -> Any:
-        return _with_rules(cls, data, handler, _unique_pool_names)
+        return _with_rules(cls, data, handler, _config_rules)
+
+    @property
+    def sustained_rate(self) -> float:
+        """Acquires per second the account's budget sustains (see limiter.window_for)."""
+        return window_for(self.agora.rate_limit, self.agora.jitter).sustained
+
+
+def _config_rules(v: dict[str, Any], raw: Mapping[str, Any]) -> list[Problem]:
+    problems = _unique_pool_names(v, raw)
+    agora = v.get("agora")
+    if isinstance(agora, Mapping):  # valid, but left raw because another field failed
+        agora = AgoraSettings.model_validate(agora)
+    if isinstance(agora, AgoraSettings) and isinstance(raw.get("pools"), list | tuple):
+        problems += _warmup_problems(agora, [p for p in raw["pools"] if isinstance(p, Mapping)])
+    return problems
+
+
+def _number(table: Mapping[str, Any], key: str, default: float) -> float:
+    value = table.get(key, default)
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else default
+
+
+def _warmup_problems(agora: AgoraSettings, pools: list[Mapping[str, Any]]) -> list[Problem]:
+    """Warm-ups no schedule can meet, each alone: more entries than the budget acquires within max_age.
+
+    Read from the raw tables, so that a size is judged even beside other problems of its pool (with the
+    defaults standing in for the fields that are wrong)."""
+    sustained = window_for(agora.rate_limit, agora.jitter).sustained
+    shapes = []
+    for p in pools:
+        channels = len(p["cnames"]) if isinstance(p.get("cnames"), list) and p["cnames"] else 1
+        shapes.append((channels, max(0.0, _number(p, "size", 0)), round(_number(p, "max_age", 270.0) * 1000)))
+    standing = sum(channels * size * 1000 / max(1, age) for channels, size, age in shapes)
+    rate = max(0.0, sustained * planner.HEADROOM - standing)
+    problems: list[Problem] = []
+    for i, (p, (channels, _, age)) in enumerate(zip(pools, shapes, strict=True)):
+        largest = planner.largest_feasible(rate, age) // channels
+        tables = p.get("warmups")
+        for j, w in enumerate(tables if isinstance(tables, list) else []):
+            size = w.get("size") if isinstance(w, Mapping) else None
+            if isinstance(size, int) and not isinstance(size, bool) and size > largest:
+                per = f" per channel x {channels} channels" if channels > 1 else ""
+                why = (
+                    f"{size}{per} cannot be ready at the instant: the budget plans warm-ups at "
+                    f"{rate:.2f}/s ({sustained:.2f}/s sustained x {planner.HEADROOM} less standing sizes), which "
+                    f"acquires at most {largest * channels} within max_age {_show(age / 1000)} s less "
+                    f"{(planner.LEAD_MS + planner.MARGIN_MS) / 1000:g} s lead; the largest feasible size is {largest}"
+                )
+                problems.append((("pools", i, "warmups", j, "size"), why, size))
+    return problems
 
 
 def _unique_pool_names(_v: dict[str, Any], raw: Mapping[str, Any]) -> list[Problem]:
@@ -423,7 +508,43 @@ def _warnings(config: Config) -> tuple[str, ...]:
             found.append(
                 f"pools[{i}].{field}: {top} is above 2^31-1; Agora has been seen to reject such uids with code 2"
             )
-    return tuple(found)
+    return tuple(found) + overlap_warnings(config, datetime.now(UTC))
+
+
+OVERLAP_HORIZON = timedelta(days=8)  # a week of instants, and the day a weekly schedule wraps into
+
+
+def overlap_warnings(config: Config, now: datetime) -> tuple[str, ...]:
+    """Warm-ups that fit alone but not together in the next week: the schedule must start acquiring for them
+    before their entries could live until the instant. One warning per warm-up, at its first such instant."""
+    max_age = {p.name: p.max_age_ms for p in config.pools}
+    standing = [planner.Demand(p.name, c or None, p.size, 0, None, "size") for p in config.pools for c in p.slots]
+    rate = planner.available_rate(config.sustained_rate, standing, max_age)
+    demands = []
+    tables: dict[str, WarmupConfig] = {}
+    for i, pool in enumerate(config.pools):
+        for j, w in enumerate(pool.warmups):
+            tables[f"pools[{i}].warmups[{j}]"] = w
+            spec = warmups.Warmup(pool.name, j, w.cron, w.timezone, w.size, w.duration)
+            for at in spec.instants(now, now + OVERLAP_HORIZON, limit=2000):
+                at_ms = warmups.to_ms(at)
+                until = at_ms + round(w.duration * 1000)
+                where = f"pools[{i}].warmups[{j}]"
+                demands += [planner.Demand(pool.name, c or None, w.size, at_ms, until, where) for c in pool.slots]
+    found: dict[str, str] = {}
+    for d, span in planner.shortfalls(planner.schedule(demands, rate=rate, max_age_ms=max_age)):
+        if d.source in found:
+            continue
+        w = tables[d.source]
+        early = (span.earliest_ms - span.needed_ms) / 1000
+        found[d.source] = (
+            f"{d.source} ({w.cron}, {w.timezone}) at {warmups.local(d.at_ms, w.timezone).isoformat()}: "
+            "overlapping warm-ups "
+            f"need acquiring to start {(d.at_ms - span.needed_ms) / 1000:.0f} s before it, but entries acquired "
+            f"more than {(d.at_ms - span.earliest_ms) / 1000:.0f} s before die first: about "
+            f"{math.ceil(early * rate)} entries short at {rate:.2f}/s"
+        )
+    return tuple(found.values())
 
 
 def parse_config(data: Mapping[str, object], *, source: str = "<config>") -> Config:

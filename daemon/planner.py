@@ -1,10 +1,38 @@
-"""Refill planning as pure functions of counts and clocks: which channel gets the next lease and how long a
-pool is held after failures. Table-tested; the refill loop only applies them.
+"""Refill planning as pure functions of counts and clocks: how many entries each channel should hold now, which
+channel gets the next lease, how many acquires may be in flight, and how long a pool is held after failures.
+Table-tested; the refill loop only applies them.
+
+Demands. Everything that makes a pool want entries is a `Demand` for one (pool, channel): `count` entries ready
+from `at_ms` (server time) until `until_ms`. Today's sources:
+
+- the standing size (`size`): at_ms 0, until_ms None (always);
+- scheduled warm-ups (`daemon/warmups.py`): the cron instant, the instant + duration;
+- learned demand (`daemon/demand.py`): a minute that recurs, with no window (ready by the minute, then done).
+
+A new source (announced channels, say) plugs in by producing more `Demand`s: an object with
+`async def demands(self, now_ms: int) -> list[Demand]` (`refill.DemandSource`) added to `Refiller.sources`
+(`Daemon.__init__` wires the standing sizes, the warm-ups and learned demand). The refill asks every source for
+its demands each round and hands them all to `plan`, so a source may name channels the config never listed: the
+refill's set of channels is whatever the demands name (their queues are `PoolKeys.queue(cname)`; a pop for such
+a channel also needs `c:<cname>` in the pool's meta, which the source's side publishes). A source reports a window
+already running as what is *left* of it (`count` minus what was popped since `at_ms`), because popped entries
+use a burst up; entries that expired unused are not subtracted, so they are replaced while demand is left.
+
+Planning. All demands of all pools share one budget, the account's sustained rate. Demands not yet due are
+planned together earliest deadline first, backwards from the latest: each deadline group (all demands due at
+one instant) is given the `count / rate` seconds just before its deadline, or before the next group's start if
+that is earlier. So acquiring for a burst starts as late as the whole schedule allows, and the entries are as
+young as possible at the instant. Within its span a demand's target ramps up linearly (with `ahead_ms` of
+look-ahead for acquires in flight); a refill that fell behind catches up at the full budget, faster than the
+ramp. A span that would begin before `at_ms - max_age` cannot be met (its first entries would die before the
+instant): it is clamped there and reported by `shortfalls`, which `check-config` turns into an error.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import math
+from collections import defaultdict
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from ridpool.daemon.backoff import doubling
@@ -12,11 +40,161 @@ from ridpool.daemon.backoff import doubling
 # A pool whose acquires keep failing is held (no new leases, across replicas) for a while that doubles per
 # failure in a row: a wrong secret must not hammer Agora. The cap keeps it to a few attempts a minute.
 HOLD_FIRST, HOLD_CAP = 2.0, 20.0
+# Share of the sustained rate the warm-up schedule plans with: what is left absorbs the refill of pops and
+# failed acquires without making a burst late.
+HEADROOM = 0.95
+# Default seconds between the end of a warm-up's acquiring and its instant: acquires in flight land, and pops at
+# the very instant find everything stored.
+LEAD_MS = 2000
+# Least life an entry must still have at the instant to count as ready for it.
+MARGIN_MS = 1000
+
+SlotKey = tuple[str, str | None]  # (pool, cname); cname None: a template pool's single queue
+
+
+@dataclass(frozen=True, slots=True)
+class Demand:
+    """`count` entries of one (pool, channel) wanted ready from `at_ms` until `until_ms` (server ms).
+
+    until_ms None: for ever (the standing size). until_ms == at_ms: ready by the instant, no window after it.
+    """
+
+    pool: str
+    cname: str | None
+    count: int
+    at_ms: int
+    until_ms: int | None
+    source: str  # why, as `status` shows it: "size", "warmup 0 9 * * 1-5 at 2026-11-26T09:00:00+01:00", ...
+
+    @property
+    def slot(self) -> SlotKey:
+        return (self.pool, self.cname)
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """What one channel should hold now, and why."""
+
+    count: int
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Span:
+    """When a not-yet-due demand is acquired: its ramp runs from start_ms to end_ms (server ms)."""
+
+    needed_ms: float  # where the schedule wants it to begin
+    end_ms: float
+    earliest_ms: float  # before this its entries would die before the instant
+
+    @property
+    def start_ms(self) -> float:
+        return max(self.needed_ms, self.earliest_ms)
+
+    @property
+    def feasible(self) -> bool:
+        return self.needed_ms >= self.earliest_ms
+
+
+def standing_rate(demands: Iterable[Demand], max_age_ms: Mapping[str, int]) -> float:
+    """Acquires per second that standing sizes cost while nothing is popped: each entry is renewed every max_age."""
+    return sum(d.count * 1000 / max_age_ms[d.pool] for d in demands if d.until_ms is None and d.count > 0)
+
+
+def available_rate(sustained: float, demands: Iterable[Demand], max_age_ms: Mapping[str, int]) -> float:
+    """The rate timed demands (warm-ups, learned, announced) are planned with: the headroom share of the
+    sustained rate, less what the standing sizes cost."""
+    return max(0.0, sustained * HEADROOM - standing_rate(demands, max_age_ms))
+
+
+def schedule(
+    demands: Iterable[Demand], *, rate: float, max_age_ms: Mapping[str, int], lead_ms: int = LEAD_MS
+) -> dict[Demand, Span]:
+    """Earliest deadline first, as late as possible: the span of every timed demand (see the module docstring)."""
+    groups: dict[int, list[Demand]] = defaultdict(list)
+    for d in demands:
+        if d.count > 0 and d.until_ms is not None:
+            groups[d.at_ms].append(d)
+    spans: dict[Demand, Span] = {}
+    cursor = math.inf
+    for at in sorted(groups, reverse=True):
+        group = groups[at]
+        end = min(at - lead_ms, cursor)
+        total = sum(d.count for d in group)
+        start = end - total * 1000 / rate if rate > 0 else -math.inf
+        cursor = start
+        for d in group:
+            spans[d] = Span(start, end, d.at_ms + MARGIN_MS - max_age_ms[d.pool])
+    return spans
+
+
+def plan(
+    demands: Iterable[Demand],
+    *,
+    now_ms: int,
+    rate: float,
+    max_age_ms: Mapping[str, int],
+    lead_ms: int = LEAD_MS,
+    ahead_ms: int = LEAD_MS,
+) -> dict[SlotKey, Target]:
+    """Every named slot's target now: standing sizes and running windows in full, plus the ramps of what is due."""
+    demands = list(demands)
+    spans = schedule([d for d in demands if d.at_ms > now_ms], rate=rate, max_age_ms=max_age_ms, lead_ms=lead_ms)
+    counts: dict[SlotKey, int] = defaultdict(int)
+    reasons: dict[SlotKey, list[tuple[int, str]]] = defaultdict(list)
+    for d in demands:
+        if d.until_ms is None or d.at_ms <= now_ms < d.until_ms:
+            n = d.count  # standing, or a window running now (its count is what is left of it)
+        elif d in spans:
+            n = ramp(d.count, spans[d], now_ms + ahead_ms)
+        else:
+            n = 0  # over, or due with nothing wanted
+        counts[d.slot] += n
+        if n > 0 or d.until_ms is None:
+            reasons[d.slot].append((n, d.source))
+    return {slot: Target(counts[slot], _reason(reasons[slot])) for slot in counts}
+
+
+def ramp(count: int, span: Span, at_ms: float) -> int:
+    """How many of `count` entries the linear ramp over `span` has reached at `at_ms`."""
+    if at_ms < span.start_ms:
+        return 0
+    if at_ms >= span.end_ms or span.end_ms <= span.start_ms:
+        return count
+    return min(count, math.ceil(count * (at_ms - span.start_ms) / (span.end_ms - span.start_ms)))
+
+
+def _reason(parts: list[tuple[int, str]]) -> str:
+    """ "size" alone, or the sources that raise the target now, the largest first ("warmup ... +180; size 20")."""
+    standing = [f"size {n}" for n, src in parts if src == "size"]
+    raised = sorted(((n, src) for n, src in parts if src != "size" and n > 0), key=lambda p: -p[0])
+    return "; ".join([f"{src} +{n}" for n, src in raised] + standing) or "size 0"
+
+
+def shortfalls(spans: Mapping[Demand, Span]) -> list[tuple[Demand, Span]]:
+    """The demands the schedule cannot meet: their acquiring would have to start before their entries could live."""
+    return sorted(((d, s) for d, s in spans.items() if not s.feasible), key=lambda p: (p[0].at_ms, p[0].pool))
+
+
+def largest_feasible(rate: float, max_age_ms: int, lead_ms: int = LEAD_MS) -> int:
+    """The most entries one burst alone can have ready at its instant: (rate) x (max_age - lead - margin)."""
+    return max(0, math.floor(rate * (max_age_ms - lead_ms - MARGIN_MS) / 1000))
+
+
+def in_flight_cap(rate: float, latency: float, *, low: int = 2, high: int = 64) -> int:
+    """Acquires a pool may have in flight when none is configured: enough to keep the whole budget busy.
+
+    A lease is held while its acquire waits for a grant and while Agora answers, so the budget is kept busy by
+    about rate x (latency + the wait for a grant); half a second of grant wait covers one replica's queue.
+    """
+    if not math.isfinite(latency) or latency < 0:
+        latency = 1.0
+    return max(low, min(high, math.ceil(rate * (latency + 0.5)) + 1))
 
 
 @dataclass(frozen=True, slots=True)
 class Slot:
-    """One channel of one pool as the planner sees it."""
+    """One channel of one pool as the lease loop sees it."""
 
     pool: str
     cname: str | None  # None: a template pool's single queue

@@ -3,6 +3,11 @@
 Every decision that involves other replicas is made in Redis: a lease (`ridpool_reserve`) is taken before each
 acquire, so any number of replicas together never ask for more than a pool lacks; a failing pool is held with a
 shared key, so all replicas back off together. This module only applies the planner's choices.
+
+The loop is continuous (see `Daemon`): a round leases what the targets lack, up to each pool's in-flight cap,
+and the next round starts as soon as an acquire finishes (or after a tick), so the rate is set by the budget,
+not by rounds. The targets come from demand sources (standing sizes, warm-ups, learned demand, and any source
+added to `sources`), planned together by `planner.plan`; a source may name channels the config does not list.
 """
 
 from __future__ import annotations
@@ -12,7 +17,9 @@ import contextlib
 import random
 import time
 import uuid
+from collections.abc import Callable, Sequence
 from dataclasses import replace
+from typing import Protocol
 
 import redis.asyncio
 import structlog
@@ -23,6 +30,7 @@ from ridpool.daemon.clock import ServerClock
 from ridpool.daemon.config import Config, PoolConfig
 from ridpool.daemon.limiter import Budget
 from ridpool.daemon.metrics import ERROR_FIELD, Metrics
+from ridpool.daemon.warmups import from_ms
 from ridpool.entry import Entry
 from ridpool.errors import PoolUnavailable
 from ridpool.functions import AddResult, Lease
@@ -45,6 +53,27 @@ def _log_failure(event: str, pool: PoolConfig, exc: AcquireError, **fields: obje
     )
 
 
+class DemandSource(Protocol):
+    """Anything that makes pools want entries: asked every round for its demands at a server instant."""
+
+    async def demands(self, now_ms: int) -> list[planner.Demand]: ...
+
+
+class Standing:
+    """The standing size of every configured channel, for ever."""
+
+    def __init__(self, pools: Sequence[PoolConfig]) -> None:
+        self.list = [planner.Demand(p.name, queue_cname(p, c), p.size, 0, None, "size") for p in pools for c in p.slots]
+
+    async def demands(self, now_ms: int) -> list[planner.Demand]:
+        return self.list
+
+
+# Agora's latency before any acquire was seen: high, so that the first in-flight caps err towards keeping the
+# budget busy. Every acquire then moves the estimate a fifth of the way to what it measured.
+FIRST_LATENCY, LATENCY_WEIGHT = 1.0, 0.2
+
+
 class Refiller:
     def __init__(
         self,
@@ -58,10 +87,15 @@ class Refiller:
         lease_seconds: float,
         rng: random.Random | None = None,
         metrics: Metrics | None = None,
+        sources: Sequence[DemandSource] = (),
+        next_instant: Callable[[str, int], int | None] | None = None,
     ) -> None:
         self.redis = client
+        self.config = config
         self.metrics = metrics or Metrics()
         self.pools = {p.name: p for p in config.pools}
+        self.max_age_ms = {p.name: p.max_age_ms for p in config.pools}
+        self.sources: list[DemandSource] = [Standing(config.pools), *sources]
         self.keys: dict[str, PoolKeys] = {p.name: pool_keys(config.redis.key_prefix, p.name) for p in config.pools}
         self.acquirer = acquirer
         self.budget = budget
@@ -73,13 +107,66 @@ class Refiller:
         self.tasks: set[asyncio.Task[None]] = set()
         self.leases: dict[str, PoolKeys] = {}  # token -> its pool: the leases this replica holds and renews
         self.stopping = False
+        self.wake = asyncio.Event()  # set when an acquire ends: the next round may lease again
+        self.latency = FIRST_LATENCY
+        self.targets: dict[planner.SlotKey, planner.Target] = {}  # the last round's plan
+        self.next_instant = next_instant  # a pool's next warm-up instant (server ms), for status
+        self.published: dict[str, tuple[int, str, str]] = {}  # what each pool's stats hash says of its target
+        self.logged: dict[str, str] = {}  # the last reason logged per pool
 
     # -- one round -----------------------------------------------------------------------------------------
 
+    async def plan(self) -> dict[planner.SlotKey, planner.Target]:
+        """Every slot's target now, from all sources planned together."""
+        await self.clock.sync(self.redis)
+        now = self.clock.server_ms(time.monotonic())
+        demands = [d for source in self.sources for d in await source.demands(now)]
+        rate = planner.available_rate(self.config.sustained_rate, demands, self.max_age_ms)
+        self.targets = planner.plan(
+            [d for d in demands if d.pool in self.pools], now_ms=now, rate=rate, max_age_ms=self.max_age_ms
+        )
+        await self._publish_targets(now)
+        return self.targets
+
+    async def _publish_targets(self, now_ms: int) -> None:
+        """Each pool's target now, why, and its next warm-up, in its stats hash (written when they change)."""
+        totals: dict[str, list[tuple[int, str]]] = {name: [] for name in self.pools}
+        for (pool, _), target in self.targets.items():
+            totals[pool].append((target.count, target.reason))
+        changed = {}
+        for pool, parts in totals.items():
+            count = sum(n for n, _ in parts)
+            reason = max(parts, key=lambda p: p[0])[1] if parts else "size 0"
+            at = self.next_instant(pool, now_ms) if self.next_instant else None
+            state = (count, reason, "" if at is None else from_ms(at).isoformat(timespec="seconds"))
+            if self.published.get(pool) != state:
+                changed[pool] = state
+            why = reason.split(" +")[0]  # what raises it, not by how much (a ramp changes that every round)
+            if self.logged.get(pool) != why:
+                self.logged[pool] = why
+                log.info("refill.target", pool=pool, target=count, reason=reason, next_warmup=state[2])
+        if not changed:
+            return
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for pool, (count, reason, at_text) in changed.items():
+                mapping = {"target": count, "target_reason": reason, "next_warmup": at_text}
+                pipe.hset(self.keys[pool].stats, mapping=mapping)  # type: ignore[arg-type]
+            await pipe.execute()
+        self.published.update(changed)
+
+    def cap(self, pool: PoolConfig) -> int:
+        """The pool's in-flight cap across replicas: configured, or derived from the budget and the latency."""
+        return pool.max_in_flight or planner.in_flight_cap(self.config.sustained_rate, self.latency)
+
+    async def idle(self, timeout: float) -> None:
+        """Wait until an acquire ends or `timeout` seconds pass."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.wake.wait(), max(0.0, timeout))
+        self.wake.clear()
+
     async def round(self) -> int:
         """Lease and start acquires until every slot is full or leased; returns the acquires started."""
-        await self.clock.sync(self.redis)
-        slots = await self._slots()
+        slots = await self._slots(await self.plan())
         started = 0
         while not self.stopping:
             slot = planner.next_slot(slots)
@@ -105,14 +192,14 @@ class Refiller:
             started += 1
         return started
 
-    async def _slots(self) -> list[planner.Slot]:
+    async def _slots(self, targets: dict[planner.SlotKey, planner.Target]) -> list[planner.Slot]:
         slots = []
-        for pool in self.pools.values():
-            for name in pool.slots:
-                cname = queue_cname(pool, name)
-                call = functions.sweep_call(self.keys[pool.name], cname)
-                state = functions.parse_sweep(await functions.aexecute(self.redis, call))
-                slots.append(planner.Slot(pool.name, cname, pool.size, state.live))
+        for (pool, cname), target in targets.items():
+            if target.count <= 0:
+                continue
+            call = functions.sweep_call(self.keys[pool], cname)
+            state = functions.parse_sweep(await functions.aexecute(self.redis, call))
+            slots.append(planner.Slot(pool, cname, target.count, state.live))
         return slots
 
     async def _reserve(self, slot: planner.Slot) -> list[Lease]:
@@ -124,12 +211,13 @@ class Refiller:
         call = functions.reserve_call(
             self.keys[pool.name],
             queue_cname=slot.cname,
-            target=pool.size,
-            cap=pool.max_in_flight,
+            target=slot.target,
+            cap=self.cap(pool),
             want=1,
             lease_ms=self.lease_ms,
             token_base=f"{self.replica_id}:{uuid.uuid4().hex[:12]}",
             uid_candidates=candidates,
+            announced=pool.announced,
         )
         return functions.parse_reserve(await functions.aexecute(self.redis, call))
 
@@ -145,6 +233,12 @@ class Refiller:
         keys = self.keys[pool.name]
         cname = pool.expand_cname() if pool.is_template else slot
         uid = lease.uid or str(pool.uid)
+        granted_at = [0.0]
+
+        async def take() -> None:
+            await self._take(pool)
+            granted_at[0] = time.monotonic()
+
         try:
             try:
                 got = await self.acquirer.acquire(
@@ -152,7 +246,7 @@ class Refiller:
                     cname,
                     uid,
                     pool.client_request(),
-                    before_attempt=lambda: self._take(pool),
+                    before_attempt=take,
                     on_rate_limited=lambda exc: self._rate_limited(pool, keys, exc),
                     after_attempt=lambda attempt: self._attempted(pool, keys, cname, attempt),
                 )
@@ -160,6 +254,7 @@ class Refiller:
                 await self._failed(pool, keys, lease, exc)
                 return
             self.budget.succeeded()
+            self.latency += LATENCY_WEIGHT * (time.monotonic() - granted_at[0] - self.latency)
             sent_ms = self.clock.server_ms(got.sent_at)
             entry = Entry(
                 resource_id=got.resource_id,
@@ -183,9 +278,12 @@ class Refiller:
         finally:
             self.leases.pop(lease.token, None)
             self.in_flight.release()
+            self.wake.set()
 
     async def _store(self, pool: PoolConfig, keys: PoolKeys, entry: Entry, lease: Lease, cname: str | None) -> None:
-        call = functions.add_call(keys, entry, queue_cname=cname, lease=lease.token, uid=lease.uid)
+        call = functions.add_call(
+            keys, entry, queue_cname=cname, lease=lease.token, uid=lease.uid, announced=pool.announced
+        )
         # Redis may blink between acquire and store: the add is idempotent, so retry while the entry lives.
         retrying = AsyncRetrying(
             stop=stop_after_delay(min(30.0, pool.max_age)),

@@ -1,6 +1,8 @@
-"""The daemon: wires config, Redis, the Agora client, the budget and the refiller, and runs them on APScheduler.
+"""The daemon: wires config, Redis, the Agora client, the budget and the refiller, and runs them.
 
-APScheduler is only a local ticker (refill rounds, heartbeat, metadata); every replica is the same and all
+The refill runs as one continuous loop (a round, then a wait for an acquire to end, a tick, or the next
+warm-up instant), so the budget, not a round per tick, sets the rate. APScheduler is only a local ticker for
+the periodic jobs (heartbeat, metadata, demand history); every replica is the same and all
 coordination happens in Redis, so replicas can be added or killed at any time. Redis outages slow the daemon
 down (jobs skip with a growing backoff) and never stop it; when Redis comes back, empty or not, the function
 library is loaded again on first use and the pools' metadata republished.
@@ -26,25 +28,30 @@ from ridpool import functions
 from ridpool import keys as keyspace
 from ridpool.aio import AsyncPoolClient
 from ridpool.daemon.agora import AcquireClient
+from ridpool.daemon.announcements import Announcements
 from ridpool.daemon.backoff import doubling
 from ridpool.daemon.clock import ServerClock
 from ridpool.daemon.config import Config, Credentials
+from ridpool.daemon.demand import LearnedSource
 from ridpool.daemon.limiter import Budget
 from ridpool.daemon.metrics import Metrics, MetricsServer, Snapshot, pool_target
-from ridpool.daemon.refill import Refiller
+from ridpool.daemon.refill import Refiller, queue_cname
+from ridpool.daemon.warmups import WarmupSource
 from ridpool.errors import PoolUnavailable
 from ridpool.meta import PoolMeta, apublish
 from ridpool.stats import PoolStats
 from ridpool.version import installed
 
 log = structlog.get_logger("ridpool.daemon")
+# Demand history is kept five weeks: enough to see a weekly schedule recur, and counters only (no IDs).
+HISTORY_RETENTION_MS = 35 * 86_400_000
 
 
 @dataclass(frozen=True, slots=True)
 class Timing:
     """Every interval the daemon keeps; tests shrink them instead of sleeping."""
 
-    tick: float = 1.0  # between refill rounds
+    tick: float = 1.0  # the longest wait between refill rounds (a round also follows every finished acquire)
     heartbeat: float = 2.0  # a replica is shown live for 3 heartbeats after its last
     publish: float = 10.0  # republishing pool metadata (restores it after Redis lost it)
     grace: float = 3.0  # at shutdown, how long in-flight acquires may still finish
@@ -52,6 +59,9 @@ class Timing:
     redis_backoff_cap: float = 8.0  # longest pause between attempts to reach a Redis that is down
     lease: float = 15.0  # how long a lease holds unless renewed (every heartbeat): a dead replica's lapse after it
     observe: float = 5.0  # between two looks at every pool's state, for /metrics and the `pool.summary` events
+    sample: float = 15.0  # between attempts to write a step of demand history (one replica writes each step)
+    history_step: float = 60.0  # one step of demand history
+    warmup_shift: float = 0.0  # seconds added to server time to compute warm-up instants (tests move them near)
 
 
 class Daemon:
@@ -86,6 +96,11 @@ class Daemon:
             config.agora.rate_limit,
             jitter=config.agora.jitter,
         )
+        pool_keys = {p.name: keyspace.pool_keys(self.prefix, p.name) for p in config.pools}
+        self.step_ms = round(self.timing.history_step * 1000)
+        self.warmups = WarmupSource(
+            self.redis, config.pools, pool_keys, shift_ms=round(self.timing.warmup_shift * 1000)
+        )
         self.refiller = Refiller(
             self.redis,
             config,
@@ -95,6 +110,12 @@ class Daemon:
             replica_id=self.replica_id,
             lease_seconds=self.timing.lease,
             metrics=self.metrics,
+            sources=[
+                self.warmups,
+                LearnedSource(self.redis, config.pools, pool_keys, step_ms=self.step_ms),
+                Announcements(self.redis, config),
+            ],
+            next_instant=self.warmups.next_instant,
         )
         self.started_at = time.time()
         self.redis_down_since: float | None = None
@@ -177,13 +198,41 @@ class Daemon:
                 if stats.known:  # not yet published (the first round after a start): nothing to sum up
                     log.info("pool.summary", **summary(stats))
 
+    async def sample(self) -> None:
+        """One step of every pool's demand history (the first replica in a step writes it)."""
+        with functions.reaching(self.redis):
+            for pool in self.config.pools:
+                keys = keyspace.pool_keys(self.prefix, pool.name)
+                queues = [queue_cname(pool, c) for c in pool.slots]
+                call = functions.sample_call(keys, queues, step_ms=self.step_ms, retention_ms=HISTORY_RETENTION_MS)
+                await functions.aexecute(self.redis, call)
+
+    async def refill_loop(self) -> None:
+        """Rounds back to back: each after an acquire ends, a tick, or just before a warm-up instant."""
+        while not self.refiller.stopping:
+            await self._guarded("refill", self.refill)
+            wait = self.timing.tick
+            wake = self.warmups.wake_ms(self.clock.server_ms(time.monotonic()))
+            if wake is not None:
+                wait = min(wait, (wake - self.clock.server_ms(time.monotonic())) / 1000)
+            await self.refiller.idle(wait)
+
     async def publish(self) -> None:
+        self.refiller.published.clear()  # the target fields are written again with the next round
         await self.clock.sync(self.redis)
         now = self.clock.server_ms(time.monotonic())
         with functions.reaching(self.redis):
             for pool in self.config.pools:
                 meta = PoolMeta(
-                    pool.name, pool.appid, None if pool.is_template else pool.slots, pool.size, pool.max_age, now
+                    pool.name,
+                    pool.appid,
+                    None if pool.is_template else pool.slots,
+                    pool.size,
+                    pool.max_age,
+                    now,
+                    announced=pool.announced,
+                    scene=pool.scene,
+                    grace=pool.announce_grace,
                 )
                 await apublish(self.redis, keyspace.pool_keys(self.prefix, pool.name), meta)
 
@@ -231,7 +280,7 @@ class Daemon:
         jobs = [
             ("publish", self.publish, self.timing.publish),
             ("heartbeat", self.heartbeat, self.timing.heartbeat),
-            ("refill", self.refill, self.timing.tick),
+            ("sample", self.sample, self.timing.sample),
         ]
         if self.config.metrics is not None or self.config.logs.summary_interval:
             jobs.append(("observe", self.observe, self.timing.observe))
@@ -255,6 +304,7 @@ class Daemon:
             )
         scheduler.start()
         self.running = True
+        loop = asyncio.create_task(self.refill_loop(), name="refill")
         try:
             await stop.wait()
         finally:
@@ -262,6 +312,8 @@ class Daemon:
             log.info("daemon.stopping", replica=self.replica_id, in_flight=len(self.refiller.tasks))
             self.refiller.stopping = True  # a round still running leases nothing more
             scheduler.shutdown(wait=False)
+            loop.cancel()
+            await asyncio.gather(loop, return_exceptions=True)
             abandoned = await self.refiller.stop(self.timing.grace)
             await self._leave()
             await self.http.aclose()

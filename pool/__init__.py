@@ -13,18 +13,24 @@ from ridpool.aio import AsyncPoolClient
 from ridpool.client import PoolClient
 from ridpool.entry import Entry
 from ridpool.errors import (
+    AcquireFailed,
     CnameNotServed,
     ConfigError,
     CorruptEntry,
     InvalidArgument,
+    MissingExtra,
+    NotAnnounced,
     PoolEmpty,
     PoolUnavailable,
     RidpoolError,
     UnknownPool,
 )
+from ridpool.functions import Announced
 from ridpool.stats import ChannelStats, PoolStats
 
 __all__ = [
+    "AcquireFailed",
+    "Announced",
     "AsyncPoolClient",
     "ChannelStats",
     "CnameNotServed",
@@ -32,6 +38,8 @@ __all__ = [
     "CorruptEntry",
     "Entry",
     "InvalidArgument",
+    "MissingExtra",
+    "NotAnnounced",
     "PoolClient",
     "PoolEmpty",
     "PoolStats",

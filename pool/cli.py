@@ -1,12 +1,13 @@
 """The `ridpool` command: parse, configure logging, call one library function, map the outcome to an exit code.
 
-Only the starter-side commands (pop, status) run on the base install; the daemon's commands import the daemon
+Only the starter-side commands (pop, announce, status) run on the base install; the daemon's commands import the daemon
 inside themselves, so `ridpool pop` pays for no module it does not use, and say which extra to install when it is
 missing.
 
 Exit codes (the README lists them): 0 done; 1 unexpected failure; 2 invalid configuration or arguments;
-3 the pool has nothing fresh enough; 4 unknown pool or a channel the pool does not serve; 5 Redis unreachable;
-6 `status --check` found a pool not ok or no live replica.
+3 the pool has nothing fresh enough; 4 unknown pool or a channel the pool does not serve (or, for announce, a pool
+that takes no announcements); 5 Redis unreachable; 12 an acquire on the spot (pop --or-acquire) failed;
+13 `status --check` found a pool not ok or no live replica.
 """
 
 from __future__ import annotations
@@ -20,15 +21,19 @@ import os
 import signal
 import sys
 from collections.abc import Callable, Sequence
+from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from ridpool import channels, functions, plans
 from ridpool.client import PoolClient
 from ridpool.errors import (
+    AcquireFailed,
     CnameNotServed,
     ConfigError,
     InvalidArgument,
     MissingExtra,
+    NotAnnounced,
     PoolEmpty,
     PoolUnavailable,
     RidpoolError,
@@ -40,15 +45,18 @@ from ridpool.version import installed
 if TYPE_CHECKING:
     from ridpool.daemon.config import Config
 
-EXIT_OK, EXIT_FAILURE, EXIT_INVALID, EXIT_EMPTY, EXIT_UNKNOWN, EXIT_REDIS, EXIT_UNHEALTHY = 0, 1, 2, 3, 4, 5, 6
+EXIT_OK, EXIT_FAILURE, EXIT_INVALID, EXIT_EMPTY, EXIT_UNKNOWN, EXIT_REDIS = 0, 1, 2, 3, 4, 5
+EXIT_ACQUIRE, EXIT_UNHEALTHY = 12, 13
 _EXITS: list[tuple[type[RidpoolError], int]] = [
     (ConfigError, EXIT_INVALID),
     (InvalidArgument, EXIT_INVALID),
     (PoolEmpty, EXIT_EMPTY),
     (UnknownPool, EXIT_UNKNOWN),
     (CnameNotServed, EXIT_UNKNOWN),
+    (NotAnnounced, EXIT_UNKNOWN),
     (PoolUnavailable, EXIT_REDIS),
     (Unhealthy, EXIT_UNHEALTHY),
+    (AcquireFailed, EXIT_ACQUIRE),
 ]
 
 
@@ -80,6 +88,27 @@ def _number(name: str, low: float, high: float, *, high_included: bool = False) 
     return parse
 
 
+def _instant(text: str) -> datetime | float:
+    """--at: '+SECONDS' from now, or an ISO-8601 instant with its offset (a local time would be ambiguous)."""
+    if text.startswith("+"):
+        return _number("--at", 0, plans.MAX_LEAD, high_included=True)(text[1:])
+    try:
+        at = datetime.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"--at must be ISO-8601 with an offset (2026-11-26T09:00:00+01:00) or +SECONDS, got {text!r}"
+        ) from None
+    if at.tzinfo is None:
+        raise argparse.ArgumentTypeError(f"--at needs a UTC offset (such as +00:00 or Z), got {text!r}")
+    return at
+
+
+def _count(text: str) -> int:
+    if not text.isdigit() or not 1 <= int(text) <= functions.MAX_COUNT:
+        raise argparse.ArgumentTypeError(f"--count must be an integer from 1 to {functions.MAX_COUNT}, got {text!r}")
+    return int(text)
+
+
 def _redis_source(parser: argparse.ArgumentParser, required: bool) -> None:
     group = parser.add_mutually_exclusive_group(required=required)
     group.add_argument("-c", "--config", type=Path, help="the daemon's TOML config (its [redis] section is used)")
@@ -107,7 +136,21 @@ def build_parser() -> argparse.ArgumentParser:
     pop.add_argument(
         "--wait", type=_number("--wait", 0, 300, high_included=True), default=0.0, help="block up to S seconds"
     )
+    pop.add_argument(
+        "--or-acquire",
+        action="store_true",
+        help="when the pool has nothing, acquire on the spot within the shared budget (needs -c and the daemon extra)",
+    )
     _redis_source(pop, required=True)
+
+    announce = sub.add_parser("announce", help="announce a channel to be recorded at an instant")
+    announce.add_argument("pool")
+    announce.add_argument("--cname", required=True, help="the channel that will be recorded")
+    announce.add_argument(
+        "--at", required=True, type=_instant, help="ISO-8601 with an offset (2026-11-26T09:00:00+01:00) or +SECONDS"
+    )
+    announce.add_argument("--count", type=_count, default=1, help="entries to have ready then (default 1)")
+    _redis_source(announce, required=True)
 
     status = sub.add_parser("status", help="pools, counters and live replicas")
     _redis_source(status, required=False)
@@ -166,8 +209,21 @@ def _client(args: argparse.Namespace, config: Config | None = None) -> PoolClien
 
 
 def cmd_pop(args: argparse.Namespace) -> int:
-    with _client(args) as client:
-        entry = client.pop(args.pool, cname=args.cname, min_ttl=args.min_ttl, wait=args.wait)
+    if args.or_acquire:
+        if args.config is None:
+            raise InvalidArgument("--or-acquire needs -c FILE: the daemon's config says how to acquire for the pool")
+        config = _load_config(args.config)
+        from ridpool.daemon import log
+
+        # Events to stderr (stdout is the entry's JSON), warnings and errors only, scrubbed of the secret.
+        log.configure(secrets=[os.environ.get("AGORA_CUSTOMER_SECRET", "")], level="warning")
+        if args.prefix:
+            config = config.model_copy(update={"redis": config.redis.model_copy(update={"key_prefix": args.prefix})})
+        with PoolClient.from_config(config) as client:
+            entry = client.pop_or_acquire(args.pool, cname=args.cname, min_ttl=args.min_ttl, wait=args.wait)
+    else:
+        with _client(args) as client:
+            entry = client.pop(args.pool, cname=args.cname, min_ttl=args.min_ttl, wait=args.wait)
     print(
         json.dumps(
             {
@@ -176,11 +232,33 @@ def cmd_pop(args: argparse.Namespace) -> int:
                 "cname": entry.cname,
                 "uid": entry.uid,
                 "pool": entry.pool,
-                "expiresIn": entry.expires_in,
+                "expiresIn": round((entry.expires_in or 0.0) * 1000),  # ms, as the FCALL reply
                 "sentAt": entry.sent_at_ms,
                 "expiresAt": entry.expires_at_ms,
                 "requestId": entry.request_id,
+                "source": entry.source,
             }
+        )
+    )
+    return EXIT_OK
+
+
+def cmd_announce(args: argparse.Namespace) -> int:
+    config = _load_config(args.config) if args.config is not None else None
+    if config is not None:
+        # The config knows the pool: say what is wrong before touching Redis.
+        pool = next((p for p in config.pools if p.name == args.pool), None)
+        if pool is None:
+            raise UnknownPool(f"pool {args.pool!r} is not in {args.config}")
+        if not pool.announced:
+            raise NotAnnounced(f"pool {args.pool!r} does not take announcements (set announced = true)")
+        if why := channels.problem(args.cname, pool.scene):
+            raise InvalidArgument(f"pool {args.pool!r}: cname {args.cname!r} {why}")
+    with _client(args, config) as client:
+        done = client.announce(args.pool, args.cname, at=args.at, count=args.count)
+    print(
+        json.dumps(
+            {"pool": args.pool, "cname": done.cname, "at": done.at_ms, "until": done.until_ms, "count": args.count}
         )
     )
     return EXIT_OK
@@ -207,7 +285,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     config = _load_config(args.config)
     for warning in config.warnings:
         print(f"warning: {warning}", file=sys.stderr)
-    names = ", ".join(f"{p.name} ({len(p.slots)}x{p.size})" for p in config.pools)
+    names = ", ".join(f"{p.name} ({'announced' if p.announced else f'{len(p.slots)}x{p.size}'})" for p in config.pools)
     print(f"{args.config}: valid; pools: {names}")
     return EXIT_OK
 
@@ -272,6 +350,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "run": cmd_run,
     "check-config": cmd_check_config,
     "pop": cmd_pop,
+    "announce": cmd_announce,
     "status": cmd_status,
     "simulate": cmd_simulate,
     "demo": cmd_demo,

@@ -1,50 +1,56 @@
-"""The synchronous client recording starters import: `PoolClient.pop`, `PoolClient.stats`."""
+"""The synchronous client recording starters import: `PoolClient.pop`, `PoolClient.stats`.
+
+Each method drives a plan of `plans` with `functions.run`; `AsyncPoolClient` drives the same plans.
+"""
 
 from __future__ import annotations
 
-import time
-from typing import Any
+import contextlib
+import os
+import threading
+from collections.abc import Iterator
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
 
 import redis
 import redis.asyncio
-from ridpool import functions, stats
+from ridpool import functions, ondemand, plans, stats
 from ridpool.entry import Entry
-from ridpool.errors import InvalidArgument, PoolEmpty
+from ridpool.functions import Announced
 from ridpool.keys import check_prefix, pool_keys, registry
 
-# A waiting pop blocks on its queue's wake-up list in slices, so it also notices entries added by paths that
-# did not signal and never blocks longer than the socket timeout allows.
-WAIT_SLICE = 1.0
+if TYPE_CHECKING:
+    from ridpool.daemon.config import Config
+    from ridpool.daemon.ondemand import OnDemand
 
 
-def wait_slice(client: redis.Redis | redis.asyncio.Redis) -> float:
-    """How long one BLPOP of a waiting pop may block: well under the socket timeout, or the read would time out.
-
-    Redis checks blocked clients' timeouts about every 100 ms, so a BLPOP can answer that much late.
-    """
+def socket_timeout(client: redis.Redis | Any) -> float | None:
     timeout = client.connection_pool.connection_kwargs.get("socket_timeout")
-    if timeout is None:
-        return WAIT_SLICE
-    return max(0.01, min(WAIT_SLICE, float(timeout) / 2, float(timeout) - 0.15))
-
-
-def check_wait(wait: float) -> float:
-    if not (isinstance(wait, int | float) and 0 <= wait <= 300):
-        raise InvalidArgument(f"wait must be a number of seconds from 0 to 300, got {wait!r}")
-    return float(wait)
+    return None if timeout is None else float(timeout)
 
 
 class PoolClient:
     """Pops entries from the pools a ridpool daemon keeps in Redis. Thread-safe (redis-py's connection pool)."""
 
-    def __init__(self, client: redis.Redis, *, prefix: str = "ridpool") -> None:
+    def __init__(self, client: redis.Redis, *, prefix: str = "ridpool", config: Config | None = None) -> None:
         self.redis = client
         self.prefix = check_prefix(prefix)
-        self._slice = wait_slice(client)
+        self.config = config  # the daemon's config: what pop_or_acquire acquires with
+        self._slice = plans.wait_slice(socket_timeout(client))
+        self._ondemand: tuple[ondemand.Background, OnDemand] | None = None
+        self._lock = threading.Lock()
 
     @classmethod
     def from_url(cls, url: str, *, prefix: str = "ridpool", **kwargs: Any) -> PoolClient:
         return cls(redis.Redis.from_url(url, **functions.connection_defaults(kwargs, asyncio=False)), prefix=prefix)
+
+    @classmethod
+    def from_config(cls, config: Config | str | os.PathLike[str], **kwargs: Any) -> PoolClient:
+        """A client for the Redis and key prefix of the daemon's config, able to `pop_or_acquire` (daemon extra)."""
+        config = ondemand.load(config)
+        kwargs.setdefault("socket_timeout", config.redis.socket_timeout)
+        client = redis.Redis.from_url(config.redis.url, **functions.connection_defaults(kwargs, asyncio=False))
+        return cls(client, prefix=config.redis.key_prefix, config=config)
 
     def pop(self, pool: str, *, cname: str | None = None, min_ttl: float = 0.0, wait: float = 0.0) -> Entry:
         """Take the oldest entry with at least `min_ttl` seconds left, waiting up to `wait` seconds for one.
@@ -52,53 +58,83 @@ class PoolClient:
         Raises PoolEmpty when none came, UnknownPool / CnameNotServed for a pool or channel nobody configured,
         PoolUnavailable when Redis cannot be reached.
         """
-        keys = pool_keys(self.prefix, pool)
-        wait = check_wait(wait)
-        deadline = time.monotonic() + wait
-        while True:
-            last = time.monotonic() >= deadline
-            call = functions.pop_call(keys, cname, min_ttl, record_miss=last)
-            entry = functions.parse_pop(functions.execute(self.redis, call))
-            if entry is not None:
-                return entry
-            if last:
-                raise PoolEmpty(f"pool {pool!r} has no entry with {min_ttl:g} s left" + _for(cname))
-            remaining = deadline - time.monotonic()
-            if remaining > 0:
-                self._block(keys.ready(cname), min(remaining, self._slice))
+        plan = plans.pop(pool_keys(self.prefix, pool), cname, min_ttl, wait, slice_seconds=self._slice)
+        return functions.run(self.redis, plan)
 
-    def _block(self, key: str, seconds: float) -> None:
-        with functions.reaching(self.redis):
-            self.redis.blpop([key], timeout=max(seconds, 0.01))
+    def announce(self, pool: str, cname: str, *, at: datetime | float, count: int = 1) -> Announced:
+        """Announce that channel `cname` of an announced pool is to be recorded at `at` (an aware datetime, or
+        seconds from now): the daemon acquires `count` entries to be ready then; `pop(pool, cname=cname)` takes them.
+
+        Raises InvalidArgument for a channel name Agora would refuse or an `at` more than 7 days ahead,
+        UnknownPool, NotAnnounced for a pool that does not take announcements, PoolUnavailable.
+        """
+        return functions.run(self.redis, plans.announce(pool_keys(self.prefix, pool), cname, at, count))
+
+    def pop_or_acquire(self, pool: str, *, cname: str | None = None, min_ttl: float = 0.0, wait: float = 0.0) -> Entry:
+        """`pop`, or when the pool has nothing fresh enough, an ID acquired now by ridpool's own Agora client
+        within the account's shared budget (credentials from AGORA_CUSTOMER_ID / AGORA_CUSTOMER_SECRET).
+        `entry.source` says which: "pool" or "acquired". Needs `from_config` and the daemon extra.
+
+        Raises what `pop` raises, and the Agora client's AcquireError (a RidpoolError) when the acquire fails.
+        """
+        loop, acquirer = self._acquirer()
+        return loop.run(acquirer.pop_or_acquire(pool, cname=cname, min_ttl=min_ttl, wait=wait))
+
+    def _acquirer(self) -> tuple[ondemand.Background, OnDemand]:
+        with self._lock:
+            if self._ondemand is None:
+                config = ondemand.check_config(self.config)
+                ondemand.check_extra()
+                loop = ondemand.Background()
+                kwargs = functions.connection_defaults({"socket_timeout": config.redis.socket_timeout}, asyncio=True)
+
+                async def build() -> OnDemand:
+                    return ondemand.make(config, redis.asyncio.Redis.from_url(config.redis.url, **kwargs))
+
+                try:
+                    self._ondemand = (loop, loop.run(build()))
+                except BaseException:
+                    loop.close()
+                    raise
+            return self._ondemand
+
+    def take(self, *, rate: float | None = None, account: str | None = None) -> float:
+        """Wait for one request's grant from the account's shared budget, the one the daemon's acquires draw from
+        (`ridpool_take`); returns the seconds waited. A client made by `from_config` knows the account and rate;
+        otherwise give the daemon's `agora.rate_limit` (and `agora.account` when it is not "default").
+        """
+        b = ondemand.budget(self.config, self.prefix, rate=rate, account=account)
+        return functions.run(self.redis, plans.take(b.keys, limit=b.limit, window_ms=b.window_ms))
+
+    @contextlib.contextmanager
+    def budget(self, *, rate: float | None = None, account: str | None = None) -> Iterator[float]:
+        """`with client.budget(): recorder.start(...)`: the call inside runs once the shared budget grants it,
+        so a starter's own start/query/stop calls and the daemon's acquires together stay within Agora's limit.
+        Yields the seconds waited.
+        """
+        yield self.take(rate=rate, account=account)
 
     def report(self, entry: Entry, *, ok: bool, code: int | str | None = None) -> float:
         """Tell how `start` went with a popped entry (Agora's error code on failure); returns its age in seconds.
 
         Counted by the entry's age, so that `stats().starts` shows failure rates by age.
         """
-        call = functions.report_call(pool_keys(self.prefix, entry.pool), entry, ok=ok, code=code)
-        return int(functions.execute(self.redis, call)) / 1000
+        return functions.run(self.redis, plans.report(pool_keys(self.prefix, entry.pool), entry, ok=ok, code=code))
 
     def stats(self, pool: str) -> stats.PoolStats:
-        keys = pool_keys(self.prefix, pool)
-        with functions.reaching(self.redis):
-            first = self._pipeline(stats.first_round(keys))
-            second = self._pipeline(stats.second_round(keys, first))
-        return stats.build(keys, first, second)
+        return functions.run(self.redis, plans.pool_stats(pool_keys(self.prefix, pool)))
 
     def pools(self) -> list[str]:
         """Names of every pool a daemon has published under this prefix."""
-        with functions.reaching(self.redis):
-            names = self.redis.smembers(registry(self.prefix))
-        return sorted(functions.text(n) for n in names)
-
-    def _pipeline(self, commands: list[tuple[str, ...]]) -> list[Any]:
-        pipe = self.redis.pipeline(transaction=False)
-        for command in commands:
-            pipe.execute_command(*command)  # type: ignore[no-untyped-call]
-        return pipe.execute()
+        return functions.run(self.redis, plans.pools(registry(self.prefix)))
 
     def close(self) -> None:
+        if self._ondemand is not None:
+            loop, acquirer = self._ondemand
+            loop.run(acquirer.aclose())
+            loop.run(acquirer.redis.aclose())  # its own connection, made on the background loop
+            loop.close()
+            self._ondemand = None
         self.redis.close()
 
     def __enter__(self) -> PoolClient:
@@ -106,7 +142,3 @@ class PoolClient:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-def _for(cname: str | None) -> str:
-    return f" for cname {cname!r}" if cname else ""

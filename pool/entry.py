@@ -29,13 +29,15 @@ class Entry:
     expires_at_ms: int  # server time it stops being offered (sent_at + the pool's max_age)
     request_id: str  # Agora's X-Request-Id of the acquire, for support tickets
     expires_in: float | None = None
+    # Where a starter got it: "pool" (popped), or "acquired" on the spot by pop_or_acquire. Not stored.
+    source: str = "pool"
 
     def __repr__(self) -> str:
         # IDs are long; a short repr keeps logs readable.
         rid = self.resource_id if len(self.resource_id) <= 16 else self.resource_id[:12] + "..."
         return (
             f"Entry(pool={self.pool!r}, cname={self.cname!r}, uid={self.uid!r}, resource_id={rid!r}, "
-            f"expires_in={self.expires_in!r})"
+            f"expires_in={self.expires_in!r}, source={self.source!r})"
         )
 
 

@@ -23,6 +23,10 @@ class CnameNotServed(RidpoolError):
     """The pool does not serve the requested channel, or needs one named."""
 
 
+class NotAnnounced(RidpoolError):
+    """The pool does not take announcements (only pools configured with `announced = true` do)."""
+
+
 class PoolUnavailable(RidpoolError):
     """Redis could not be reached or answered with an error; nothing was popped."""
 
@@ -41,6 +45,10 @@ class InvalidArgument(RidpoolError, ValueError):
 
 class CorruptEntry(RidpoolError):
     """Bytes that should hold an entry do not decode as one of a known version."""
+
+
+class AcquireFailed(RidpoolError):
+    """An acquire made on the spot (pop_or_acquire) brought no ID: Agora refused it, or retries ran out."""
 
 
 class MissingExtra(RidpoolError):

@@ -70,6 +70,10 @@ local function take_entry(keys, args)
     end
   elseif cname == '' then
     return nil, redis.error_reply('CNAME_REQUIRED this pool serves named channels; pop with the cname to record')
+  elseif mode == 'announced' then
+    if not (keys[4] and redis.call('ZSCORE', keys[4], cname)) and redis.call('EXISTS', queue) == 0 then
+      return nil, redis.error_reply('CNAME_NOT_SERVED this channel was not announced (or its announcement ended)')
+    end
   elseif not known[2] then
     return nil, redis.error_reply('CNAME_NOT_SERVED this pool does not serve that channel')
   end
@@ -115,6 +119,7 @@ ridpool_pop: hand out the oldest entry that still has at least min_ttl to live; 
 KEYS[1] meta   PREFIX:{POOL}:meta
 KEYS[2] stats  PREFIX:{POOL}:stats
 KEYS[3] queue  PREFIX:{POOL}:q (template pool) or PREFIX:{POOL}:q:<cname> (named channel)
+KEYS[4] ann    PREFIX:{POOL}:ann (only read for an `announced` pool; may be left out for the others)
 ARGV[1] cname        '' for a template pool, else the channel to pop for
 ARGV[2] min_ttl_ms   the least remaining life the caller accepts (integer ms, >= 0)
 ARGV[3] record_miss  '1' to count an empty answer as a miss ('0' for the early tries of a waiting pop)
@@ -150,11 +155,13 @@ end
 --[[
 ridpool_add: store one acquired entry, once; release the lease it was acquired under.
 KEYS[1] stats     KEYS[2] ledger    KEYS[3] queue    KEYS[4] ready    KEYS[5] inflight    KEYS[6] uids
+KEYS[7] ann:left  (optional) PREFIX:{POOL}:ann:left: an entry for an announced channel uses up one of its count
 ARGV[1] entry     msgpack entry (see the top of this file); its expiresAt is ARGV[3]
 ARGV[2] resourceId
 ARGV[3] expires_at_ms  server time at which the entry stops being offered
 ARGV[4] lease token ('' for none)
 ARGV[5] uid to hold in the uids zset until the entry expires ('' when the pool's uid is fixed)
+ARGV[6] the announced channel (with KEYS[7])
 Reply: 'ADDED'; 'EXISTS' (this very entry is already queued: a retried add); 'REFUSED' (the ID was added
 before and popped or replaced: never offered twice); 'EXPIRED' (already past its time: not stored).
 ]]
@@ -194,6 +201,9 @@ local function add(keys, args)
     expire_with_top(uids)
   end
   redis.call('HINCRBY', stats, 'added', 1)
+  if keys[7] and redis.call('HEXISTS', keys[7], args[6]) == 1 then
+    redis.call('HINCRBY', keys[7], args[6], -1)
+  end
   -- Wake one waiting pop; the list is kept short so idle pools do not pile up stale tokens.
   redis.call('RPUSH', ready, '1')
   redis.call('LTRIM', ready, -16, -1)
@@ -214,6 +224,7 @@ end
 --[[
 ridpool_reserve: lease acquires for one channel of a pool, up to what it lacks, so that replicas never overfill.
 KEYS[1] queue     KEYS[2] inflight    KEYS[3] uids    KEYS[4] hold (set while the pool backs off)
+KEYS[5] ann:left  (optional) for an announced channel: leases never exceed what its announcement still lacks
 ARGV[1] slot         the channel ('' for a template pool); leases are counted per slot and capped per pool
 ARGV[2] target       entries to keep ready in this slot
 ARGV[3] cap          acquires in flight for the whole pool, across replicas
@@ -257,6 +268,10 @@ local function reserve(keys, args)
     return again
   end
   local n = math.min(target - redis.call('ZCARD', queue) - mine, cap - #leases, want)
+  if keys[5] then
+    -- An announced channel: never more than its announcement still lacks (a plan made before a pop is stale).
+    n = math.min(n, tonumber(redis.call('HGET', keys[5], slot) or '0') - mine)
+  end
   local out = {}
   if n <= 0 then
     return out
@@ -398,6 +413,217 @@ local function report(keys, args)
   return age
 end
 
+-- Announcements: channels named at run time, to be ready at an instant. They hold no ID: three small keys of the
+-- pool (ann: cname -> until, ann:at: cname -> at, ann:left: cname -> entries still to acquire), all expiring
+-- with the last announcement's end.
+local MAX_LEAD_MS = 7 * 24 * 3600 * 1000
+local CHANNEL = '^[%w !#%$%%&%(%)%+%-:;<=%.>%?@%[%]%^_{}|~,]+$' -- Agora's channel-name characters
+
+local function expire_announcements(ann, at, left)
+  local top = redis.call('ZRANGE', ann, -1, -1, 'WITHSCORES')
+  if top[2] then
+    redis.call('PEXPIREAT', ann, top[2])
+    redis.call('PEXPIREAT', at, top[2])
+    redis.call('PEXPIREAT', left, top[2])
+  else
+    redis.call('DEL', ann, at, left)
+  end
+end
+
+-- Forget the announcements that have ended.
+local function end_announcements(ann, at, left, now)
+  local ended = redis.call('ZRANGEBYSCORE', ann, '-inf', now)
+  if #ended > 0 then
+    redis.call('ZREM', ann, unpack(ended))
+    redis.call('ZREM', at, unpack(ended))
+    redis.call('HDEL', left, unpack(ended))
+    expire_announcements(ann, at, left)
+  end
+end
+
+--[[
+ridpool_announce: announce that channel CNAME of an `announced` pool is to be recorded at AT: the daemon
+acquires COUNT entries for it to be ready then. Announcing a channel again replaces its announcement.
+KEYS[1] meta      PREFIX:{POOL}:meta
+KEYS[2] ann       PREFIX:{POOL}:ann
+KEYS[3] ann:at    PREFIX:{POOL}:ann:at
+KEYS[4] ann:left  PREFIX:{POOL}:ann:left
+ARGV[1] cname     the channel, checked against Agora's rules for the pool's scene
+ARGV[2] at        Unix time in ms (Redis server clock), or '+MS': that many ms from now; at most 7 days ahead,
+                  and an instant already past is served as soon as possible
+ARGV[3] count     entries to have ready (1 to 1000)
+Reply: {at ms, until ms}: the instant (server ms) and the end of the announcement (at + the pool's grace);
+pops use its entries up, and one about to expire unpopped is replaced until then.
+Errors: 'UNKNOWN_POOL ...', 'NOT_ANNOUNCED ...' (the pool does not take announcements), 'BAD_CNAME ...',
+'BAD_ARGUMENT ...'.
+]]
+local function announce(keys, args)
+  local meta, ann, at_key, left = keys[1], keys[2], keys[3], keys[4]
+  local cname, when, count = args[1], args[2], tonumber(args[3])
+  local known = redis.call('HMGET', meta, 'mode', 'scene', 'grace_ms')
+  if not known[1] then
+    return redis.error_reply('UNKNOWN_POOL no daemon has published this pool')
+  end
+  if known[1] ~= 'announced' then
+    return redis.error_reply('NOT_ANNOUNCED this pool does not take announcements (configure it with announced = true)')
+  end
+  local scene = tonumber(known[2] or '0')
+  local longest = scene == 1 and 128 or 63
+  if #cname == 0 or #cname > longest then
+    return redis.error_reply('BAD_CNAME must be 1 to ' .. longest .. ' bytes for scene ' .. scene)
+  end
+  if scene ~= 1 and not string.find(cname, CHANNEL) then
+    return redis.error_reply('BAD_CNAME has characters Agora refuses in a channel name')
+  end
+  if count == nil or count ~= math.floor(count) or count < 1 or count > 1000 then
+    return redis.error_reply('BAD_ARGUMENT count must be an integer from 1 to 1000')
+  end
+  local now = now_ms()
+  local at
+  if string.sub(when, 1, 1) == '+' then
+    local delay = tonumber(string.sub(when, 2))
+    at = delay and now + delay
+  else
+    at = tonumber(when)
+  end
+  if at == nil or at ~= math.floor(at) then
+    return redis.error_reply("BAD_ARGUMENT at must be Unix ms or '+ms' from now")
+  end
+  if at > now + MAX_LEAD_MS then
+    return redis.error_reply('BAD_ARGUMENT at must be at most 7 days ahead')
+  end
+  end_announcements(ann, at_key, left, now)
+  local ends = math.max(at, now) + tonumber(known[3] or '300000')
+  redis.call('ZADD', ann, ends, cname)
+  redis.call('ZADD', at_key, at, cname)
+  redis.call('HSET', left, cname, count)
+  expire_announcements(ann, at_key, left)
+  return {at, ends}
+end
+
+--[[
+ridpool_announced: the daemon's view of announced channels, before it plans. While a channel's announcement is
+pending, an entry that would expire within AHEAD ms is retired (it counts as expired unused) and one more is to
+be acquired, so the channel keeps its count of live entries until the announcement ends; popped entries are not
+replaced.
+KEYS[1] ann       KEYS[2] ann:at    KEYS[3] ann:left
+KEYS[4..] the channels' queues, PREFIX:{POOL}:q:<cname>, in the order of ARGV[2..]
+ARGV[1] ahead ms  ARGV[2..] the channels
+Reply: {server now ms, then per channel: live entries, left to acquire, at ms, until ms}; left, at and until
+are -1 for a channel with no pending announcement.
+]]
+local function announced(keys, args)
+  local ann, at_key, left = keys[1], keys[2], keys[3]
+  local ahead = tonumber(args[1])
+  local now = now_ms()
+  end_announcements(ann, at_key, left, now)
+  local out = {now}
+  for i = 2, #args do
+    local cname, queue = args[i], keys[i + 2]
+    purge_dead(queue, now)
+    local ends = tonumber(redis.call('ZSCORE', ann, cname) or '-1')
+    if ends >= 0 then
+      local retired = redis.call('ZREMRANGEBYSCORE', queue, '-inf', math.min(now + ahead, ends))
+      if retired > 0 then
+        expire_with_top(queue)
+        redis.call('HINCRBY', left, cname, retired)
+      end
+    end
+    out[#out + 1] = redis.call('ZCARD', queue)
+    out[#out + 1] = ends < 0 and -1 or tonumber(redis.call('HGET', left, cname) or '0')
+    out[#out + 1] = ends < 0 and -1 or tonumber(redis.call('ZSCORE', at_key, cname) or '-1')
+    out[#out + 1] = ends
+  end
+  return out
+end
+
+--[[
+ridpool_announcements: every pending announcement of a pool (the daemon plans with it, `status` shows it).
+KEYS[1] ann       KEYS[2] ann:at    KEYS[3] ann:left
+Reply: {server now ms, cname, at ms, until ms, left, cname, ...} ordered by at.
+]]
+local function announcements(keys, args)
+  local now = now_ms()
+  end_announcements(keys[1], keys[2], keys[3], now)
+  local out = {now}
+  local by_at = redis.call('ZRANGE', keys[2], 0, -1, 'WITHSCORES')
+  for i = 1, #by_at, 2 do
+    local cname = by_at[i]
+    out[#out + 1] = cname
+    out[#out + 1] = tonumber(by_at[i + 1])
+    out[#out + 1] = tonumber(redis.call('ZSCORE', keys[1], cname))
+    out[#out + 1] = tonumber(redis.call('HGET', keys[3], cname) or '0')
+  end
+  return out
+end
+
+--[[
+ridpool_sample: write one step (a minute) of a pool's demand history: what was added, popped, missed and
+expired unused since the last sample. Counters only, never an ID. The first caller in a step writes it; any
+other replica calling in the same step gets -1, so replicas need no election of their own.
+KEYS[1] stats     PREFIX:{POOL}:stats
+KEYS[2] history   PREFIX:{POOL}:history (hash: '<step>' -> 'added pops misses expired'; 'last', 'at:*' snapshot)
+KEYS[3..] the pool's queues (live entries are not expired ones)
+ARGV[1] step_ms       60000 (a minute); tests use shorter steps
+ARGV[2] retention_ms  how long the history is kept (the key's TTL; the step that old is dropped)
+Reply: the step written (server ms / step_ms, floored), or -1 when this step was already written.
+]]
+local function sample(keys, args)
+  local stats, history = keys[1], keys[2]
+  local step, retention = tonumber(args[1]), tonumber(args[2])
+  local now = now_ms()
+  local index = math.floor(now / step)
+  local last = tonumber(redis.call('HGET', history, 'last') or -1)
+  if last >= index then
+    return -1
+  end
+  local live = 0
+  for i = 3, #keys do
+    live = live + redis.call('ZCOUNT', keys[i], '(' .. now, '+inf')
+  end
+  local c = redis.call('HMGET', stats, 'added', 'pops', 'misses')
+  local added, pops, misses = tonumber(c[1] or 0), tonumber(c[2] or 0), tonumber(c[3] or 0)
+  local current = {added, pops, misses, math.max(0, added - pops - live)}
+  local names = {'at:added', 'at:pops', 'at:misses', 'at:expired'}
+  local before = redis.call('HMGET', history, unpack(names))
+  if before[1] then
+    local delta = {}
+    for i = 1, 4 do
+      -- A counter that went down was reset (a flushed stats hash): count from zero.
+      local d = current[i] - tonumber(before[i])
+      delta[i] = d >= 0 and d or current[i]
+    end
+    redis.call('HSET', history, tostring(index), table.concat(delta, ' '))
+  end
+  for i = 1, 4 do
+    redis.call('HSET', history, names[i], current[i])
+  end
+  redis.call('HSET', history, 'last', index)
+  redis.call('HDEL', history, tostring(index - math.floor(retention / step)))
+  redis.call('PEXPIRE', history, retention)
+  return index
+end
+
+--[[
+ridpool_hold_uid: hold a uid of a uid_range pool for an ID acquired on the spot (pop_or_acquire), so that no
+pooled entry gets the same uid while that ID can live.
+KEYS[1] uids      PREFIX:{POOL}:uids
+ARGV[1] hold ms   ARGV[2..] candidates, tried in order
+Reply: the uid held, or '' when every candidate is taken (ask again with others).
+]]
+local function hold_uid(keys, args)
+  local now = now_ms()
+  redis.call('ZREMRANGEBYSCORE', keys[1], '-inf', now)
+  for i = 2, #args do
+    if not redis.call('ZSCORE', keys[1], args[i]) then
+      redis.call('ZADD', keys[1], now + tonumber(args[1]), args[i])
+      expire_with_top(keys[1])
+      return args[i]
+    end
+  end
+  return ''
+end
+
 redis.register_function('ridpool_pop', pop)
 redis.register_function('ridpool_pop_packed', pop_packed)
 redis.register_function('ridpool_report', report)
@@ -408,6 +634,11 @@ redis.register_function('ridpool_sweep', sweep)
 redis.register_function('ridpool_take', take)
 redis.register_function('ridpool_cooldown', wait_at_least)
 redis.register_function('ridpool_hold', wait_at_least)
+redis.register_function('ridpool_announce', announce)
+redis.register_function('ridpool_announced', announced)
+redis.register_function('ridpool_announcements', announcements)
+redis.register_function('ridpool_hold_uid', hold_uid)
+redis.register_function('ridpool_sample', sample)
 redis.register_function{
   function_name = 'ridpool_version',
   callback = function() return LIBRARY_VERSION end,

@@ -1,19 +1,22 @@
 """Python side of the function library in `functions.lua`: one builder and one reply parser per function.
 
 A builder returns a `Call` (function name, KEYS, ARGV); the sync and asyncio clients execute it the same way
-(`execute` / `aexecute`), so the arguments and the reading of replies exist once. Redis error replies become
-ridpool exceptions here; a Redis that lost the library (a restart, a FUNCTION FLUSH) gets it loaded again.
+(`run` / `arun` drive one plan, see below), so the arguments and the reading of replies exist once. Redis error
+replies become ridpool exceptions here; a Redis that lost the library (a restart, a FUNCTION FLUSH) gets it
+loaded again.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import enum
 import math
-from collections.abc import Iterator, Sequence
+import time
+from collections.abc import Generator, Iterator, Sequence
 from dataclasses import dataclass
 from importlib import resources
-from typing import Any
+from typing import Any, Generic, TypeVar, cast
 
 import redis
 import redis.asyncio
@@ -25,6 +28,7 @@ from ridpool.errors import (
     CnameNotServed,
     CorruptEntry,
     InvalidArgument,
+    NotAnnounced,
     PoolUnavailable,
     RidpoolError,
     UnknownPool,
@@ -56,7 +60,7 @@ def pop_call(keys: PoolKeys, cname: str | None, min_ttl: float, *, record_miss: 
         raise InvalidArgument("cname must not be empty; leave it out to pop from a template pool")
     return Call(
         "ridpool_pop_packed",
-        (keys.meta, keys.stats, keys.queue(cname)),
+        (keys.meta, keys.stats, keys.queue(cname), keys.announced),
         (cname or "", math.ceil(min_ttl * 1000), "1" if record_miss else "0"),
     )
 
@@ -95,7 +99,10 @@ class AddResult(enum.Enum):
     EXPIRED = "EXPIRED"  # past its time already: not stored
 
 
-def add_call(keys: PoolKeys, entry: Entry, *, queue_cname: str | None, lease: str = "", uid: str = "") -> Call:
+def add_call(
+    keys: PoolKeys, entry: Entry, *, queue_cname: str | None, lease: str = "", uid: str = "", announced: bool = False
+) -> Call:
+    """`announced`: the entry was acquired for an announcement of its channel, which it uses up one of."""
     return Call(
         "ridpool_add",
         (
@@ -105,8 +112,9 @@ def add_call(keys: PoolKeys, entry: Entry, *, queue_cname: str | None, lease: st
             keys.ready(queue_cname),
             keys.inflight,
             keys.uids,
+            *((keys.announced_left,) if announced else ()),
         ),
-        (encode(entry), entry.resource_id, entry.expires_at_ms, lease, uid),
+        (encode(entry), entry.resource_id, entry.expires_at_ms, lease, uid, *((entry.cname,) if announced else ())),
     )
 
 
@@ -135,10 +143,12 @@ def reserve_call(
     lease_ms: int,
     token_base: str,
     uid_candidates: Sequence[int] = (),
+    announced: bool = False,
 ) -> Call:
+    """`announced`: the channel is an announced one; its announcement's count caps the leases."""
     return Call(
         "ridpool_reserve",
-        (keys.queue(queue_cname), keys.inflight, keys.uids, keys.hold),
+        (keys.queue(queue_cname), keys.inflight, keys.uids, keys.hold, *((keys.announced_left,) if announced else ())),
         (queue_cname or "", target, cap, want, lease_ms, token_base, *uid_candidates),
     )
 
@@ -168,6 +178,110 @@ def sweep_call(keys: PoolKeys, queue_cname: str | None) -> Call:
 def parse_sweep(reply: Any) -> QueueState:
     live, now, oldest = (int(x) for x in reply)
     return QueueState(live, now, None if oldest < 0 else oldest)
+
+
+# -- announcements ---------------------------------------------------------------------------------------
+
+MAX_COUNT = 1000
+
+
+@dataclass(frozen=True, slots=True)
+class Announced:
+    """What `ridpool_announce` recorded: the instant (server ms) and the end of the announcement (at + grace)."""
+
+    cname: str
+    at_ms: int
+    until_ms: int
+
+
+def announce_call(keys: PoolKeys, cname: str, *, at: int | str, count: int = 1) -> Call:
+    """`at`: Unix ms by the Redis server's clock, or '+MS' from now (the server's now)."""
+    if not (type(count) is int and 1 <= count <= MAX_COUNT):
+        raise InvalidArgument(f"count must be an integer from 1 to {MAX_COUNT}, got {count!r}")
+    return Call(
+        "ridpool_announce",
+        (keys.meta, keys.announced, keys.announced_at, keys.announced_left),
+        (cname, at, count),
+    )
+
+
+def parse_announce(cname: str, reply: Any) -> Announced:
+    at, until = (int(x) for x in reply)
+    return Announced(cname, at, until)
+
+
+@dataclass(frozen=True, slots=True)
+class Announcement:
+    """A pending announcement as the daemon sees it."""
+
+    cname: str
+    at_ms: int
+    until_ms: int
+    left: int  # entries still to acquire for it
+
+
+@dataclass(frozen=True, slots=True)
+class ChannelState:
+    """One announced channel's queue after `ridpool_announced` retired what was about to expire."""
+
+    cname: str
+    live: int
+    announcement: Announcement | None  # None: no pending announcement for it
+
+
+def announced_call(keys: PoolKeys, cnames: Sequence[str], *, ahead_ms: int) -> Call:
+    return Call(
+        "ridpool_announced",
+        (keys.announced, keys.announced_at, keys.announced_left, *(keys.queue(c) for c in cnames)),
+        (ahead_ms, *cnames),
+    )
+
+
+def parse_announced(cnames: Sequence[str], reply: Any) -> tuple[int, list[ChannelState]]:
+    """Server now (ms) and each channel's state, in the order asked."""
+    now, rest = int(reply[0]), [int(x) for x in reply[1:]]
+    out = []
+    for i, cname in enumerate(cnames):
+        live, left, at, until = rest[4 * i : 4 * i + 4]
+        out.append(ChannelState(cname, live, None if until < 0 else Announcement(cname, at, until, left)))
+    return now, out
+
+
+def announcements_call(keys: PoolKeys) -> Call:
+    return Call("ridpool_announcements", (keys.announced, keys.announced_at, keys.announced_left), ())
+
+
+def parse_announcements(reply: Any) -> tuple[int, list[Announcement]]:
+    """Server now (ms) and the pending announcements, by `at`."""
+    now, rest = int(reply[0]), reply[1:]
+    return now, [
+        Announcement(text(c), int(a), int(u), int(n))
+        for c, a, u, n in zip(rest[::4], rest[1::4], rest[2::4], rest[3::4], strict=True)
+    ]
+
+
+# -- demand history --------------------------------------------------------------------------------------
+
+
+def sample_call(keys: PoolKeys, queues: Sequence[str | None], *, step_ms: int, retention_ms: int) -> Call:
+    return Call(
+        "ridpool_sample",
+        (keys.stats, keys.history, *(keys.queue(c) for c in queues)),
+        (step_ms, retention_ms),
+    )
+
+
+def parse_sample(reply: Any) -> int | None:
+    """The step written, or None when another replica wrote this one."""
+    step = int(reply)
+    return None if step < 0 else step
+
+
+# -- on-demand acquires ----------------------------------------------------------------------------------
+
+
+def hold_uid_call(keys: PoolKeys, *, hold_ms: int, candidates: Sequence[int]) -> Call:
+    return Call("ridpool_hold_uid", (keys.uids,), (hold_ms, *candidates))
 
 
 # -- the shared budget -----------------------------------------------------------------------------------
@@ -203,6 +317,8 @@ _ERRORS: dict[str, type[RidpoolError]] = {
     "CNAME_NOT_SERVED": CnameNotServed,
     "BAD_ARGUMENT": InvalidArgument,
     "BAD_ENTRY": CorruptEntry,
+    "NOT_ANNOUNCED": NotAnnounced,
+    "BAD_CNAME": InvalidArgument,
 }
 
 
@@ -270,31 +386,118 @@ async def aload_library(client: redis.asyncio.Redis) -> None:
     await client.function_load(LIBRARY, replace=True)
 
 
-def execute(client: redis.Redis, call: Call) -> Any:
-    """Run a call; load the library once if Redis lost it; map failures to ridpool errors."""
-    with reaching(client):
+# -- plans and their two drivers -------------------------------------------------------------------------
+#
+# What a client does is written once, as a plan: a generator that yields Redis commands (a tuple for
+# `execute_command`, a list of tuples for a pipeline) or a `Sleep`, and is sent their replies, or thrown their
+# error replies. A plan does no I/O itself; `run` drives it with a sync client and `arun` with an asyncio one
+# (the way stamina drives one retry core from `__iter__` and `__aiter__`), so a loop, a retry or a reading of
+# replies exists once.
+
+Command = tuple[Arg | float, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Sleep:
+    """A plan's pause: the sync driver sleeps, the asyncio one awaits asyncio.sleep."""
+
+    seconds: float
+
+
+Step = Command | list[Command] | Sleep
+T = TypeVar("T")
+Plan = Generator[Step, Any, T]
+
+
+def fcall(call: Call) -> Plan[Any]:
+    """The plan of one FCALL: load the library once if Redis lost it; map error replies to ridpool errors."""
+    command: Command = ("FCALL", call.function, len(call.keys), *call.keys, *call.args)
+    try:
         try:
-            try:
-                return client.fcall(call.function, len(call.keys), *call.keys, *call.args)
-            except redis.ResponseError as exc:
-                if not _missing_library(exc):
-                    raise
-                load_library(client)
-                return client.fcall(call.function, len(call.keys), *call.keys, *call.args)
+            return (yield command)
         except redis.ResponseError as exc:
-            raise _translate(exc, call) from None
+            if not _missing_library(exc):
+                raise
+            yield ("FUNCTION LOAD", "REPLACE", LIBRARY)
+            return (yield command)
+    except redis.ResponseError as exc:
+        raise _translate(exc, call) from None
+
+
+class _Cursor(Generic[T]):
+    """Where a driver is in a plan: the step to send next (None once the plan has returned) and its result."""
+
+    def __init__(self, plan: Plan[T]) -> None:
+        self.plan = plan
+        self.step: Step | None = None
+        self.result: T | None = None
+        self._advance(None, None)
+
+    def _advance(self, reply: Any, error: redis.ResponseError | None) -> None:
+        try:
+            self.step = self.plan.send(reply) if error is None else self.plan.throw(error)
+        except StopIteration as done:
+            self.step, self.result = None, done.value
+
+    @contextlib.contextmanager
+    def answer(self) -> Iterator[list[Any]]:
+        """Send the step's reply (appended to the list) or its error reply into the plan."""
+        box: list[Any] = []
+        try:
+            yield box
+        except redis.ResponseError as exc:
+            self._advance(None, exc)
+        else:
+            self._advance(box[0], None)
+
+
+def run(client: redis.Redis, plan: Plan[T]) -> T:
+    """Drive a plan with a sync client; an unreachable Redis becomes PoolUnavailable."""
+    cursor = _Cursor(plan)
+    with reaching(client):
+        while cursor.step is not None:
+            with cursor.answer() as reply:
+                reply.append(_send(client, cursor.step))
+    return cast(T, cursor.result)
+
+
+async def arun(client: redis.asyncio.Redis, plan: Plan[T]) -> T:
+    """Drive a plan with an asyncio client: `run`, with the replies awaited."""
+    cursor = _Cursor(plan)
+    with reaching(client):
+        while cursor.step is not None:
+            with cursor.answer() as reply:
+                reply.append(await _asend(client, cursor.step))
+    return cast(T, cursor.result)
+
+
+def _send(client: redis.Redis, step: Step) -> Any:
+    if isinstance(step, Sleep):
+        return time.sleep(step.seconds)
+    if isinstance(step, tuple):
+        return client.execute_command(*step)  # type: ignore[no-untyped-call]
+    pipe = client.pipeline(transaction=False)
+    for command in step:
+        pipe.execute_command(*command)  # type: ignore[no-untyped-call]
+    return pipe.execute()
+
+
+async def _asend(client: redis.asyncio.Redis, step: Step) -> Any:
+    if isinstance(step, Sleep):
+        return await asyncio.sleep(step.seconds)
+    if isinstance(step, tuple):
+        return await client.execute_command(*step)  # type: ignore[no-untyped-call]
+    pipe = client.pipeline(transaction=False)
+    for command in step:
+        pipe.execute_command(*command)
+    return await pipe.execute()
+
+
+def execute(client: redis.Redis, call: Call) -> Any:
+    """Run one call with a sync client (see `fcall`)."""
+    return run(client, fcall(call))
 
 
 async def aexecute(client: redis.asyncio.Redis, call: Call) -> Any:
-    """The asyncio twin of `execute`."""
-    with reaching(client):
-        try:
-            try:
-                return await client.fcall(call.function, len(call.keys), *call.keys, *call.args)
-            except redis.ResponseError as exc:
-                if not _missing_library(exc):
-                    raise
-                await aload_library(client)
-                return await client.fcall(call.function, len(call.keys), *call.keys, *call.args)
-        except redis.ResponseError as exc:
-            raise _translate(exc, call) from None
+    """Run one call with an asyncio client (see `fcall`)."""
+    return await arun(client, fcall(call))

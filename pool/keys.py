@@ -14,6 +14,12 @@ else: the daemon, the clients, the tests and the docs all go through these funct
     PREFIX:{POOL}:ledger            zset   sha1 of every ID added while it can live (refuses re-adds)
     PREFIX:{POOL}:starts            hash   starters' reports of `start`: ok/failed by ID age bucket, failure codes
     PREFIX:{POOL}:hold              string set while the pool backs off after failed acquires (PTTL: how long)
+    PREFIX:{POOL}:ann               zset   announced channels of an `announced` pool (member: cname, score: the
+                                           server ms its announcement ends, `at` + grace); holds no ID
+    PREFIX:{POOL}:ann:at            zset   the same channels scored by `at`, the server ms they are to be ready
+    PREFIX:{POOL}:ann:left          hash   cname -> entries still to acquire for its announcement
+    PREFIX:{POOL}:warmups           hash   warm-up instant (server ms) -> the pool's pops counter at it
+    PREFIX:{POOL}:history           hash   per-minute demand counters (minute -> added pops misses expired)
     PREFIX:{acct:NAME}:rate         zset   the account's shared request log (sliding window)
     PREFIX:{acct:NAME}:cooldown     string set after a 429: every replica waits out its PTTL
     PREFIX:pools                    set    names of the pools ever published
@@ -84,6 +90,26 @@ class PoolKeys:
     @property
     def hold(self) -> str:
         return f"{self.tag}:hold"
+
+    @property
+    def announced(self) -> str:
+        return f"{self.tag}:ann"
+
+    @property
+    def announced_at(self) -> str:
+        return f"{self.tag}:ann:at"
+
+    @property
+    def announced_left(self) -> str:
+        return f"{self.tag}:ann:left"
+
+    @property
+    def warmups(self) -> str:
+        return f"{self.tag}:warmups"
+
+    @property
+    def history(self) -> str:
+        return f"{self.tag}:history"
 
     def queue(self, cname: str | None) -> str:
         return f"{self.tag}:q" if cname is None else f"{self.tag}:q:{cname}"

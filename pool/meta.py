@@ -22,9 +22,14 @@ class PoolMeta:
     size: int  # entries kept ready per channel
     max_age: float  # seconds an entry is offered after its acquire was sent
     published_at_ms: int = 0
+    announced: bool = False  # channels come from announcements (`cnames` is then empty)
+    scene: int = 0  # announce checks channel names against Agora's rules for it
+    grace: float = 300.0  # seconds an announcement stays pending after its instant
 
     @property
     def mode(self) -> str:
+        if self.announced:
+            return "announced"
         return "template" if self.cnames is None else "named"
 
     def fields(self) -> dict[str, str]:
@@ -35,6 +40,8 @@ class PoolMeta:
             "max_age_ms": str(round(self.max_age * 1000)),
             "cnames": json.dumps(list(self.cnames or ())),
             "published_at_ms": str(self.published_at_ms),
+            "scene": str(self.scene),
+            "grace_ms": str(round(self.grace * 1000)),
         }
         # One field per channel so that the pop function checks a channel with one HEXISTS.
         fields.update({f"c:{name}": "1" for name in self.cnames or ()})

@@ -17,6 +17,24 @@ from ridpool.keys import PoolKeys
 # Counters kept in the stats hash by the functions and the daemon. "expired" (IDs that died unused) is derived,
 # not kept: added - pops - live, because Redis may expire a whole queue before anything could count its entries.
 COUNTERS = ("added", "pops", "misses", "refused", "late", "acquires", "errors", "rate_limited")
+# What the daemon writes in the stats hash about the pool's target (see daemon/refill.py); not counters.
+TARGET_FIELDS = ("target", "target_reason", "next_warmup")
+HOUR_STEPS = 60  # history steps summed for the last-hour figures (a minute each, as the daemon samples them)
+
+
+@dataclass(frozen=True, slots=True)
+class Waste:
+    """What the pool did over the last hour (the last 60 one-minute samples of its history)."""
+
+    acquired: int = 0
+    popped: int = 0
+    expired: int = 0  # expired unused
+    misses: int = 0
+
+    @property
+    def ratio(self) -> float:
+        """Expired unused per acquired: the share of the budget spent on IDs nobody used."""
+        return self.expired / self.acquired if self.acquired else 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,6 +62,10 @@ class PoolStats:
     published_at_ms: int | None
     starts: Mapping[str, int] = field(default_factory=dict)  # starters' reports: 'ok:0-29', 'failed:30-59', ...
     extra: Mapping[str, str] = field(default_factory=dict)
+    target_now: int | None = None  # entries the pool aims to hold now, all channels together (None: not planned)
+    target_reason: str = ""  # why: "size 20", "warmup 0 9 * * 1-5 at 2026-11-26T09:00:00+01:00 +200; size 20", ...
+    next_warmup: str = ""  # the next warm-up instant, ISO 8601, or ""
+    hour: Waste = field(default_factory=Waste)
 
     @property
     def size(self) -> int:
@@ -61,6 +83,8 @@ def decode_hash(raw: Mapping[Any, Any]) -> dict[str, str]:
 
 def channel_names(meta: Mapping[str, str]) -> list[str | None]:
     """The queues of a published pool: one per named channel, or the template pool's single queue."""
+    if meta.get("mode") == "announced":
+        return []  # its channels are the announced ones (see `status`), not fixed
     if meta.get("mode") != "named":
         return [None]
     names: list[str] = json.loads(meta.get("cnames", "[]"))
@@ -74,6 +98,7 @@ def first_round(keys: PoolKeys) -> list[tuple[str, ...]]:
         ("HGETALL", keys.stats),
         ("ZCARD", keys.inflight),
         ("HGETALL", keys.starts),
+        ("HGET", keys.history, "last"),
     ]
 
 
@@ -88,11 +113,24 @@ def second_round(keys: PoolKeys, first: Sequence[Any]) -> list[tuple[str, ...]]:
     for cname in channel_names(decode_hash(first[1])):
         commands.append(("ZCOUNT", keys.queue(cname), f"({now}", "+inf"))
         commands.append(("ZRANGE", keys.queue(cname), "0", "0", "WITHSCORES"))
+    last = first[5]
+    if last is not None:
+        newest = int(last)
+        commands.append(("HMGET", keys.history, *(str(newest - i) for i in range(HOUR_STEPS))))
     return commands
 
 
+def _hour(samples: Sequence[Any] | None) -> Waste:
+    totals = [0, 0, 0, 0]
+    for sample in samples or ():
+        if sample is not None:
+            for i, value in enumerate(text(sample).split()[:4]):
+                totals[i] += int(value)
+    return Waste(acquired=totals[0], popped=totals[1], misses=totals[2], expired=totals[3])
+
+
 def build(keys: PoolKeys, first: Sequence[Any], second: Sequence[Any]) -> PoolStats:
-    time_reply, meta_raw, stats_raw, in_flight, starts_raw = first
+    time_reply, meta_raw, stats_raw, in_flight, starts_raw, _ = first
     now_ms = server_ms(time_reply)
     meta = decode_hash(meta_raw)
     raw = decode_hash(stats_raw)
@@ -108,6 +146,7 @@ def build(keys: PoolKeys, first: Sequence[Any], second: Sequence[Any]) -> PoolSt
     counters = {name: int(raw.get(name, "0")) for name in COUNTERS}
     counters["expired"] = max(0, counters["added"] - counters["pops"] - sum(c.size for c in channels))
     published = meta.get("published_at_ms")
+    history = second[2 * len(channels)] if len(second) > 2 * len(channels) else None
     return PoolStats(
         pool=keys.pool,
         known=bool(meta),
@@ -122,5 +161,9 @@ def build(keys: PoolKeys, first: Sequence[Any], second: Sequence[Any]) -> PoolSt
         last_error=raw.get("last_error", ""),
         published_at_ms=int(published) if published else None,
         starts={k: int(v) for k, v in decode_hash(starts_raw).items()},
-        extra={k: v for k, v in raw.items() if k not in COUNTERS and k not in ("state", "last_error")},
+        extra={k: v for k, v in raw.items() if k not in (*COUNTERS, *TARGET_FIELDS, "state", "last_error")},
+        target_now=int(raw["target"]) if raw.get("target", "").isdigit() else None,
+        target_reason=raw.get("target_reason", ""),
+        next_warmup=raw.get("next_warmup", ""),
+        hour=_hour(history),
     )

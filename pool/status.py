@@ -62,8 +62,17 @@ def as_json(status: Status) -> dict[str, Any]:
                 "known": s.known,
                 "mode": s.mode,
                 "size": s.size,
-                "target": s.target * len(s.channels),
+                "target": _target(s),
                 "targetPerChannel": s.target,
+                "targetReason": s.target_reason,
+                "nextWarmup": s.next_warmup or None,
+                "lastHour": {
+                    "acquired": s.hour.acquired,
+                    "popped": s.hour.popped,
+                    "expiredUnused": s.hour.expired,
+                    "misses": s.hour.misses,
+                    "wasteRatio": round(s.hour.ratio, 4),
+                },
                 "channels": [{"cname": c.cname, "size": c.size, "oldestAge": c.oldest_age} for c in s.channels],
                 "oldestAge": s.oldest_age,
                 "inFlight": s.in_flight,
@@ -71,12 +80,18 @@ def as_json(status: Status) -> dict[str, Any]:
                 "state": s.state,
                 "lastError": s.last_error,
                 "starts": dict(s.starts),
+                **({"announcements": announcements(s)} if s.mode == "announced" else {}),
                 **dict(s.counters),
             }
             for s in status.pools
         ],
         "replicas": [{"id": r.id, **r.info} for r in status.replicas],
     }
+
+
+def _target(s: PoolStats) -> int:
+    """The target the daemon planned for now, or (before any plan was published) the standing size."""
+    return s.target_now if s.target_now is not None else s.target * len(s.channels)
 
 
 def _age(seconds: float | None) -> str:
@@ -110,7 +125,7 @@ def rows(status: Status) -> list[tuple[str, ...]]:
         out.append(
             (
                 s.pool,
-                f"{s.size}/{s.target * len(s.channels)}",
+                f"{s.size}/{_target(s)}",
                 _age(s.oldest_age),
                 str(s.in_flight),
                 str(c["pops"]),
@@ -123,6 +138,35 @@ def rows(status: Status) -> list[tuple[str, ...]]:
             )
         )
     return out
+
+
+def plan_line(s: PoolStats) -> str:
+    """Why the pool aims at its target now, its next warm-up, and what the last hour cost."""
+    h = s.hour
+    return (
+        f"{s.pool}: target {_target(s)} ({s.target_reason or 'size'}); next warm-up {s.next_warmup or 'none'}; "
+        f"last hour: acquired {h.acquired}, popped {h.popped}, expired unused {h.expired} "
+        f"(waste {h.ratio:.1%}), misses {h.misses}"
+    )
+
+
+def announcements(s: PoolStats) -> dict[str, Any]:
+    """An announced pool's pending announcements, next deadline and those at risk, as its daemon last saw them."""
+    at_risk = s.extra.get("announced_at_risk_cnames", "")
+    return {
+        "pending": int(s.extra.get("announced_pending", "0")),
+        "nextDeadline": s.extra.get("announced_next") or None,
+        "atRisk": int(s.extra.get("announced_at_risk", "0")),
+        "atRiskCnames": at_risk.split(",") if at_risk else [],
+    }
+
+
+def announcement_line(s: PoolStats) -> str:
+    a = announcements(s)
+    risk = f"{a['atRisk']} ({', '.join(a['atRiskCnames'])})" if a["atRisk"] else "none"
+    return (
+        f"{s.pool}: announcements pending {a['pending']}; next deadline {a['nextDeadline'] or 'none'}; at risk {risk}"
+    )
 
 
 def render(status: Status) -> str:
@@ -138,6 +182,8 @@ def render(status: Status) -> str:
     lines.insert(1, "  ".join("-" * w for w in widths))
     if not status.pools:
         lines.append("no pools published yet (is a daemon running with this key prefix?)")
+    lines += [plan_line(s) for s in status.pools if s.known]
+    lines += [announcement_line(s) for s in status.pools if s.mode == "announced"]
     if status.replicas:
         line = ", ".join(f"{r.id} (up since {r.info.get('started_at', '?')})" for r in status.replicas)
         lines.append(f"live replicas: {len(status.replicas)}: {line}")

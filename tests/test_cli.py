@@ -43,14 +43,19 @@ def test_check_config_accepts_the_example_config() -> None:
 
 
 def test_pop_prints_one_json_object_with_what_start_needs(r: redis.Redis, redis_url: str) -> None:
-    """`ridpool pop` prints resourceId, appid, cname, uid (a string), pool and expiresIn, exit 0."""
+    """`ridpool pop` prints resourceId, appid, cname, uid (a string), pool and expiresIn (ms, as FCALL), exit 0."""
     publish_pool(r, PREFIX, "rooms", cnames=("room-1", "room-2"))
     [entry] = fill(r, PREFIX, "rooms", 1, cname="room-2", named=True)
     done = ridpool("pop", "rooms", "--cname", "room-2", "--min-ttl", "5", "--redis-url", redis_url, "--prefix", PREFIX)
     assert done.returncode == 0, done.stderr
     out = json.loads(done.stdout)
     assert out["resourceId"] == entry.resource_id and out["cname"] == "room-2" and out["uid"] == entry.uid
-    assert out["appid"] == entry.appid and out["pool"] == "rooms" and 0 < out["expiresIn"] <= 200
+    assert (
+        out["appid"] == entry.appid
+        and out["pool"] == "rooms"
+        and 0 < out["expiresIn"] <= 200_000
+        and isinstance(out["expiresIn"], int)
+    )
 
 
 def test_status_shows_pools_and_counters_as_table_and_json(r: redis.Redis, redis_url: str) -> None:

@@ -165,7 +165,7 @@ def test_example_config_loads_with_its_derived_values() -> None:
     assert web.is_template
     assert web.slots == ("",)
     assert web.client_request() == {"region": "NA", "resourceExpiredHour": 24, "scene": 1}
-    assert (web.size, web.max_age, web.max_in_flight, web.uid) == (20, 270, 5, "527841")
+    assert (web.size, web.max_age, web.max_in_flight, web.uid) == (20, 270, None, "527841")  # None: derived
     assert re.fullmatch(r"web-[0-9a-f]{32}", web.expand_cname())
     assert not rooms.is_template
     assert rooms.slots == ("room-1", "room-2", "room-3")

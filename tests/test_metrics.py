@@ -152,7 +152,7 @@ async def test_a_pool_in_error_shows_in_metrics_and_fails_the_check_while_health
     redis_url: str, sim: Simulator
 ) -> None:
     """A wrong secret (401): state error and errors by kind on /metrics, /healthz still 200 (the daemon reaches
-    Redis), `status --check` exits 6 saying which pool and why on one line."""
+    Redis), `status --check` exits 13 saying which pool and why on one line."""
     port = free_port()
     wrong = Credentials(customer_id=CUSTOMER_ID, customer_secret="wrong-secret-of-16+")  # type: ignore[arg-type]
     config = with_metrics(make_config(redis_url, sim.url, web_pool(2)), port)
@@ -165,7 +165,7 @@ async def test_a_pool_in_error_shows_in_metrics_and_fails_the_check_while_health
         code, _, err = await status_check(redis_url)
     assert (value(samples, "ridpool_agora_errors_total", pool="web", kind="rejected") or 0) >= 1
     assert health == (200, "ok")
-    assert code == 6 and len(err.strip().splitlines()) == 1, err
+    assert code == 13 and len(err.strip().splitlines()) == 1, err
     assert "pool 'web' is error: rejected: HTTP 401" in err and "Traceback" not in err
 
 
@@ -289,7 +289,7 @@ def test_the_collector_labels_channels_of_named_pools_and_reads_the_published_ta
 
 @pytest.mark.integration
 def test_the_check_names_every_reason_on_one_line_for_the_configs_pools(tmp_path: Path, redis_url: str) -> None:
-    """`status --check -c FILE` with no daemon ever run: exit 6, one line naming the unknown pool and no replica."""
+    """`status --check -c FILE` with no daemon ever run: exit 13, one line naming the unknown pool and no replica."""
     config = tmp_path / "c.toml"
     config.write_text(
         f'[redis]\nurl = "{redis_url}"\nkey_prefix = "{PREFIX}"\n[agora]\nbase_url = "http://127.0.0.1:9"\n'
@@ -302,5 +302,5 @@ def test_the_check_names_every_reason_on_one_line_for_the_configs_pools(tmp_path
         timeout=30,
         check=False,
     )
-    assert done.returncode == 6 and done.stdout == ""
+    assert done.returncode == 13 and done.stdout == ""
     assert done.stderr == "ridpool status: pool 'lobby' unknown (no daemon published it); no live replica\n"

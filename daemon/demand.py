@@ -1,0 +1,154 @@
+"""Learned demand (`auto_size = true`, `max_size = N`): raise a pool's target ahead of demand that recurs at the
+same minute of the day or of the week, from the per-minute history the daemon samples (`ridpool_sample`).
+
+The history holds, per pool and minute, what was added, popped, missed and expired unused: counters, never an
+ID. Demand in a minute is its pops plus its misses (a miss is a start the pool could not serve). A minute is
+expected to recur when the same minute
+
+- of each of the last WEEKS_SEEN weeks saw at least MIN_BURST starts (a weekly schedule: Monday 09:00), or
+- of each of the last DAYS_SEEN days did (a daily one), unless the same minute a week ago was recorded
+  without it (a weekday schedule does not recur on Saturday);
+
+the forecast is the least of those (what recurred every time, not a peak seen once). Forecast minutes become
+demands that must be ready by the minute, with no window after it, planned with every other demand. Together they
+never raise a channel above `max_size`, and they never lower it below `size` (they only add to it).
+
+Pure functions of the history and a minute index, so a test replays recorded history with its own clock;
+`LearnedSource` reads the history from Redis once per minute and logs every raise (`demand.learned`).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import redis.asyncio
+import structlog
+from ridpool import functions
+from ridpool.daemon.planner import Demand
+from ridpool.keys import PoolKeys
+
+if TYPE_CHECKING:
+    from ridpool.daemon.config import PoolConfig
+
+log = structlog.get_logger("ridpool.demand")
+
+DAY, WEEK = 1440, 10080  # minutes
+DAYS_SEEN, WEEKS_SEEN = 3, 2
+MIN_BURST = 3  # starts in one minute that count as demand worth preparing for
+
+
+@dataclass(frozen=True, slots=True)
+class Forecast:
+    minute: int  # minute index (server ms // 60000)
+    count: int  # starts expected in that minute, the whole pool
+    reason: str
+
+
+def lags(minute: int, day: int = DAY) -> list[int]:
+    """The past minutes a forecast for `minute` reads (`day`: steps in a day, when a step is not a minute)."""
+    week = 7 * day
+    return [minute - k * day for k in range(1, DAYS_SEEN + 1)] + [minute - k * week for k in range(1, WEEKS_SEEN + 1)]
+
+
+def forecast(history: Mapping[int, int], minute: int, day: int = DAY) -> Forecast | None:
+    """The demand expected in `minute` from the history (minute -> starts; absent: not recorded), or None."""
+    found = []
+    week = 7 * day
+    weekly = [history.get(minute - k * week, 0) for k in range(1, WEEKS_SEEN + 1)]
+    if min(weekly) >= MIN_BURST:
+        why = f"learned weekly: {min(weekly)}+ starts at this minute {WEEKS_SEEN} weeks running"
+        found.append(Forecast(minute, min(weekly), why))
+    daily = [history.get(minute - k * day, 0) for k in range(1, DAYS_SEEN + 1)]
+    week_ago = history.get(minute - week)
+    if min(daily) >= MIN_BURST and (week_ago is None or week_ago >= MIN_BURST):
+        why = f"learned daily: {min(daily)}+ starts at this minute {DAYS_SEEN} days running"
+        found.append(Forecast(minute, min(daily), why))
+    return max(found, key=lambda f: f.count) if found else None
+
+
+def learned_demands(
+    pool: str,
+    cnames: Sequence[str | None],
+    history: Mapping[int, int],
+    *,
+    now_minute: int,
+    horizon: int,
+    room: int,
+    step_ms: int = 60_000,
+) -> list[Demand]:
+    """Demands for the minutes after `now_minute` up to `horizon` minutes ahead, per channel, adding together
+    at most `room` (max_size - size) to any channel."""
+    out: list[Demand] = []
+    left = room
+    for minute in range(now_minute + 1, now_minute + horizon + 1):
+        f = forecast(history, minute, 86_400_000 // step_ms)
+        if f is None or left <= 0:
+            continue
+        per_channel = min(left, math.ceil(f.count / len(cnames)))
+        left -= per_channel
+        at = minute * step_ms
+        out += [Demand(pool, c, per_channel, at, at, f.reason) for c in cnames]
+    return out
+
+
+def parse_history(minutes: Sequence[int], replies: Sequence[object]) -> dict[int, int]:
+    """HMGET replies of history steps ('added pops misses expired') as minute -> pops + misses."""
+    out = {}
+    for minute, reply in zip(minutes, replies, strict=True):
+        if reply is not None:
+            fields = functions.text(reply).split()
+            out[minute] = int(fields[1]) + int(fields[2])
+    return out
+
+
+class LearnedSource:
+    """Learned demands of the pools with auto_size, from their history in Redis (read once per minute)."""
+
+    def __init__(
+        self,
+        client: redis.asyncio.Redis,
+        pools: Sequence[PoolConfig],
+        keys: dict[str, PoolKeys],
+        *,
+        step_ms: int = 60_000,
+    ) -> None:
+        # The history's step (a minute; tests shorten it, and a day is then 86400 s / step steps).
+        self.step_ms = step_ms
+        self.redis = client
+        self.keys = keys
+        self.pools = [p for p in pools if p.auto_size and p.max_size is not None]
+        self.cache: tuple[int, list[Demand]] = (-1, [])
+        self.logged: set[tuple[str, int]] = set()  # (pool, minute) raises already logged
+
+    async def demands(self, now_ms: int) -> list[Demand]:
+        minute = now_ms // self.step_ms
+        if self.cache[0] == minute:
+            return self.cache[1]
+        out: list[Demand] = []
+        day = 86_400_000 // self.step_ms
+        for pool in self.pools:
+            horizon = math.ceil(pool.max_age_ms / self.step_ms) + 1
+            wanted = sorted({lag for m in range(minute + 1, minute + horizon + 1) for lag in lags(m, day)})
+            with functions.reaching(self.redis):
+                replies = await self.redis.hmget(self.keys[pool.name].history, [str(m) for m in wanted])
+            cnames = [None] if pool.is_template else list(pool.slots)
+            found = learned_demands(
+                pool.name,
+                cnames,
+                parse_history(wanted, replies),
+                now_minute=minute,
+                horizon=horizon,
+                room=(pool.max_size or 0) - pool.size,
+                step_ms=self.step_ms,
+            )
+            for d in found[:: len(cnames)]:
+                if (pool.name, d.at_ms) not in self.logged:
+                    self.logged.add((pool.name, d.at_ms))
+                    log.info("demand.learned", pool=pool.name, at_ms=d.at_ms, per_channel=d.count, reason=d.source)
+            out += found
+        self.logged = {(p, at) for p, at in self.logged if at > now_ms}
+        self.cache = (minute, out)
+        return out

@@ -1,0 +1,147 @@
+"""`pop_or_acquire`: an entry from the pool if one is there, else one acquired on the spot by ridpool's own Agora
+client, with the daemon's retries, host failover and shared budget (so starters falling back to acquiring
+themselves no longer draw 429s from the budget the daemon keeps to).
+
+Async only; `ridpool.ondemand` drives it from the sync client on a background event loop.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+
+import httpx
+import redis.asyncio
+import structlog
+from ridpool import channels, functions
+from ridpool.aio import AsyncPoolClient
+from ridpool.daemon.agora import AcquireClient, AcquireError, RateLimited
+from ridpool.daemon.clock import ServerClock
+from ridpool.daemon.config import Config, Credentials, PoolConfig
+from ridpool.daemon.limiter import Budget
+from ridpool.entry import Entry
+from ridpool.errors import CnameNotServed, PoolEmpty, UnknownPool
+from ridpool.keys import account_keys, pool_keys
+
+log = structlog.get_logger("ridpool.ondemand")
+UID_TRIES = 8  # rounds of random candidates before a uid_range pool is declared out of free uids
+
+
+class OnDemand:
+    """Pops, or acquires on the spot within the account's shared budget. Safe to share between tasks."""
+
+    def __init__(
+        self,
+        config: Config,
+        credentials: Credentials,
+        client: redis.asyncio.Redis,
+        *,
+        http: httpx.AsyncClient | None = None,
+        backoff_scale: float = 1.0,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.config = config
+        self.pools = {p.name: p for p in config.pools}
+        self.redis = client
+        self.pop = AsyncPoolClient(client, prefix=config.redis.key_prefix).pop
+        self.http = http or httpx.AsyncClient(timeout=httpx.Timeout(config.agora.timeout, connect=5.0))
+        self.acquirer = AcquireClient(self.http, config.agora.base_url, credentials, backoff_scale=backoff_scale)
+        self.budget = Budget(
+            client,
+            account_keys(config.redis.key_prefix, config.agora.account),
+            config.agora.rate_limit,
+            jitter=config.agora.jitter,
+        )
+        self.clock = ServerClock()
+        self.rng = rng or random.Random()
+
+    async def pop_or_acquire(
+        self, pool: str, *, cname: str | None = None, min_ttl: float = 0.0, wait: float = 0.0
+    ) -> Entry:
+        """`pop`, and when it finds nothing (or, for an announced pool, a channel never announced) an acquire."""
+        config = self.pools.get(pool)
+        try:
+            return await self.pop(pool, cname=cname, min_ttl=min_ttl, wait=wait)
+        except PoolEmpty:
+            pass
+        except CnameNotServed:
+            if config is None or not config.announced or not cname:
+                raise
+        if config is None:
+            raise UnknownPool(f"pool {pool!r} is not in the config pop_or_acquire was given")
+        return await self.acquire(config, cname)
+
+    async def acquire(self, pool: PoolConfig, cname: str | None) -> Entry:
+        """One ID acquired now for the pool's (appid, cname, uid): the daemon's client, retries and budget."""
+        label = _channel(pool, cname)
+        keys = pool_keys(self.config.redis.key_prefix, pool.name)
+        await self.clock.sync(self.redis)
+        uid = await self._uid(pool)
+
+        async def rate_limited(exc: RateLimited) -> None:
+            await self.budget.rate_limited()
+
+        try:
+            got = await self.acquirer.acquire(
+                pool.appid,
+                label,
+                uid,
+                pool.client_request(),
+                before_attempt=self.budget.take,
+                on_rate_limited=rate_limited,
+            )
+        except AcquireError as exc:
+            await self.redis.hincrby(keys.stats, "errors", 1)
+            log.error("ondemand.failed", pool=pool.name, cname=label, kind=exc.kind, request_id=exc.request_id)
+            raise
+        self.budget.succeeded()
+        sent_ms = self.clock.server_ms(got.sent_at)
+        expires_at = sent_ms + pool.max_age_ms
+        await self.redis.hincrby(keys.stats, "acquired_on_demand", 1)
+        log.info("ondemand.acquired", pool=pool.name, cname=label, uid=uid, request_id=got.request_id)
+        left = (expires_at - self.clock.server_ms(time.monotonic())) / 1000
+        return Entry(
+            got.resource_id,
+            pool.appid,
+            label,
+            uid,
+            pool.name,
+            sent_ms,
+            expires_at,
+            got.request_id,
+            left,
+            source="acquired",
+        )
+
+    async def _uid(self, pool: PoolConfig) -> str:
+        """The pool's uid, or one of its range that no live entry holds, held while the new ID can live."""
+        if pool.uid_range is None:
+            return str(pool.uid)
+        lo, hi = pool.uid_range
+        keys = pool_keys(self.config.redis.key_prefix, pool.name)
+        for _ in range(UID_TRIES):
+            candidates = [self.rng.randint(lo, hi) for _ in range(8)]
+            call = functions.hold_uid_call(keys, hold_ms=pool.max_age_ms, candidates=candidates)
+            uid = functions.text(await functions.aexecute(self.redis, call))
+            if uid:
+                return uid
+        raise PoolEmpty(f"pool {pool.name!r}: no free uid found in uid_range {lo}..{hi}")
+
+    async def aclose(self) -> None:
+        await self.http.aclose()
+
+
+def _channel(pool: PoolConfig, cname: str | None) -> str:
+    """The cname to acquire for, checked as a pop would check it (the pool's own label for a template)."""
+    if pool.is_template:
+        if cname:
+            raise CnameNotServed(f"pool {pool.name!r} labels each entry itself; pop without a cname")
+        return pool.expand_cname()
+    if not cname:
+        raise CnameNotServed(f"pool {pool.name!r} serves named channels; give the cname to record")
+    if pool.announced:
+        if why := channels.problem(cname, pool.scene):
+            raise CnameNotServed(f"pool {pool.name!r}: cname {cname!r} {why}")
+    elif cname not in pool.slots:
+        raise CnameNotServed(f"pool {pool.name!r} does not serve cname {cname!r}")
+    return cname
