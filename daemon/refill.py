@@ -23,7 +23,7 @@ from ridpool.daemon.clock import ServerClock
 from ridpool.daemon.config import Config, PoolConfig
 from ridpool.daemon.limiter import Budget
 from ridpool.entry import Entry
-from ridpool.errors import PoolUnavailable
+from ridpool.errors import PoolUnavailable, RedisRefused, RidpoolError
 from ridpool.functions import AddResult, Lease
 from ridpool.keys import PoolKeys, pool_keys
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay, wait_exponential
@@ -62,6 +62,7 @@ class Refiller:
         self.tasks: set[asyncio.Task[None]] = set()
         self.leases: dict[str, PoolKeys] = {}  # token -> its pool: the leases this replica holds and renews
         self.stopping = False
+        self.damaged: dict[str, str] = {}  # pool -> why its keys cannot be used; skipped until they can
 
     # -- one round -----------------------------------------------------------------------------------------
 
@@ -80,6 +81,9 @@ class Refiller:
                 break
             try:
                 leases = await self._reserve(slot)
+            except RedisRefused as exc:
+                leases = []
+                await self.mark_damaged(slot.pool, exc)
             except BaseException:
                 self.in_flight.release()
                 raise
@@ -97,12 +101,37 @@ class Refiller:
     async def _slots(self) -> list[planner.Slot]:
         slots = []
         for pool in self.pools.values():
-            for name in pool.slots:
-                cname = queue_cname(pool, name)
-                call = functions.sweep_call(self.keys[pool.name], cname)
-                state = functions.parse_sweep(await functions.aexecute(self.redis, call))
-                slots.append(planner.Slot(pool.name, cname, pool.size, state.live))
+            try:
+                slots += [await self._sweep(pool, name) for name in pool.slots]
+            except RedisRefused as exc:
+                await self.mark_damaged(pool.name, exc)  # skipped this round; the other pools go on
+            else:
+                self.mark_sound(pool.name)
         return slots
+
+    async def _sweep(self, pool: PoolConfig, name: str) -> planner.Slot:
+        cname = queue_cname(pool, name)
+        call = functions.sweep_call(self.keys[pool.name], cname)
+        state = functions.parse_sweep(await functions.aexecute(self.redis, call))
+        return planner.Slot(pool.name, cname, pool.size, state.live)
+
+    # -- damaged pools -------------------------------------------------------------------------------------
+
+    async def mark_damaged(self, pool: str, exc: RedisRefused) -> None:
+        """A pool whose keys Redis refuses (wrong type, permission, ...) is in error and skipped; others go on.
+
+        Logged once per cause, and written to the pool's stats (state `error`) when that key itself is usable.
+        """
+        message = str(exc)
+        if self.damaged.get(pool) != message:
+            log.error("refill.pool_damaged", pool=pool, kind=type(exc).__name__, error=message)
+        self.damaged[pool] = message
+        with contextlib.suppress(RidpoolError, redis.RedisError), functions.reaching(self.redis):
+            await self.redis.hset(self.keys[pool].stats, mapping={"state": "error", "last_error": message[:500]})
+
+    def mark_sound(self, pool: str) -> None:
+        if self.damaged.pop(pool, None) is not None:
+            log.info("refill.pool_recovered", pool=pool)
 
     async def _reserve(self, slot: planner.Slot) -> list[Lease]:
         pool = self.pools[slot.pool]
@@ -160,6 +189,8 @@ class Refiller:
                 request_id=got.request_id,
             )
             await self._store(pool, keys, entry, lease, queue_cname(pool, slot))
+        except RedisRefused as exc:
+            await self.mark_damaged(pool.name, exc)  # the lease lapses by itself
         except (PoolUnavailable, redis.RedisError) as exc:
             # The lease lapses by itself; an acquired ID that could not be stored is lost, never half-written.
             log.warning("refill.redis_unavailable", pool=pool.name, error=str(exc))

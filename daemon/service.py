@@ -22,14 +22,14 @@ import httpx
 import redis.asyncio
 import structlog
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
-from ridpool import functions
+from ridpool import connect, functions
 from ridpool import keys as keyspace
 from ridpool.daemon.agora import AcquireClient
 from ridpool.daemon.clock import ServerClock
 from ridpool.daemon.config import Config, Credentials
 from ridpool.daemon.limiter import Budget
 from ridpool.daemon.refill import Refiller
-from ridpool.errors import PoolUnavailable
+from ridpool.errors import EvictionRisk, PoolUnavailable
 from ridpool.meta import PoolMeta, apublish
 
 log = structlog.get_logger("ridpool.daemon")
@@ -63,12 +63,7 @@ class Daemon:
         self.timing = timing or Timing()
         self.replica_id = replica_id or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self.prefix = config.redis.key_prefix
-        self.redis = redis.asyncio.Redis.from_url(
-            config.redis.url,
-            **functions.connection_defaults(
-                {"socket_timeout": config.redis.socket_timeout, "health_check_interval": 30}, asyncio=True
-            ),
-        )
+        self.redis = connect.aconnect(config.redis.url, **config.redis.client_kwargs(), health_check_interval=30)
         self.http = http or httpx.AsyncClient(
             timeout=httpx.Timeout(config.agora.timeout, connect=min(5.0, config.agora.timeout)),
             limits=httpx.Limits(max_connections=config.agora.max_in_flight * 2, keepalive_expiry=30),
@@ -93,6 +88,7 @@ class Daemon:
         self.redis_down_since: float | None = None
         self.redis_retry_at = 0.0
         self.redis_failures = 0
+        self.warnings: dict[str, str] = {}  # what this replica wants every `ridpool status` to show, by topic
 
     # -- jobs ----------------------------------------------------------------------------------------------
 
@@ -139,15 +135,45 @@ class Daemon:
     async def publish(self) -> None:
         await self.clock.sync(self.redis)
         now = self.clock.server_ms(time.monotonic())
+        # Another replica's publication counts as live for three of its publish intervals.
+        live_ms = round(self.timing.publish * 3 * 1000)
+        for pool in self.config.pools:
+            meta = PoolMeta(
+                pool.name, pool.appid, None if pool.is_template else pool.slots, pool.size, pool.max_age, now
+            )
+            keys = keyspace.pool_keys(self.prefix, pool.name)
+            published = await apublish(self.redis, keys, meta, owner=self.replica_id, live_ms=live_ms)
+            topic = f"owner:{pool.name}"
+            if published.ok:
+                self.warnings.pop(topic, None)
+                continue
+            message = (
+                f"pool {pool.name!r}: replica {published.owner} publishes a different configuration for this name; "
+                "this replica does not overwrite it (give the pool another name, or the same config everywhere)"
+            )
+            self.warnings[topic] = message
+            log.error("pool.owner_conflict", pool=pool.name, owner=published.owner, error=message)
+
+    async def check_eviction(self) -> None:
+        """Refuse (EvictionRisk) a Redis that may evict keys, unless [redis] allow_eviction; then warn instead."""
         with functions.reaching(self.redis):
-            for pool in self.config.pools:
-                meta = PoolMeta(
-                    pool.name, pool.appid, None if pool.is_template else pool.slots, pool.size, pool.max_age, now
-                )
-                await apublish(self.redis, keyspace.pool_keys(self.prefix, pool.name), meta)
+            reply = await self.redis.info("memory")
+        problem = eviction_problem(reply)
+        if problem is None:
+            self.warnings.pop("eviction", None)
+            return
+        if not self.config.redis.allow_eviction:
+            self.warnings["eviction"] = problem
+            raise EvictionRisk(problem)
+        self.warnings["eviction"] = f"{problem} (allowed by [redis] allow_eviction = true)"
+        log.warning("redis.eviction_allowed", warning=self.warnings["eviction"])
 
     async def heartbeat(self) -> None:
         await self.clock.sync(self.redis)
+        try:
+            await self.check_eviction()
+        except EvictionRisk as exc:
+            log.error("redis.eviction_risk", error=str(exc))  # checked again every heartbeat; status shows it
         with functions.reaching(self.redis):
             await self.refiller.renew()
         now = self.clock.server_ms(time.monotonic())
@@ -160,19 +186,31 @@ class Daemon:
             "pools": ",".join(p.name for p in self.config.pools),
             "in_flight": str(len(self.refiller.tasks)),
             "granted": str(self.budget.granted),
+            "warnings": "\n".join(self.warnings.values()),
         }
         with functions.reaching(self.redis):
             async with self.redis.pipeline(transaction=False) as pipe:
                 pipe.zadd(keyspace.replicas(self.prefix), {self.replica_id: now})
                 pipe.zremrangebyscore(keyspace.replicas(self.prefix), "-inf", now - 10 * ttl_ms)
-                pipe.hset(keyspace.replica(self.prefix, self.replica_id), mapping=info)  # type: ignore[arg-type]
+                pipe.hset(keyspace.replica(self.prefix, self.replica_id), mapping=info)
                 pipe.pexpire(keyspace.replica(self.prefix, self.replica_id), ttl_ms)
                 await pipe.execute()
 
     # -- life cycle ----------------------------------------------------------------------------------------
 
     async def run(self, stop: asyncio.Event) -> int:
-        """Run until `stop` is set; returns the number of acquires abandoned at shutdown."""
+        """Run until `stop` is set; returns the number of acquires abandoned at shutdown.
+
+        Raises EvictionRisk before anything runs when Redis may evict keys (and eviction is not allowed).
+        """
+        try:
+            await self.check_eviction()
+        except PoolUnavailable as exc:
+            log.error("redis.unavailable", error=str(exc))  # checked again with every heartbeat
+        except EvictionRisk:
+            await self.http.aclose()
+            await self.redis.aclose()
+            raise
         log.info(
             "daemon.started",
             replica=self.replica_id,
@@ -227,3 +265,17 @@ class Daemon:
                 await asyncio.wait_for(pipe.execute(), 1.0)
         except (redis.RedisError, TimeoutError):
             pass
+
+
+def eviction_problem(info: Any) -> str | None:
+    """Why a Redis (INFO memory; on a Cluster one reply per node) may evict ridpool's keys, or None."""
+    replies = info.values() if isinstance(info, dict) and "maxmemory_policy" not in info else [info]
+    for reply in replies:
+        policy, limit = str(reply.get("maxmemory_policy", "noeviction")), int(reply.get("maxmemory", 0))
+        if policy != "noeviction" and limit != 0:
+            return (
+                f"Redis maxmemory-policy is {policy} with maxmemory {limit}: it may evict the pools, their metadata "
+                "and the shared budget (then 429s); set maxmemory-policy noeviction (or maxmemory 0), "
+                "or [redis] allow_eviction = true to run anyway"
+            )
+    return None

@@ -9,6 +9,7 @@ import redis
 import redis.asyncio
 from ridpool import functions, stats
 from ridpool.client import _for, check_wait, wait_slice
+from ridpool.connect import Mode, aconnect
 from ridpool.entry import Entry
 from ridpool.errors import PoolEmpty
 from ridpool.keys import check_prefix, pool_keys, registry
@@ -23,10 +24,11 @@ class AsyncPoolClient:
         self._slice = wait_slice(client)
 
     @classmethod
-    def from_url(cls, url: str, *, prefix: str = "ridpool", **kwargs: Any) -> AsyncPoolClient:
-        return cls(
-            redis.asyncio.Redis.from_url(url, **functions.connection_defaults(kwargs, asyncio=True)), prefix=prefix
-        )
+    def from_url(
+        cls, url: str, *, prefix: str = "ridpool", mode: Mode = "standalone", **kwargs: Any
+    ) -> AsyncPoolClient:
+        """See `PoolClient.from_url`."""
+        return cls(aconnect(url, mode=mode, **kwargs), prefix=prefix)
 
     async def pop(self, pool: str, *, cname: str | None = None, min_ttl: float = 0.0, wait: float = 0.0) -> Entry:
         """See `PoolClient.pop`."""
@@ -73,7 +75,7 @@ class AsyncPoolClient:
         pipe = self.redis.pipeline(transaction=False)
         for command in commands:
             pipe.execute_command(*command)
-        return await pipe.execute()
+        return await pipe.execute(raise_on_error=False)
 
     async def aclose(self) -> None:
         await self.redis.aclose()

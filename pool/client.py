@@ -8,6 +8,7 @@ from typing import Any
 import redis
 import redis.asyncio
 from ridpool import functions, stats
+from ridpool.connect import Mode, connect
 from ridpool.entry import Entry
 from ridpool.errors import InvalidArgument, PoolEmpty
 from ridpool.keys import check_prefix, pool_keys, registry
@@ -22,7 +23,8 @@ def wait_slice(client: redis.Redis | redis.asyncio.Redis) -> float:
 
     Redis checks blocked clients' timeouts about every 100 ms, so a BLPOP can answer that much late.
     """
-    timeout = client.connection_pool.connection_kwargs.get("socket_timeout")
+    pool = getattr(client, "connection_pool", None)  # a Cluster client has one per node: keep the default slice
+    timeout = pool.connection_kwargs.get("socket_timeout") if pool is not None else None
     if timeout is None:
         return WAIT_SLICE
     return max(0.01, min(WAIT_SLICE, float(timeout) / 2, float(timeout) - 0.15))
@@ -43,8 +45,10 @@ class PoolClient:
         self._slice = wait_slice(client)
 
     @classmethod
-    def from_url(cls, url: str, *, prefix: str = "ridpool", **kwargs: Any) -> PoolClient:
-        return cls(redis.Redis.from_url(url, **functions.connection_defaults(kwargs, asyncio=False)), prefix=prefix)
+    def from_url(cls, url: str, *, prefix: str = "ridpool", mode: Mode = "standalone", **kwargs: Any) -> PoolClient:
+        """A client for Redis at `url`; `mode` "cluster" or "sentinel" (with `sentinels=["host:port"]` and
+        `service_name`) as `ridpool.connect.connect` describes; other keywords go to redis-py (`ssl_ca_certs`)."""
+        return cls(connect(url, mode=mode, **kwargs), prefix=prefix)
 
     def pop(self, pool: str, *, cname: str | None = None, min_ttl: float = 0.0, wait: float = 0.0) -> Entry:
         """Take the oldest entry with at least `min_ttl` seconds left, waiting up to `wait` seconds for one.
@@ -96,7 +100,7 @@ class PoolClient:
         pipe = self.redis.pipeline(transaction=False)
         for command in commands:
             pipe.execute_command(*command)  # type: ignore[no-untyped-call]
-        return pipe.execute()
+        return pipe.execute(raise_on_error=False)
 
     def close(self) -> None:
         self.redis.close()

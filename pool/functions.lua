@@ -12,7 +12,7 @@ Every key that holds an ID expires (PEXPIREAT) with the longest-lived ID it hold
 itself even when no daemon runs.
 ]]
 
-local LIBRARY_VERSION = '1'
+local LIBRARY_VERSION = '2'
 -- How every entry of the version this library reads starts: a 9-element msgpack array (0x99) whose first
 -- element, the version, is 1.
 local ENTRY_HEAD = '\153\001'
@@ -41,24 +41,54 @@ local function purge_dead(queue, now)
   end
 end
 
--- A member was removed from a zset: if it held the key's expiry (it was the longest-lived), move the expiry to
--- the new longest-lived member. PEXPIRETIME is O(1), so the common pop (the oldest of several) pays no ZRANGE.
-local function removed_from(key, score)
-  if score >= redis.call('PEXPIRETIME', key) then
-    expire_with_top(key)
+-- The identity of the data set this library runs on: the run_id of this redis-server process, read once per
+-- process (INFO costs a few microseconds; a library-level local lives as long as the loaded library).
+-- A restart (from RDB or AOF), the promotion of a replica, or a slot moved to another Cluster node all serve the
+-- data under another run_id.
+local instance_id = false
+local function instance()
+  if not instance_id then
+    instance_id = string.match(redis.call('INFO', 'server'), 'run_id:(%x+)')
   end
+  return instance_id
+end
+
+-- Make sure a queue's entries were stored in the data set being served now; if not, drop them. Entries that
+-- outlived a restore or a failover may have been popped already in the lost history, so none of them can be
+-- offered again. `mark` is the meta field recording where the queue was filled ('e:' .. slot); `seen` its value
+-- when the caller read it already. Returns true when the queue was dropped.
+-- The queue (and its wake-up list) go first: a failure between the two writes leaves the mark stale, never a
+-- stale queue marked current.
+local function check_data_set(meta, queue, ready, mark, seen)
+  if seen == nil then
+    seen = redis.call('HGET', meta, mark)
+  end
+  local here = instance()
+  if seen == here then
+    return false
+  end
+  if ready then
+    redis.call('DEL', queue, ready)
+  else
+    redis.call('DEL', queue)
+  end
+  redis.call('HSET', meta, mark, here)
+  return true
 end
 
 -- The pop itself, shared by ridpool_pop and ridpool_pop_packed: checks, then takes the entry out.
 -- Returns member, expires_at, now; or nil, error reply; or nil, nil for a miss.
+-- A pop that fails removes nothing: every check and read comes first, then the counter (a failed HINCRBY has
+-- changed nothing), then the one removal (if it fails, the counter is put back). Out of memory is refused by
+-- Redis before the function starts (it is not flagged allow-oom).
 local function take_entry(keys, args)
   local meta, stats, queue = keys[1], keys[2], keys[3]
   local cname = args[1]
   local min_ttl = tonumber(args[2])
-  if min_ttl == nil or min_ttl < 0 then
-    return nil, redis.error_reply('BAD_ARGUMENT min_ttl_ms must be a non-negative number')
+  if min_ttl == nil or min_ttl < 0 or min_ttl >= MAX_LIFE_MS then
+    return nil, redis.error_reply('BAD_ARGUMENT min_ttl_ms must be a number from 0 to below 300000')
   end
-  local known = redis.call('HMGET', meta, 'mode', 'c:' .. cname)
+  local known = redis.call('HMGET', meta, 'mode', 'c:' .. cname, 'e:' .. cname)
   local mode = known[1]
   if not mode then
     return nil, redis.error_reply('UNKNOWN_POOL no daemon has published this pool (after a Redis restart, '
@@ -74,53 +104,54 @@ local function take_entry(keys, args)
     return nil, redis.error_reply('CNAME_NOT_SERVED this pool does not serve that channel')
   end
 
-  local now = now_ms()
-  local least = math.max(now + min_ttl, now + 1)
-  -- The common case, in one step: the oldest entry is alive, has the life asked for and is of this version.
-  -- Taking the head never changes the queue's expiry (the longest-lived entry stays, or the queue is gone).
-  local head = redis.call('ZPOPMIN', queue)
-  if head[2] and tonumber(head[2]) >= least and string.sub(head[1], 1, 2) == ENTRY_HEAD then
-    redis.call('HINCRBY', stats, 'pops', 1)
-    return head[1], tonumber(head[2]), now
-  end
-  -- Otherwise put the head back (atomically: nobody saw it gone), drop dead entries, and look further.
-  if head[2] then
-    redis.call('ZADD', queue, head[2], head[1])
-    if redis.call('PTTL', queue) < 0 then
-      -- It was the only entry: ZPOPMIN deleted the key, and the ZADD made a new one without an expiry.
-      redis.call('PEXPIREAT', queue, head[2])
+  local found = {}
+  if not check_data_set(meta, queue, nil, 'e:' .. cname, known[3]) then
+    local now = now_ms()
+    local least = math.max(now + min_ttl, now + 1)
+    -- The oldest entry with the life asked for, and whether another lives longer (then the queue's expiry,
+    -- set by its longest-lived entry, stays as it is).
+    found = redis.call('ZRANGEBYSCORE', queue, least, '+inf', 'WITHSCORES', 'LIMIT', 0, 2)
+    if found[1] then
+      if string.sub(found[1], 1, 2) ~= ENTRY_HEAD then
+        -- Left in place, not wasted: a client of the version that wrote it can still take it.
+        return nil, redis.error_reply('BAD_ENTRY an entry of an unknown format is queued; upgrade this client')
+      end
+      redis.call('HINCRBY', stats, 'pops', 1)
+      local taken = redis.pcall('ZREM', queue, found[1])
+      if type(taken) == 'table' then
+        redis.call('HINCRBY', stats, 'pops', -1)
+        return nil, taken
+      end
+      if not found[3] then
+        -- It was the longest-lived entry. Past the removal nothing may fail the pop: the entry is out, so it
+        -- must be handed out; a user not allowed to move the expiry leaves it a little long, never lost.
+        local top = redis.pcall('ZRANGE', queue, -1, -1, 'WITHSCORES')
+        if type(top) == 'table' and top[2] then
+          redis.pcall('PEXPIREAT', queue, top[2])
+        end
+      end
+      return found[1], tonumber(found[2]), now
     end
   end
-  purge_dead(queue, now)
-  local found = redis.call('ZRANGEBYSCORE', queue, least, '+inf', 'WITHSCORES', 'LIMIT', 0, 1)
-  if not found[1] then
-    if args[3] == '1' then
-      redis.call('HINCRBY', stats, 'misses', 1)
-    end
-    return nil, nil
+  if args[3] == '1' then
+    redis.call('HINCRBY', stats, 'misses', 1)
   end
-  if string.sub(found[1], 1, 2) ~= ENTRY_HEAD then
-    -- Left in place, not wasted: a client of the version that wrote it can still take it.
-    return nil, redis.error_reply('BAD_ENTRY an entry of an unknown format is queued; upgrade this client')
-  end
-  local expires_at = tonumber(found[2])
-  redis.call('ZREM', queue, found[1])
-  removed_from(queue, expires_at)
-  redis.call('HINCRBY', stats, 'pops', 1)
-  return found[1], expires_at, now
+  return nil, nil
 end
 
 --[[
 ridpool_pop: hand out the oldest entry that still has at least min_ttl to live; never the same one twice.
 KEYS[1] meta   PREFIX:{POOL}:meta
 KEYS[2] stats  PREFIX:{POOL}:stats
-KEYS[3] queue  PREFIX:{POOL}:q (template pool) or PREFIX:{POOL}:q:<cname> (named channel)
-ARGV[1] cname        '' for a template pool, else the channel to pop for
-ARGV[2] min_ttl_ms   the least remaining life the caller accepts (integer ms, >= 0)
+KEYS[3] queue  PREFIX:{POOL}:q (template pool) or PREFIX:{POOL}:q:<encoded cname> (named channel, see keys.py)
+ARGV[1] cname        '' for a template pool, else the channel to pop for (as written, not encoded)
+ARGV[2] min_ttl_ms   the least remaining life the caller accepts (integer ms, 0 <= min_ttl_ms < 300000)
 ARGV[3] record_miss  '1' to count an empty answer as a miss ('0' for the early tries of a waiting pop)
 Reply: a flat array of field/value pairs: resourceId, appid, cname, uid, pool, sentAt (server ms), expiresAt
 (server ms), expiresIn (ms), requestId; or nil when nothing fresh enough is there.
-Errors: 'UNKNOWN_POOL ...', 'CNAME_REQUIRED ...', 'CNAME_NOT_SERVED ...', 'BAD_ARGUMENT ...', 'BAD_ENTRY ...'.
+Errors: 'UNKNOWN_POOL ...', 'CNAME_REQUIRED ...', 'CNAME_NOT_SERVED ...', 'BAD_ARGUMENT ...', 'BAD_ENTRY ...';
+Redis's own (WRONGTYPE, OOM, a command the user may not run): in every case nothing was removed.
+The first pop on a queue filled in another data set (see check_data_set) drops its entries and misses.
 ]]
 local function pop(keys, args)
   local member, expires_at, now = take_entry(keys, args)
@@ -150,13 +181,16 @@ end
 --[[
 ridpool_add: store one acquired entry, once; release the lease it was acquired under.
 KEYS[1] stats     KEYS[2] ledger    KEYS[3] queue    KEYS[4] ready    KEYS[5] inflight    KEYS[6] uids
+KEYS[7] meta
 ARGV[1] entry     msgpack entry (see the top of this file); its expiresAt is ARGV[3]
 ARGV[2] resourceId
 ARGV[3] expires_at_ms  server time at which the entry stops being offered
 ARGV[4] lease token ('' for none)
 ARGV[5] uid to hold in the uids zset until the entry expires ('' when the pool's uid is fixed)
+ARGV[6] slot      the queue's channel as written ('' for a template pool): names its data-set mark
 Reply: 'ADDED'; 'EXISTS' (this very entry is already queued: a retried add); 'REFUSED' (the ID was added
 before and popped or replaced: never offered twice); 'EXPIRED' (already past its time: not stored).
+A queue filled in another data set (a restore, a failover) is dropped before the entry joins it.
 ]]
 local function add(keys, args)
   local stats, ledger, queue, ready, inflight, uids = keys[1], keys[2], keys[3], keys[4], keys[5], keys[6]
@@ -172,6 +206,7 @@ local function add(keys, args)
   if expires_at - now > MAX_LIFE_MS then
     return redis.error_reply('BAD_ARGUMENT an entry cannot live more than five minutes')
   end
+  check_data_set(keys[7], queue, ready, 'e:' .. args[6])
   local digest = redis.sha1hex(rid)
   redis.call('ZREMRANGEBYSCORE', ledger, '-inf', now)
   if redis.call('ZSCORE', ledger, digest) then
@@ -194,9 +229,10 @@ local function add(keys, args)
     expire_with_top(uids)
   end
   redis.call('HINCRBY', stats, 'added', 1)
-  -- Wake one waiting pop; the list is kept short so idle pools do not pile up stale tokens.
+  -- Wake one waiting pop. Never more tokens than queued entries: a waiter woken for nothing loops anyway
+  -- (see the README), but an idle pool does not pile up stale tokens.
   redis.call('RPUSH', ready, '1')
-  redis.call('LTRIM', ready, -16, -1)
+  redis.call('LTRIM', ready, -redis.call('ZCARD', queue), -1)
   redis.call('PEXPIREAT', ready, expires_at)
   return 'ADDED'
 end
@@ -302,15 +338,55 @@ local function release(keys, args)
 end
 
 --[[
-ridpool_sweep: drop a queue's dead entries and report what is left.
-KEYS[1] queue
+ridpool_sweep: drop a queue's dead entries (all of them if it was filled in another data set) and report what is
+left.
+KEYS[1] queue    KEYS[2] meta    KEYS[3] ready
+ARGV[1] slot     the queue's channel as written ('' for a template pool)
 Reply: {live entries, server now ms, expiresAt ms of the oldest live entry or -1}.
 ]]
 local function sweep(keys, args)
   local now = now_ms()
+  check_data_set(keys[2], keys[1], keys[3], 'e:' .. args[1])
   purge_dead(keys[1], now)
   local oldest = redis.call('ZRANGE', keys[1], 0, 0, 'WITHSCORES')
   return {redis.call('ZCARD', keys[1]), now, tonumber(oldest[2] or -1)}
+end
+
+--[[
+ridpool_publish: publish a pool's configuration, unless another live replica publishes a different one.
+KEYS[1] meta
+ARGV[1] owner        the publishing replica's id
+ARGV[2] fingerprint  of the configuration (replicas with the same config publish the same fingerprint)
+ARGV[3] live_ms      a publication younger than this, by another owner, of another fingerprint, wins
+ARGV[4..] field, value pairs to publish (mode, appid, size, max_age_ms, cnames, c:<cname>...)
+Reply: {'PUBLISHED', owner} or {'CONFLICT', the owner whose publication stands}.
+Every field is replaced except the data-set marks (e:<slot>), which belong to the queues (check_data_set).
+]]
+local function publish(keys, args)
+  local meta = keys[1]
+  local now = now_ms()
+  local held = redis.call('HMGET', meta, 'owner', 'fingerprint', 'published_at_ms')
+  if held[2] and held[2] ~= args[2] and held[1] ~= args[1]
+      and now - (tonumber(held[3]) or 0) < tonumber(args[3]) then
+    return {'CONFLICT', held[1]}
+  end
+  local stale = {}
+  for _, field in ipairs(redis.call('HKEYS', meta)) do
+    if string.sub(field, 1, 2) ~= 'e:' then
+      stale[#stale + 1] = field
+    end
+  end
+  if #stale > 0 then
+    redis.call('HDEL', meta, unpack(stale))
+  end
+  local fields = {'owner', args[1], 'fingerprint', args[2]}
+  for i = 4, #args do
+    fields[#fields + 1] = args[i]
+  end
+  fields[#fields + 1] = 'published_at_ms'
+  fields[#fields + 1] = now
+  redis.call('HSET', meta, unpack(fields))
+  return {'PUBLISHED', args[1]}
 end
 
 --[[
@@ -369,25 +445,39 @@ end
 ridpool_report: a starter says how `start` went with a popped entry, so failure rates by ID age can be seen
 and max_age tuned on evidence rather than argued.
 KEYS[1] starts   PREFIX:{POOL}:starts (hash of counters; holds no ID)
+KEYS[2] meta     PREFIX:{POOL}:meta (only a published pool takes reports)
 ARGV[1] sent_at_ms   the entry's sentAt
 ARGV[2] outcome      'ok' or 'failed'
-ARGV[3] code         Agora's error code for a failure ('' when none)
+ARGV[3] code         Agora's error code for a failure ('' when none): an integer, else counted as 'other'
 Fields counted: '<outcome>:<age bucket>' with buckets of 30 s by age at report time ('0-29', '30-59', ...,
-'300+'), and 'code:<code>' for failures. Reply: the age in ms.
+'300+'), and 'code:<code>' for failures, at most MAX_CODES distinct codes (later ones count as 'code:other').
+The hash expires REPORTS_KEPT_MS after the last report. Reply: the age in ms.
+Errors: 'UNKNOWN_POOL ...', 'BAD_ARGUMENT ...'.
 ]]
+local MAX_CODES = 32
+local REPORTS_KEPT_MS = 7 * 24 * 3600 * 1000
 local function report(keys, args)
   local sent = tonumber(args[1])
   local outcome = args[2]
   if sent == nil or (outcome ~= 'ok' and outcome ~= 'failed') then
     return redis.error_reply("BAD_ARGUMENT report takes sent_at_ms and 'ok' or 'failed'")
   end
+  if redis.call('EXISTS', keys[2]) == 0 then
+    return redis.error_reply('UNKNOWN_POOL no daemon has published this pool; reports are kept only for pools')
+  end
   local age = math.max(0, now_ms() - sent)
   local low = math.floor(age / 30000) * 30
   local bucket = low >= 300 and '300+' or (low .. '-' .. (low + 29))
   redis.call('HINCRBY', keys[1], outcome .. ':' .. bucket, 1)
   if outcome == 'failed' and args[3] ~= '' then
-    redis.call('HINCRBY', keys[1], 'code:' .. args[3], 1)
+    local code = string.match(args[3], '^-?%d%d?%d?%d?%d?%d?%d?%d?%d?$') and args[3] or 'other'
+    local field = 'code:' .. code
+    if redis.call('HEXISTS', keys[1], field) == 0 and redis.call('HLEN', keys[1]) >= MAX_CODES + 24 then
+      field = 'code:other' -- 22 age fields at most (ok/failed x 11 buckets): the rest is the codes' share
+    end
+    redis.call('HINCRBY', keys[1], field, 1)
   end
+  redis.call('PEXPIRE', keys[1], REPORTS_KEPT_MS)
   return age
 end
 
@@ -398,6 +488,7 @@ redis.register_function('ridpool_add', add)
 redis.register_function('ridpool_reserve', reserve)
 redis.register_function('ridpool_release', release)
 redis.register_function('ridpool_sweep', sweep)
+redis.register_function('ridpool_publish', publish)
 redis.register_function('ridpool_take', take)
 redis.register_function('ridpool_cooldown', cooldown)
 redis.register_function{

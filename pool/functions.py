@@ -9,7 +9,11 @@ from __future__ import annotations
 
 import contextlib
 import enum
+import hashlib
+import json
 import math
+import re
+import weakref
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from importlib import resources
@@ -25,9 +29,15 @@ from ridpool.errors import (
     CnameNotServed,
     CorruptEntry,
     InvalidArgument,
+    LibraryMismatch,
+    Moved,
+    OutOfMemory,
+    PermissionDenied,
     PoolUnavailable,
+    RedisRefused,
     RidpoolError,
     UnknownPool,
+    WrongType,
 )
 from ridpool.keys import AccountKeys, PoolKeys
 
@@ -80,7 +90,7 @@ def parse_pop(reply: Any) -> Entry | None:
 def report_call(keys: PoolKeys, entry: Entry, *, ok: bool, code: int | str | None = None) -> Call:
     return Call(
         "ridpool_report",
-        (keys.starts,),
+        (keys.starts, keys.meta),
         (entry.sent_at_ms, "ok" if ok else "failed", "" if code is None else str(code)),
     )
 
@@ -105,8 +115,9 @@ def add_call(keys: PoolKeys, entry: Entry, *, queue_cname: str | None, lease: st
             keys.ready(queue_cname),
             keys.inflight,
             keys.uids,
+            keys.meta,
         ),
-        (encode(entry), entry.resource_id, entry.expires_at_ms, lease, uid),
+        (encode(entry), entry.resource_id, entry.expires_at_ms, lease, uid, queue_cname or ""),
     )
 
 
@@ -162,12 +173,36 @@ class QueueState:
 
 
 def sweep_call(keys: PoolKeys, queue_cname: str | None) -> Call:
-    return Call("ridpool_sweep", (keys.queue(queue_cname),), ())
+    return Call("ridpool_sweep", (keys.queue(queue_cname), keys.meta, keys.ready(queue_cname)), (queue_cname or "",))
 
 
 def parse_sweep(reply: Any) -> QueueState:
     live, now, oldest = (int(x) for x in reply)
     return QueueState(live, now, None if oldest < 0 else oldest)
+
+
+# -- publish ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Published:
+    """What ridpool_publish did: `ok` False when another live replica's different configuration stands."""
+
+    ok: bool
+    owner: str
+
+
+def publish_call(keys: PoolKeys, fields: dict[str, str], *, owner: str, live_ms: int) -> Call:
+    """Publish a pool's metadata; `fields` minus volatile ones make the fingerprint replicas compare."""
+    stable = {k: v for k, v in sorted(fields.items()) if k != "published_at_ms"}
+    fingerprint = hashlib.sha256(json.dumps(stable).encode()).hexdigest()[:16]
+    pairs = [x for item in stable.items() for x in item]
+    return Call("ridpool_publish", (keys.meta,), (owner, fingerprint, live_ms, *pairs))
+
+
+def parse_publish(reply: Any) -> Published:
+    outcome, owner = (text(x) for x in reply)
+    return Published(outcome == "PUBLISHED", owner)
 
 
 # -- the shared budget -----------------------------------------------------------------------------------
@@ -195,18 +230,41 @@ _ERRORS: dict[str, type[RidpoolError]] = {
     "BAD_ARGUMENT": InvalidArgument,
     "BAD_ENTRY": CorruptEntry,
 }
+# What Redis says inside a function when the user may not run a command or touch a key (an ERR, not a NOPERM).
+_SCRIPT_DENIED = re.compile(r"user executing the script can't (run|access)", re.IGNORECASE)
+LIBRARY_VERSION = int(re.search(r"local LIBRARY_VERSION = '(\d+)'", LIBRARY).group(1))  # type: ignore[union-attr]
+AnyRedis = Any  # redis.Redis, redis.asyncio.Redis or one of their Cluster twins
 
 
 def _missing_library(exc: redis.ResponseError) -> bool:
     return "function not found" in str(exc).lower()
 
 
-def _translate(exc: redis.ResponseError, call: Call) -> RidpoolError:
-    code, _, message = str(exc).partition(" ")
+def refused(exc: redis.RedisError, subject: str) -> RidpoolError:
+    """The ridpool error for an error reply of Redis, naming what it concerned (`subject`)."""
+    message = str(exc)
+    if isinstance(exc, redis.exceptions.NoPermissionError | redis.AuthenticationError) or _SCRIPT_DENIED.search(
+        message
+    ):
+        return PermissionDenied(
+            f"{subject}: the Redis user is not allowed this ({message}); grant it the ACL the README lists"
+        )
+    if isinstance(exc, redis.exceptions.OutOfMemoryError):
+        return OutOfMemory(f"{subject}: Redis is out of memory (maxmemory reached) and refuses writes: {message}")
+    if isinstance(exc, redis.exceptions.AskError | redis.exceptions.ClusterCrossSlotError):
+        where_ = f"Redis Cluster serves this key on another node ({message})"
+        return Moved(f'{subject}: {where_}; connect in cluster mode ([redis] mode = "cluster")')
+    if message.startswith("WRONGTYPE"):
+        return WrongType(f"{subject}: a key holds the wrong type of value, the pool's keys are damaged ({message})")
+    code, _, rest = message.partition(" ")
     kind = _ERRORS.get(code)
-    if kind is None:
-        return PoolUnavailable(f"Redis refused {call.function}: {exc}")
-    return kind(f"{_subject(call)}: {message}")
+    if kind is not None:
+        return kind(f"{subject}: {rest}")
+    return RedisRefused(f"{subject}: Redis refused it: {message}")
+
+
+def _translate(exc: redis.RedisError, call: Call) -> RidpoolError:
+    return refused(exc, _subject(call))
 
 
 def _subject(call: Call) -> str:
@@ -223,10 +281,15 @@ def unavailable(exc: Exception, where: str) -> PoolUnavailable:
     return PoolUnavailable(f"Redis at {where} is unavailable ({type(exc).__name__}: {exc})")
 
 
-def where(client: redis.Redis | redis.asyncio.Redis) -> str:
-    kwargs = client.connection_pool.connection_kwargs
+def where(client: AnyRedis) -> str:
+    pool = getattr(client, "connection_pool", None)
+    if pool is None:  # a Cluster client: no single server
+        return "the Redis Cluster"
+    kwargs = pool.connection_kwargs
     if "path" in kwargs:
         return str(kwargs["path"])
+    if "service_name" in getattr(pool, "__dict__", {}):
+        return f"Sentinel service {pool.service_name!r}"
     return f"{kwargs.get('host', '?')}:{kwargs.get('port', '?')}"
 
 
@@ -245,12 +308,77 @@ def connection_defaults(kwargs: dict[str, Any], *, asyncio: bool) -> dict[str, A
 
 
 @contextlib.contextmanager
-def reaching(client: redis.Redis | redis.asyncio.Redis) -> Iterator[None]:
-    """Turn a lost or timed-out connection to Redis into PoolUnavailable naming the server (sync or async code)."""
+def reaching(client: AnyRedis, subject: str = "") -> Iterator[None]:
+    """Turn Redis failures into ridpool errors (sync or async code): a lost or timed-out connection into
+    PoolUnavailable naming the server, an error reply into the RedisRefused subclass that says what it is."""
     try:
         yield
-    except (redis.ConnectionError, redis.TimeoutError) as exc:
+    except redis.AuthenticationError as exc:
+        raise refused(exc, subject or f"Redis at {where(client)}") from None
+    except (redis.ConnectionError, redis.TimeoutError, redis.exceptions.ClusterError) as exc:
+        _checked.discard(client)  # the next connection may reach another server: check its library again
         raise unavailable(exc, where(client)) from None
+    except redis.ResponseError as exc:
+        raise refused(exc, subject or f"Redis at {where(client)}") from None
+
+
+# Clients (one connection pool each) whose server's library version was checked: once per pool, again after a
+# lost connection.
+_checked: weakref.WeakSet[Any] = weakref.WeakSet()
+
+
+def _is_cluster(client: AnyRedis) -> bool:
+    return isinstance(client, redis.RedisCluster | redis.asyncio.RedisCluster)
+
+
+def _versions_call(client: AnyRedis) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    # On a Cluster, every primary answers (each holds its own copy of the library).
+    if _is_cluster(client):
+        return ("FCALL", "ridpool_version", 0), {"target_nodes": redis.RedisCluster.PRIMARIES}
+    return ("FCALL", "ridpool_version", 0), {}
+
+
+def _versions(reply: Any, cluster: bool) -> list[int]:
+    values = list(reply.values()) if cluster and isinstance(reply, dict) else [reply]
+    return [int(text(v)) for v in values]
+
+
+def _needs_load(versions: list[int], where_: str) -> bool:
+    newer = [v for v in versions if v > LIBRARY_VERSION]
+    if newer:
+        raise LibraryMismatch(
+            f"Redis at {where_} runs ridpool function library version {max(newer)}, newer than this client's "
+            f"{LIBRARY_VERSION}; upgrade ridpool here (an older client must not replace it)"
+        )
+    return any(v < LIBRARY_VERSION for v in versions)
+
+
+def check_library(client: AnyRedis) -> None:
+    """Load the library where Redis lacks it or holds an older one; refuse a newer one (LibraryMismatch)."""
+    args, options = _versions_call(client)
+    try:
+        versions = _versions(client.execute_command(*args, **options), _is_cluster(client))
+    except redis.ResponseError as exc:
+        if not _missing_library(exc):
+            raise
+        versions = [0]
+    if _needs_load(versions, where(client)):
+        load_library(client)
+    _checked.add(client)
+
+
+async def acheck_library(client: AnyRedis) -> None:
+    """The asyncio twin of `check_library`."""
+    args, options = _versions_call(client)
+    try:
+        versions = _versions(await client.execute_command(*args, **options), _is_cluster(client))
+    except redis.ResponseError as exc:
+        if not _missing_library(exc):
+            raise
+        versions = [0]
+    if _needs_load(versions, where(client)):
+        await aload_library(client)
+    _checked.add(client)
 
 
 def load_library(client: redis.Redis) -> None:
@@ -262,30 +390,29 @@ async def aload_library(client: redis.asyncio.Redis) -> None:
 
 
 def execute(client: redis.Redis, call: Call) -> Any:
-    """Run a call; load the library once if Redis lost it; map failures to ridpool errors."""
-    with reaching(client):
+    """Run a call; check the library's version once per client, load it if Redis lost it; map failures to
+    ridpool errors."""
+    with reaching(client, _subject(call)):
+        if client not in _checked:
+            check_library(client)
         try:
-            try:
-                return client.fcall(call.function, len(call.keys), *call.keys, *call.args)
-            except redis.ResponseError as exc:
-                if not _missing_library(exc):
-                    raise
-                load_library(client)
-                return client.fcall(call.function, len(call.keys), *call.keys, *call.args)
+            return client.fcall(call.function, len(call.keys), *call.keys, *call.args)
         except redis.ResponseError as exc:
-            raise _translate(exc, call) from None
+            if not _missing_library(exc):
+                raise
+            check_library(client)
+            return client.fcall(call.function, len(call.keys), *call.keys, *call.args)
 
 
 async def aexecute(client: redis.asyncio.Redis, call: Call) -> Any:
     """The asyncio twin of `execute`."""
-    with reaching(client):
+    with reaching(client, _subject(call)):
+        if client not in _checked:
+            await acheck_library(client)
         try:
-            try:
-                return await client.fcall(call.function, len(call.keys), *call.keys, *call.args)
-            except redis.ResponseError as exc:
-                if not _missing_library(exc):
-                    raise
-                await aload_library(client)
-                return await client.fcall(call.function, len(call.keys), *call.keys, *call.args)
+            return await client.fcall(call.function, len(call.keys), *call.keys, *call.args)
         except redis.ResponseError as exc:
-            raise _translate(exc, call) from None
+            if not _missing_library(exc):
+                raise
+            await acheck_library(client)
+            return await client.fcall(call.function, len(call.keys), *call.keys, *call.args)

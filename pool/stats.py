@@ -82,7 +82,9 @@ def server_ms(time_reply: Sequence[Any]) -> int:
 
 
 def second_round(keys: PoolKeys, first: Sequence[Any]) -> list[tuple[str, ...]]:
-    """Each channel's live entries (not yet past their time) and its oldest entry."""
+    """Each channel's live entries (not yet past their time) and its oldest entry (none when a key is damaged)."""
+    if _problem(first):
+        return []
     now = server_ms(first[0])
     commands: list[tuple[str, ...]] = []
     for cname in channel_names(decode_hash(first[1])):
@@ -91,7 +93,41 @@ def second_round(keys: PoolKeys, first: Sequence[Any]) -> list[tuple[str, ...]]:
     return commands
 
 
+def _problem(replies: Sequence[Any]) -> str:
+    """The first error Redis answered in a round (read with raise_on_error=False), as text; '' when none."""
+    return next((f"{type(r).__name__}: {r}" for r in replies if isinstance(r, Exception)), "")
+
+
+def damaged(keys: PoolKeys, problem: str) -> PoolStats:
+    """A pool whose keys cannot be read: shown in error with the reason, never a traceback."""
+    return PoolStats(
+        pool=keys.pool,
+        known=True,
+        mode="",
+        appid="",
+        target=0,
+        max_age=0.0,
+        channels=(),
+        in_flight=0,
+        counters={name: 0 for name in (*COUNTERS, "expired")},
+        state="error",
+        last_error=f"damaged keys: {problem}",
+        published_at_ms=None,
+    )
+
+
 def build(keys: PoolKeys, first: Sequence[Any], second: Sequence[Any]) -> PoolStats:
+    """The pool's state from both rounds; a round in which Redis refused a read gives `damaged`."""
+    problem = _problem(first) or _problem(second)
+    if problem:
+        return damaged(keys, problem)
+    try:
+        return _build(keys, first, second)
+    except (ValueError, TypeError, IndexError, KeyError) as exc:  # a hash holding what no daemon wrote
+        return damaged(keys, f"unreadable metadata ({exc})")
+
+
+def _build(keys: PoolKeys, first: Sequence[Any], second: Sequence[Any]) -> PoolStats:
     time_reply, meta_raw, stats_raw, in_flight, starts_raw = first
     now_ms = server_ms(time_reply)
     meta = decode_hash(meta_raw)
