@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
+import subprocess
+import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
 
+import redis
 from ridpool.daemon.localredis import LocalRedis as RedisServer
 from ridpool.daemon.localredis import free_port
 
-__all__ = ["RedisServer", "free_port", "wait_for"]
+__all__ = ["RedisProc", "RedisServer", "free_port", "processes", "wait_for"]
 
 
 def wait_for(condition: Callable[[], object], timeout: float = 10.0, interval: float = 0.01, what: str = "") -> None:
@@ -23,3 +30,64 @@ def wait_for(condition: Callable[[], object], timeout: float = 10.0, interval: f
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout} s waiting for {what or condition}")
         time.sleep(interval)
+
+
+class RedisProc:
+    """One redis-server (or sentinel) process with any extra settings, in its own directory, started and
+    restarted by the tests. Ready once its log says so (works for TLS-only ports, ACL users and sentinels)."""
+
+    def __init__(self, *args: str, port: int | None = None, sentinel_conf: str | None = None) -> None:
+        self.port = port or free_port()
+        self.args = list(args)
+        self.dir = Path(tempfile.mkdtemp(prefix="ridpool-proc-"))
+        self.sentinel_conf = sentinel_conf
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self, timeout: float = 15.0) -> RedisProc:
+        log = self.dir / "redis.log"
+        seen = log.stat().st_size if log.exists() else 0
+        if self.sentinel_conf is not None:
+            conf = self.dir / "sentinel.conf"
+            if not conf.exists():
+                conf.write_text(self.sentinel_conf)
+            command = ["redis-server", str(conf), "--sentinel"]
+        else:
+            command = ["redis-server", "--save", "", "--appendonly", "no"]
+        command += ["--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.dir), "--logfile", str(log)]
+        self.process = subprocess.Popen([*command, *self.args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        marks = (b"Ready to accept connections", b"Sentinel ID is")
+
+        def ready() -> bool:
+            assert self.process is not None and self.process.poll() is None, f"exited; see {log}"
+            return log.exists() and any(m in log.read_bytes()[seen:] for m in marks)
+
+        wait_for(ready, timeout, what=f"redis-server on port {self.port} to be ready")
+        return self
+
+    def client(self, **kwargs: Any) -> redis.Redis:
+        return redis.Redis(host="127.0.0.1", port=self.port, **kwargs)
+
+    def kill(self) -> None:
+        """SIGKILL: nothing saved at exit, like a crash."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(timeout=10)
+        self.process = None
+
+    def signal(self, sig: int) -> None:
+        assert self.process is not None
+        os.kill(self.process.pid, sig)
+
+
+@contextlib.contextmanager
+def processes(*procs: RedisProc) -> Iterator[list[RedisProc]]:
+    """Start the processes in order; kill every one at the end, whatever happened."""
+    try:
+        yield [p.start() for p in procs]
+    finally:
+        for p in procs:
+            p.kill()
