@@ -63,12 +63,14 @@ class Refiller:
         self.leases: dict[str, PoolKeys] = {}  # token -> its pool: the leases this replica holds and renews
         self.stopping = False
         self.damaged: dict[str, str] = {}  # pool -> why its keys cannot be used; skipped until they can
+        self.failed_now: set[str] = set()  # pools damaged during the current round
 
     # -- one round -----------------------------------------------------------------------------------------
 
     async def round(self) -> int:
         """Lease and start acquires until every slot is full or leased; returns the acquires started."""
         await self.clock.sync(self.redis)
+        self.failed_now.clear()
         slots = await self._slots()
         started = 0
         while not self.stopping:
@@ -96,6 +98,8 @@ class Refiller:
             slots[i] = replace(slot, pending=slot.pending + 1)
             self._spawn(self.pools[slot.pool], slot.cname or "", leases[0])
             started += 1
+        for pool in set(self.damaged) - self.failed_now:
+            self.mark_sound(pool)
         return started
 
     async def _slots(self) -> list[planner.Slot]:
@@ -105,8 +109,6 @@ class Refiller:
                 slots += [await self._sweep(pool, name) for name in pool.slots]
             except RedisRefused as exc:
                 await self.mark_damaged(pool.name, exc)  # skipped this round; the other pools go on
-            else:
-                self.mark_sound(pool.name)
         return slots
 
     async def _sweep(self, pool: PoolConfig, name: str) -> planner.Slot:
@@ -123,6 +125,7 @@ class Refiller:
         Logged once per cause, and written to the pool's stats (state `error`) when that key itself is usable.
         """
         message = str(exc)
+        self.failed_now.add(pool)
         if self.damaged.get(pool) != message:
             log.error("refill.pool_damaged", pool=pool, kind=type(exc).__name__, error=message)
         self.damaged[pool] = message

@@ -29,7 +29,7 @@ from ridpool.daemon.clock import ServerClock
 from ridpool.daemon.config import Config, Credentials
 from ridpool.daemon.limiter import Budget
 from ridpool.daemon.refill import Refiller
-from ridpool.errors import EvictionRisk, PoolUnavailable
+from ridpool.errors import EvictionRisk, PoolUnavailable, RedisRefused
 from ridpool.meta import PoolMeta, apublish
 
 log = structlog.get_logger("ridpool.daemon")
@@ -142,7 +142,11 @@ class Daemon:
                 pool.name, pool.appid, None if pool.is_template else pool.slots, pool.size, pool.max_age, now
             )
             keys = keyspace.pool_keys(self.prefix, pool.name)
-            published = await apublish(self.redis, keys, meta, owner=self.replica_id, live_ms=live_ms)
+            try:
+                published = await apublish(self.redis, keys, meta, owner=self.replica_id, live_ms=live_ms)
+            except RedisRefused as exc:
+                await self.refiller.mark_damaged(pool.name, exc)  # the other pools are still published
+                continue
             topic = f"owner:{pool.name}"
             if published.ok:
                 self.warnings.pop(topic, None)

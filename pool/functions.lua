@@ -450,11 +450,11 @@ ARGV[1] sent_at_ms   the entry's sentAt
 ARGV[2] outcome      'ok' or 'failed'
 ARGV[3] code         Agora's error code for a failure ('' when none): an integer, else counted as 'other'
 Fields counted: '<outcome>:<age bucket>' with buckets of 30 s by age at report time ('0-29', '30-59', ...,
-'300+'), and 'code:<code>' for failures, at most MAX_CODES distinct codes (later ones count as 'code:other').
+'300+'), and 'code:<code>' for failures; once the hash holds MAX_FIELDS fields, new codes count as 'code:other'.
 The hash expires REPORTS_KEPT_MS after the last report. Reply: the age in ms.
 Errors: 'UNKNOWN_POOL ...', 'BAD_ARGUMENT ...'.
 ]]
-local MAX_CODES = 32
+local MAX_FIELDS = 64
 local REPORTS_KEPT_MS = 7 * 24 * 3600 * 1000
 local function report(keys, args)
   local sent = tonumber(args[1])
@@ -472,8 +472,8 @@ local function report(keys, args)
   if outcome == 'failed' and args[3] ~= '' then
     local code = string.match(args[3], '^-?%d%d?%d?%d?%d?%d?%d?%d?%d?$') and args[3] or 'other'
     local field = 'code:' .. code
-    if redis.call('HEXISTS', keys[1], field) == 0 and redis.call('HLEN', keys[1]) >= MAX_CODES + 24 then
-      field = 'code:other' -- 22 age fields at most (ok/failed x 11 buckets): the rest is the codes' share
+    if redis.call('HEXISTS', keys[1], field) == 0 and redis.call('HLEN', keys[1]) >= MAX_FIELDS then
+      field = 'code:other'
     end
     redis.call('HINCRBY', keys[1], field, 1)
   end

@@ -14,7 +14,7 @@ else: the daemon, the clients, the tests and the docs all go through these funct
     PREFIX:{POOL}:uids              zset   uids held by live entries and leases of a uid_range pool
     PREFIX:{POOL}:ledger            zset   sha1 of every ID added while it can live (refuses re-adds)
     PREFIX:{POOL}:starts            hash   starters' reports of `start`: ok/failed by ID age bucket, failure codes
-                                           (at most 32 codes; expires 7 days after the last report)
+                                           (at most 64 fields + code:other; expires 7 days after the last report)
     PREFIX:{POOL}:hold              string set while the pool backs off after failed acquires (PTTL: how long)
     PREFIX:{acct:NAME}:rate         zset   the account's shared request log (sliding window)
     PREFIX:{acct:NAME}:cooldown     string set after a 429: every replica waits out its PTTL
