@@ -91,3 +91,48 @@ def processes(*procs: RedisProc) -> Iterator[list[RedisProc]]:
     finally:
         for p in procs:
             p.kill()
+
+
+@contextlib.contextmanager
+def cluster(primaries: int = 3) -> Iterator[list[RedisProc]]:
+    """A real Redis Cluster of `primaries` primaries (no replicas) on loopback, slots spread by redis-cli."""
+    nodes = [
+        RedisProc("--cluster-enabled", "yes", "--cluster-node-timeout", "2000", "--cluster-port", str(free_port()))
+        for _ in range(primaries)
+    ]
+    with processes(*nodes):
+        addresses = [f"127.0.0.1:{n.port}" for n in nodes]
+        subprocess.run(
+            ["redis-cli", "--cluster", "create", *addresses, "--cluster-replicas", "0", "--cluster-yes"],
+            check=True,
+            capture_output=True,
+            timeout=60,
+        )
+        clients = [n.client() for n in nodes]
+        wait_for(lambda: all(c.cluster("info")["cluster_state"] == "ok" for c in clients), 30, what="cluster ok")
+        for c in clients:
+            c.close()
+        yield nodes
+
+
+@contextlib.contextmanager
+def sentinel_group(service: str = "mymaster") -> Iterator[tuple[RedisProc, RedisProc, RedisProc]]:
+    """A primary, its replica and one Sentinel (quorum 1) watching them, on loopback."""
+    primary = RedisProc()
+    with processes(primary):
+        replica = RedisProc("--replicaof", "127.0.0.1", str(primary.port))
+        watcher = RedisProc(
+            sentinel_conf=(
+                f"sentinel monitor {service} 127.0.0.1 {primary.port} 1\n"
+                f"sentinel down-after-milliseconds {service} 1000\n"
+                f"sentinel failover-timeout {service} 5000\n"
+            )
+        )
+        with processes(replica, watcher):
+            with watcher.client(decode_responses=True) as w:
+                wait_for(
+                    lambda: int(w.sentinel_master(service)["num-slaves"]) >= 1,
+                    30,
+                    what="the sentinel to see the replica",
+                )
+            yield primary, replica, watcher
