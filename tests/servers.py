@@ -129,6 +129,8 @@ def sentinel_group(service: str = "mymaster") -> Iterator[tuple[RedisProc, Redis
             )
         )
         with processes(replica, watcher):
+            with replica.client(decode_responses=True) as r:
+                wait_for(lambda: r.info("replication")["master_link_status"] == "up", 30, what="replica synced")
             with watcher.client(decode_responses=True) as w:
                 wait_for(
                     lambda: int(w.sentinel_master(service)["num-slaves"]) >= 1,
