@@ -1,6 +1,7 @@
-"""The daemon: wires config, Redis, the Agora client, the budget and the refiller, and runs them on APScheduler.
+"""The daemon: wires config, Redis, the Agora client, the budget and the refiller, and runs them on a ticker.
 
-APScheduler is only a local ticker (refill rounds, heartbeat, metadata); every replica is the same and all
+The ticker (`ticker.every`, on the monotonic clock: wall-clock steps do not move it) runs the local jobs (refill
+rounds, heartbeat, metadata); every replica is the same and all
 coordination happens in Redis, so replicas can be added or killed at any time. Redis outages slow the daemon
 down (jobs skip with a growing backoff) and never stop it; when Redis comes back, empty or not, the function
 library is loaded again on first use and the pools' metadata republished.
@@ -9,7 +10,7 @@ library is loaded again on first use and the pools' metadata republished.
 from __future__ import annotations
 
 import asyncio
-import logging
+import functools
 import os
 import socket
 import time
@@ -21,9 +22,9 @@ from typing import Any
 import httpx
 import redis.asyncio
 import structlog
-from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from ridpool import connect, functions
 from ridpool import keys as keyspace
+from ridpool.daemon import ticker
 from ridpool.daemon.agora import AcquireClient
 from ridpool.daemon.clock import ServerClock
 from ridpool.daemon.config import Config, Credentials
@@ -93,15 +94,14 @@ class Daemon:
     # -- jobs ----------------------------------------------------------------------------------------------
 
     async def _guarded(self, name: str, job: Any) -> None:
-        """Run one job; Redis trouble pauses the jobs with backoff, anything else is logged, never fatal."""
+        """Run one job; Redis trouble pauses the jobs with backoff, anything else is logged, never fatal.
+
+        Shutdown cancels a job still running (a refill round waiting for the budget): the cancellation goes
+        through, ending its ticker."""
         if self.redis_down_since is not None and time.monotonic() < self.redis_retry_at:
             return
         try:
             await job()
-        except asyncio.CancelledError:
-            # Shutdown cancels a job still running (a refill round waiting for the budget): that is the end
-            # of this job task, not an error worth a traceback in the log.
-            return
         except PoolUnavailable as exc:
             self._redis_failed(exc)
             return
@@ -224,35 +224,23 @@ class Daemon:
         )
         for warning in self.config.warnings:
             log.warning("config.warning", warning=warning)
-        # A refill round that outlasts its tick is normal (it waits for the budget); APScheduler would warn on
-        # every skipped tick.
-        logging.getLogger("apscheduler").setLevel(logging.ERROR)
-        scheduler = AsyncIOScheduler(timezone=UTC)
-        now = datetime.now(UTC)
         jobs = (
             ("publish", self.publish, self.timing.publish),
             ("heartbeat", self.heartbeat, self.timing.heartbeat),
             ("refill", self.refill, self.timing.tick),
         )
-        for name, job, every in jobs:
-            scheduler.add_job(
-                self._guarded,
-                "interval",
-                args=(name, job),
-                seconds=every,
-                id=name,
-                next_run_time=now,
-                max_instances=1,
-                coalesce=True,
-                misfire_grace_time=None,
-            )
-        scheduler.start()
+        tickers = [
+            asyncio.create_task(ticker.every(every, functools.partial(self._guarded, name, job)), name=name)
+            for name, job, every in jobs
+        ]
         try:
             await stop.wait()
         finally:
             log.info("daemon.stopping", replica=self.replica_id, in_flight=len(self.refiller.tasks))
             self.refiller.stopping = True  # a round still running leases nothing more
-            scheduler.shutdown(wait=False)
+            for task in tickers:
+                task.cancel()
+            await asyncio.gather(*tickers, return_exceptions=True)
             abandoned = await self.refiller.stop(self.timing.grace)
             await self._leave()
             await self.http.aclose()
