@@ -5,7 +5,9 @@ And the two ACLs the README documents (a pop-only starter, the daemon) are exact
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import redis
@@ -20,52 +22,21 @@ from tests.servers import RedisProc, processes
 
 POOL = "web"
 KEYS = pool_keys(PREFIX, POOL)
-# The README's ACLs, with the prefix of the tests. Keep in step with README "Running Redis for ridpool".
+README = Path(__file__).parent.parent / "README.md"
+
+
+def readme_acl(user: str) -> list[str]:
+    """The commands of `ACL SETUSER <user>` as the README writes it (the line and its indented continuations)."""
+    lines = README.read_text().splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith(f"ACL SETUSER {user} "))
+    block = [lines[start], *(line for line in itertools.takewhile(lambda x: x.startswith("  +"), lines[start + 1 :]))]
+    return [token for line in block for token in line.split() if token.startswith("+")]
+
+
+ALL_STARTER = readme_acl("starter")
 CONNECTION = ["+ping", "+hello", "+client|setname"]
-STARTER_COMMANDS = [
-    "+fcall",
-    "+blpop",
-    "+hmget",
-    "+info",
-    "+time",
-    "+zrangebyscore",
-    "+hincrby",
-    "+zrem",
-    "+zrange",
-    "+pexpireat",
-    "+del",
-    "+hset",
-]
-DAEMON_COMMANDS = [
-    "+info",
-    "+time",
-    "+fcall",
-    "+function|load",
-    "+multi",
-    "+exec",
-    "+exists",
-    "+del",
-    "+set",
-    "+pttl",
-    "+pexpire",
-    "+pexpireat",
-    "+sadd",
-    "+hget",
-    "+hmget",
-    "+hset",
-    "+hdel",
-    "+hkeys",
-    "+hincrby",
-    "+zadd",
-    "+zrem",
-    "+zrange",
-    "+zrangebyscore",
-    "+zremrangebyscore",
-    "+zscore",
-    "+zcard",
-    "+rpush",
-    "+ltrim",
-]
+STARTER_COMMANDS = [c for c in ALL_STARTER if c not in CONNECTION]
+DAEMON_COMMANDS = [c for c in readme_acl("ridpool") if c not in CONNECTION]
 # What a pop cannot do without (it fails, removing nothing); the rest only tidies the queue's expiry or drops
 # a queue of another data set, and a pop without them still hands out its entry.
 ESSENTIAL = {"+fcall", "+hmget", "+info", "+time", "+zrangebyscore", "+hincrby", "+zrem"}
