@@ -76,12 +76,32 @@ local function check_data_set(meta, queue, ready, mark, seen)
   return true
 end
 
--- The pop itself, shared by ridpool_pop and ridpool_pop_packed: checks, then takes the entry out.
--- Returns member, expires_at, now; or nil, error reply; or nil, nil for a miss.
--- A pop that fails removes nothing: every check and read comes first, then the counter (a failed HINCRBY has
--- changed nothing), then the one removal (if it fails, the counter is put back). Out of memory is refused by
+-- Put back an entry a pop took out but cannot hand out; the caller made sure the user may ZADD. If the queue was
+-- emptied by the take, ZADD made a new key without an expiry: give it the entry's.
+local function put_back(queue, member, score)
+  redis.call('ZADD', queue, score, member)
+  local ttl = redis.pcall('PTTL', queue)
+  if type(ttl) ~= 'number' or ttl < 0 then
+    redis.pcall('PEXPIREAT', queue, score)
+  end
+end
+
+-- Count a pop; if the count is refused (the stats key damaged, a user without HINCRBY), put the entry back.
+-- Returns nil, or the error to return.
+local function count_pop(stats, queue, member, score)
+  local counted = redis.pcall('HINCRBY', stats, 'pops', 1)
+  if type(counted) == 'table' then
+    put_back(queue, member, score)
+    return counted
+  end
+  return nil
+end
+
+-- The pop's checks and take (see take_entry). Returns member, expires_at, now; or nil, error reply; or nil, nil.
+-- A pop that fails removes nothing: checks and reads come first; whether the user may put an entry back (ZADD) is
+-- asked before anything is taken; whatever fails after a take puts the entry back. Out of memory is refused by
 -- Redis before the function starts (it is not flagged allow-oom).
-local function take_entry(keys, args)
+local function take(keys, args)
   local meta, stats, queue = keys[1], keys[2], keys[3]
   local cname = args[1]
   local min_ttl = tonumber(args[2])
@@ -103,40 +123,70 @@ local function take_entry(keys, args)
   elseif not known[2] then
     return nil, redis.error_reply('CNAME_NOT_SERVED this pool does not serve that channel')
   end
+  -- The common case, the same data set, is told without a call.
+  if known[3] ~= (instance_id or instance()) and check_data_set(meta, queue, nil, 'e:' .. cname, known[3]) then
+    return nil, nil
+  end
+  if not redis.acl_check_cmd('ZADD', queue, '0', '') then
+    return nil, redis.error_reply('NOPERM this user may not run ZADD on the queue (a pop needs it to put back '
+      .. 'an entry it cannot hand out)')
+  end
 
-  local found = {}
-  if not check_data_set(meta, queue, nil, 'e:' .. cname, known[3]) then
-    local now = now_ms()
-    local least = math.max(now + min_ttl, now + 1)
-    -- The oldest entry with the life asked for, and whether another lives longer (then the queue's expiry,
-    -- set by its longest-lived entry, stays as it is).
-    found = redis.call('ZRANGEBYSCORE', queue, least, '+inf', 'WITHSCORES', 'LIMIT', 0, 2)
-    if found[1] then
-      if string.sub(found[1], 1, 2) ~= ENTRY_HEAD then
-        -- Left in place, not wasted: a client of the version that wrote it can still take it.
-        return nil, redis.error_reply('BAD_ENTRY an entry of an unknown format is queued; upgrade this client')
-      end
-      redis.call('HINCRBY', stats, 'pops', 1)
-      local taken = redis.pcall('ZREM', queue, found[1])
-      if type(taken) == 'table' then
-        redis.call('HINCRBY', stats, 'pops', -1)
-        return nil, taken
-      end
-      if not found[3] then
-        -- It was the longest-lived entry. Past the removal nothing may fail the pop: the entry is out, so it
-        -- must be handed out; a user not allowed to move the expiry leaves it a little long, never lost.
-        local top = redis.pcall('ZRANGE', queue, -1, -1, 'WITHSCORES')
-        if type(top) == 'table' and top[2] then
-          redis.pcall('PEXPIREAT', queue, top[2])
-        end
-      end
-      return found[1], tonumber(found[2]), now
+  local now = now_ms()
+  local least = math.max(now + min_ttl, now + 1)
+  -- The common case, in one step: the oldest entry is alive, has the life asked for and is of this version.
+  -- Taking the head never changes the queue's expiry (the longest-lived entry stays, or the queue is gone).
+  local head = redis.call('ZPOPMIN', queue)
+  if not head[2] then
+    return nil, nil
+  end
+  local score = tonumber(head[2])
+  if score >= least and string.sub(head[1], 1, 2) == ENTRY_HEAD then
+    local refused = count_pop(stats, queue, head[1], score)
+    if refused then
+      return nil, refused
+    end
+    return head[1], score, now
+  end
+  -- Otherwise put the head back (atomically: nobody saw it gone) unless it is dead, and look further: the oldest
+  -- entry with the life asked for, and whether another lives longer (then the queue's expiry stays as it is).
+  if score > now then
+    put_back(queue, head[1], score)
+  end
+  redis.pcall('ZREMRANGEBYSCORE', queue, '-inf', now) -- the other dead entries (tidying: may be refused)
+  local found = redis.call('ZRANGEBYSCORE', queue, least, '+inf', 'WITHSCORES', 'LIMIT', 0, 2)
+  if not found[1] then
+    return nil, nil
+  end
+  if string.sub(found[1], 1, 2) ~= ENTRY_HEAD then
+    -- Left in place, not wasted: a client of the version that wrote it can still take it.
+    return nil, redis.error_reply('BAD_ENTRY an entry of an unknown format is queued; upgrade this client')
+  end
+  local expires_at = tonumber(found[2])
+  redis.call('ZREM', queue, found[1])
+  local refused = count_pop(stats, queue, found[1], expires_at)
+  if refused then
+    return nil, refused
+  end
+  if not found[3] then
+    -- It was the longest-lived entry: the queue's expiry moves to the next one. Past the count nothing may fail
+    -- the pop; a user not allowed to move the expiry leaves it a little long, never loses the entry.
+    local top = redis.pcall('ZRANGE', queue, -1, -1, 'WITHSCORES')
+    if type(top) == 'table' and top[2] then
+      redis.pcall('PEXPIREAT', queue, top[2])
     end
   end
-  if args[3] == '1' then
-    redis.call('HINCRBY', stats, 'misses', 1)
+  return found[1], expires_at, now
+end
+
+-- The pop itself, shared by ridpool_pop and ridpool_pop_packed: checks, then takes the entry out.
+-- Returns member, expires_at, now; or nil, error reply; or nil, nil for a miss (counted when ARGV[3] is '1').
+local function take_entry(keys, args)
+  local member, expires_at, now = take(keys, args)
+  if member == nil and expires_at == nil and args[3] == '1' then
+    redis.call('HINCRBY', keys[2], 'misses', 1)
   end
-  return nil, nil
+  return member, expires_at, now
 end
 
 --[[

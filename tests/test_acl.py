@@ -39,7 +39,10 @@ STARTER_COMMANDS = [c for c in ALL_STARTER if c not in CONNECTION]
 DAEMON_COMMANDS = [c for c in readme_acl("ridpool") if c not in CONNECTION]
 # What a pop cannot do without (it fails, removing nothing); the rest only tidies the queue's expiry or drops
 # a queue of another data set, and a pop without them still hands out its entry.
-ESSENTIAL = {"+fcall", "+hmget", "+info", "+time", "+zrangebyscore", "+hincrby", "+zrem"}
+ESSENTIAL = {"+fcall", "+hmget", "+info", "+time", "+zadd", "+zpopmin", "+hincrby"}
+# ... and what the pop cannot do without when the oldest entry is too short-lived for min_ttl and one further on
+# must be taken.
+ESSENTIAL_FURTHER = {"+fcall", "+hmget", "+info", "+time", "+zadd", "+zpopmin", "+zrangebyscore", "+zrem", "+hincrby"}
 
 
 @pytest.fixture(scope="module")
@@ -87,6 +90,30 @@ def test_a_starter_lacking_one_command_loses_no_entry(admin: redis.Redis, server
         else:
             assert client.pop(POOL).resource_id == entries[0].resource_id
             assert admin.zcard(KEYS.queue(None)) == 0
+
+
+@pytest.mark.parametrize("missing", STARTER_COMMANDS)
+def test_a_starter_lacking_one_command_loses_no_entry_when_the_head_is_too_short(
+    admin: redis.Redis, server: RedisProc, missing: str
+) -> None:
+    """The oldest entry has 5 s left, min_ttl is 10 s: the pop puts it back and takes the next; lacking any one
+    command it fails with nothing removed, or succeeds leaving the short one in place: lost 0."""
+    publish_pool(admin, PREFIX, POOL)
+    short = fill(admin, PREFIX, POOL, 1, life=5)[0]
+    longer = fill(admin, PREFIX, POOL, 1, life=200)[0]
+    functions.load_library(admin)
+    name = user(admin, "further", [*CONNECTION, *(c for c in STARTER_COMMANDS if c != missing)])
+    before = queue_state(admin)
+    with starter(server, name) as client:
+        if missing in ESSENTIAL_FURTHER:
+            with pytest.raises(PermissionDenied, match="not allowed"):
+                client.pop(POOL, min_ttl=10)
+            assert queue_state(admin) == before
+        else:
+            assert client.pop(POOL, min_ttl=10).resource_id == longer.resource_id
+            remaining = admin.zrange(KEYS.queue(None), 0, -1)
+            assert len(remaining) == 1 and short.resource_id.encode() in remaining[0]
+            assert admin.pttl(KEYS.queue(None)) > 0
 
 
 @pytest.mark.parametrize("missing", ["+del", "+hset"])
