@@ -307,19 +307,26 @@ def connection_defaults(kwargs: dict[str, Any], *, asyncio: bool) -> dict[str, A
     return kwargs
 
 
+def failure(client: AnyRedis, exc: redis.RedisError, subject: str = "") -> RidpoolError:
+    """The ridpool error for a failure of redis-py: a lost or timed-out connection is PoolUnavailable naming the
+    server, an error reply the RedisRefused subclass that says what it is (about `subject`)."""
+    if isinstance(exc, redis.AuthenticationError):
+        return refused(exc, subject or f"Redis at {where(client)}")
+    if isinstance(exc, redis.ConnectionError | redis.TimeoutError | redis.exceptions.ClusterError):
+        _checked.discard(client)  # the next connection may reach another server: check its library again
+        return unavailable(exc, where(client))
+    if isinstance(exc, redis.ResponseError):
+        return refused(exc, subject or f"Redis at {where(client)}")
+    return RedisRefused(f"{subject or where(client)}: {type(exc).__name__}: {exc}")
+
+
 @contextlib.contextmanager
-def reaching(client: AnyRedis, subject: str = "") -> Iterator[None]:
-    """Turn Redis failures into ridpool errors (sync or async code): a lost or timed-out connection into
-    PoolUnavailable naming the server, an error reply into the RedisRefused subclass that says what it is."""
+def reaching(client: AnyRedis) -> Iterator[None]:
+    """Turn Redis failures into ridpool errors (sync or async code), as `failure` says."""
     try:
         yield
-    except redis.AuthenticationError as exc:
-        raise refused(exc, subject or f"Redis at {where(client)}") from None
-    except (redis.ConnectionError, redis.TimeoutError, redis.exceptions.ClusterError) as exc:
-        _checked.discard(client)  # the next connection may reach another server: check its library again
-        raise unavailable(exc, where(client)) from None
-    except redis.ResponseError as exc:
-        raise refused(exc, subject or f"Redis at {where(client)}") from None
+    except redis.RedisError as exc:
+        raise failure(client, exc) from None
 
 
 # Clients (one connection pool each) whose server's library version was checked: once per pool, again after a
@@ -391,8 +398,9 @@ async def aload_library(client: redis.asyncio.Redis) -> None:
 
 def execute(client: redis.Redis, call: Call) -> Any:
     """Run a call; check the library's version once per client, load it if Redis lost it; map failures to
-    ridpool errors."""
-    with reaching(client, _subject(call)):
+    ridpool errors. (A plain try, not `reaching`: this is every pop's path, and the subject is built only on
+    failure.)"""
+    try:
         if client not in _checked:
             check_library(client)
         try:
@@ -402,11 +410,13 @@ def execute(client: redis.Redis, call: Call) -> Any:
                 raise
             check_library(client)
             return client.fcall(call.function, len(call.keys), *call.keys, *call.args)
+    except redis.RedisError as exc:
+        raise failure(client, exc, _subject(call)) from None
 
 
 async def aexecute(client: redis.asyncio.Redis, call: Call) -> Any:
     """The asyncio twin of `execute`."""
-    with reaching(client, _subject(call)):
+    try:
         if client not in _checked:
             await acheck_library(client)
         try:
@@ -416,3 +426,5 @@ async def aexecute(client: redis.asyncio.Redis, call: Call) -> Any:
                 raise
             await acheck_library(client)
             return await client.fcall(call.function, len(call.keys), *call.keys, *call.args)
+    except redis.RedisError as exc:
+        raise failure(client, exc, _subject(call)) from None
