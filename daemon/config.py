@@ -16,7 +16,7 @@ import uuid
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, urlsplit
 
 from pydantic import (
     AfterValidator,
@@ -103,6 +103,8 @@ def _redis_url(url: str) -> str:
     if urlsplit(url).scheme not in ("redis", "rediss", "unix"):
         # The URL itself is not shown: it may hold a Redis password.
         raise ValueError("must be a redis://, rediss:// or unix:// URL")
+    if "cluster" in parse_qs(urlsplit(url).query):
+        raise ValueError('must not choose the mode; set [redis] mode = "cluster" instead of ?cluster= in the URL')
     try:
         # What redis-py itself will make of it (port, database, query options), so that a URL check-config
         # accepts is one `run` can use.

@@ -223,6 +223,25 @@ async def test_allow_eviction_runs_and_warns_in_status(r: redis.Redis, redis_url
         r.config_set("maxmemory", 0)
 
 
+async def test_eviction_turned_on_while_running_is_reported_at_the_next_heartbeat(
+    r: redis.Redis, redis_url: str, sim: Simulator
+) -> None:
+    """A running daemon whose Redis starts to allow eviction: redis.eviction_risk (error) and a status warning."""
+    with structlog.testing.capture_logs() as logs:
+        async with running(make_config(redis_url, sim.url, web_pool(1))):
+            await eventually(lambda: "live replicas: 1" in _status(redis_url), 10, "the daemon running")
+            r.config_set("maxmemory-policy", "volatile-ttl")
+            r.config_set("maxmemory", "1gb")
+            try:
+                await eventually(lambda: "maxmemory-policy" in _status(redis_url), 10, "the warning in status")
+            finally:
+                r.config_set("maxmemory-policy", "noeviction")
+                r.config_set("maxmemory", 0)
+            await eventually(lambda: "maxmemory-policy" not in _status(redis_url), 10, "the warning gone")
+    risks = [e for e in logs if e["event"] == "redis.eviction_risk"]
+    assert risks and risks[0]["log_level"] == "error"
+
+
 def _status(redis_url: str) -> str:
     return ridpool("status", "--redis-url", redis_url, "--prefix", PREFIX).stdout
 
