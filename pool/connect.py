@@ -107,7 +107,8 @@ def _client(
     url: str, mode: Mode, sentinels: Sequence[str], service_name: str | None, kwargs: dict[str, Any], *, asyncio: bool
 ) -> Any:
     if mode == "cluster":
-        kwargs.pop("retry", None)  # RedisCluster keeps its own retry policy
+        kwargs = connection_defaults(kwargs, asyncio=asyncio)
+        kwargs.pop("retry", None)  # RedisCluster keeps its own retry policy (it follows MOVED and failovers)
         kwargs.pop("retry_on_error", None)
         return (AsyncCluster if asyncio else Cluster).from_url(url, **kwargs)
     kwargs = connection_defaults(kwargs, asyncio=asyncio)
