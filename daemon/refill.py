@@ -115,6 +115,10 @@ class Refiller:
         cname = queue_cname(pool, name)
         call = functions.sweep_call(self.keys[pool.name], cname)
         state = functions.parse_sweep(await functions.aexecute(self.redis, call))
+        if state.dropped:
+            # Redis serves a data set other than the one these entries were stored in (a restart from RDB/AOF,
+            # a failover): they may have been popped in the history it lost, so they were dropped.
+            log.warning("refill.queue_dropped", pool=pool.name, cname=cname, dropped=state.dropped)
         return planner.Slot(pool.name, cname, pool.size, state.live)
 
     # -- damaged pools -------------------------------------------------------------------------------------

@@ -56,10 +56,11 @@ end
 -- Make sure a queue's entries were stored in the data set being served now; if not, drop them. Entries that
 -- outlived a restore or a failover may have been popped already in the lost history, so none of them can be
 -- offered again. `mark` is the meta field recording where the queue was filled ('e:' .. slot); `seen` its value
--- when the caller read it already. Returns true when the queue was dropped.
--- The queue (and its wake-up list) go first: a failure between the two writes leaves the mark stale, never a
--- stale queue marked current.
-local function check_data_set(meta, queue, ready, mark, seen)
+-- when the caller read it already. Returns false when the queue is current, else how many entries were dropped
+-- (counted in stats as 'dropped'; 0 is still true in Lua: the queue was not current).
+-- The queue (and its wake-up list) go first: a failure between the writes leaves the mark stale, never a stale
+-- queue marked current.
+local function check_data_set(meta, stats, queue, ready, mark, seen)
   if seen == nil then
     seen = redis.call('HGET', meta, mark)
   end
@@ -67,13 +68,19 @@ local function check_data_set(meta, queue, ready, mark, seen)
   if seen == here then
     return false
   end
+  local dropped = redis.pcall('ZCARD', queue)
   if ready then
     redis.call('DEL', queue, ready)
   else
     redis.call('DEL', queue)
   end
   redis.call('HSET', meta, mark, here)
-  return true
+  if type(dropped) ~= 'number' then
+    dropped = 0
+  elseif dropped > 0 then
+    redis.pcall('HINCRBY', stats, 'dropped', dropped)
+  end
+  return dropped
 end
 
 -- Put back an entry a pop took out but cannot hand out; the caller made sure the user may ZADD. If the queue was
@@ -124,7 +131,7 @@ local function take(keys, args)
     return nil, redis.error_reply('CNAME_NOT_SERVED this pool does not serve that channel')
   end
   -- The common case, the same data set, is told without a call.
-  if known[3] ~= (instance_id or instance()) and check_data_set(meta, queue, nil, 'e:' .. cname, known[3]) then
+  if known[3] ~= (instance_id or instance()) and check_data_set(meta, stats, queue, nil, 'e:' .. cname, known[3]) then
     return nil, nil
   end
   if not redis.acl_check_cmd('ZADD', queue, '0', '') then
@@ -256,7 +263,7 @@ local function add(keys, args)
   if expires_at - now > MAX_LIFE_MS then
     return redis.error_reply('BAD_ARGUMENT an entry cannot live more than five minutes')
   end
-  check_data_set(keys[7], queue, ready, 'e:' .. args[6])
+  check_data_set(keys[7], stats, queue, ready, 'e:' .. args[6])
   local digest = redis.sha1hex(rid)
   redis.call('ZREMRANGEBYSCORE', ledger, '-inf', now)
   if redis.call('ZSCORE', ledger, digest) then
@@ -390,16 +397,17 @@ end
 --[[
 ridpool_sweep: drop a queue's dead entries (all of them if it was filled in another data set) and report what is
 left.
-KEYS[1] queue    KEYS[2] meta    KEYS[3] ready
+KEYS[1] queue    KEYS[2] meta    KEYS[3] ready    KEYS[4] stats
 ARGV[1] slot     the queue's channel as written ('' for a template pool)
-Reply: {live entries, server now ms, expiresAt ms of the oldest live entry or -1}.
+Reply: {live entries, server now ms, expiresAt ms of the oldest live entry or -1, entries dropped because the
+queue was filled in another data set}.
 ]]
 local function sweep(keys, args)
   local now = now_ms()
-  check_data_set(keys[2], keys[1], keys[3], 'e:' .. args[1])
+  local dropped = check_data_set(keys[2], keys[4], keys[1], keys[3], 'e:' .. args[1]) or 0
   purge_dead(keys[1], now)
   local oldest = redis.call('ZRANGE', keys[1], 0, 0, 'WITHSCORES')
-  return {redis.call('ZCARD', keys[1]), now, tonumber(oldest[2] or -1)}
+  return {redis.call('ZCARD', keys[1]), now, tonumber(oldest[2] or -1), dropped}
 end
 
 --[[

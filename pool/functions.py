@@ -170,15 +170,20 @@ class QueueState:
     live: int
     now_ms: int
     oldest_expires_at_ms: int | None
+    dropped: int = 0  # entries dropped now because the queue was filled in another data set (a restore, failover)
 
 
 def sweep_call(keys: PoolKeys, queue_cname: str | None) -> Call:
-    return Call("ridpool_sweep", (keys.queue(queue_cname), keys.meta, keys.ready(queue_cname)), (queue_cname or "",))
+    return Call(
+        "ridpool_sweep",
+        (keys.queue(queue_cname), keys.meta, keys.ready(queue_cname), keys.stats),
+        (queue_cname or "",),
+    )
 
 
 def parse_sweep(reply: Any) -> QueueState:
-    live, now, oldest = (int(x) for x in reply)
-    return QueueState(live, now, None if oldest < 0 else oldest)
+    live, now, oldest, dropped = (int(x) for x in reply)
+    return QueueState(live, now, None if oldest < 0 else oldest, dropped)
 
 
 # -- publish ---------------------------------------------------------------------------------------------

@@ -15,8 +15,9 @@ from ridpool.functions import text
 from ridpool.keys import PoolKeys
 
 # Counters kept in the stats hash by the functions and the daemon. "expired" (IDs that died unused) is derived,
-# not kept: added - pops - live, because Redis may expire a whole queue before anything could count its entries.
-COUNTERS = ("added", "pops", "misses", "refused", "late", "acquires", "errors", "rate_limited")
+# not kept: added - pops - dropped - live, because Redis may expire a whole queue before anything could count its
+# entries ("dropped": entries of a queue found filled in another data set, after a restore or a failover).
+COUNTERS = ("added", "pops", "misses", "refused", "late", "acquires", "errors", "rate_limited", "dropped")
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,7 +143,8 @@ def _build(keys: PoolKeys, first: Sequence[Any], second: Sequence[Any]) -> PoolS
             age = max(0.0, (now_ms - (int(float(oldest[0][1])) - max_age_ms)) / 1000)
         channels.append(ChannelStats(cname, size, age))
     counters = {name: int(raw.get(name, "0")) for name in COUNTERS}
-    counters["expired"] = max(0, counters["added"] - counters["pops"] - sum(c.size for c in channels))
+    live = sum(c.size for c in channels)
+    counters["expired"] = max(0, counters["added"] - counters["pops"] - counters["dropped"] - live)
     published = meta.get("published_at_ms")
     return PoolStats(
         pool=keys.pool,

@@ -9,9 +9,12 @@ from __future__ import annotations
 import shutil
 
 import pytest
+import structlog
 from ridpool import PoolClient, PoolEmpty
+from ridpool.testing import Simulator
 
 from tests.conftest import PREFIX
+from tests.daemonkit import CUSTOMER_ID, SECRET, eventually, make_config, running, web_pool
 from tests.poolkit import fill, publish_pool
 from tests.servers import RedisProc, processes, wait_for
 
@@ -122,3 +125,29 @@ def test_a_restart_costs_the_ready_entries_once(restarts: int) -> None:
         stats = r.hgetall(f"{PREFIX}:{{{POOL}}}:stats")
         r.close()
         assert int(stats[b"pops"]) == 2
+        assert int(stats[b"dropped"]) == 4 * restarts  # what each restart cost, counted
+
+
+async def test_a_running_daemon_drops_the_restored_queue_and_refills_it() -> None:
+    """Daemon and starter through a restart from RDB: refill.queue_dropped logged, refilled, duplicates 0."""
+    proc = RedisProc("--save", "3600 1")
+    sim = Simulator(customer_id=CUSTOMER_ID, customer_secret=SECRET).start()
+    try:
+        with processes(proc), structlog.testing.capture_logs() as logs:
+            async with running(make_config(proc.url, sim.url, web_pool(3))):
+                with PoolClient.from_url(proc.url, prefix=PREFIX) as client:
+                    await eventually(lambda: client.stats(POOL).size == 3, 20, "web full")
+                    proc.client().save()
+                    popped = {client.pop(POOL).resource_id for _ in range(2)}
+                    proc.kill()
+                    proc.start()
+                    await eventually(
+                        lambda: any(e["event"] == "refill.queue_dropped" for e in logs), 20, "the drop logged"
+                    )
+                    await eventually(lambda: client.stats(POOL).size == 3, 20, "web refilled")
+                    after = {client.pop(POOL).resource_id for _ in range(3)}
+        assert popped.isdisjoint(after) and len(after) == 3
+        drops = [e for e in logs if e["event"] == "refill.queue_dropped"]
+        assert drops[0]["pool"] == POOL and drops[0]["dropped"] >= 1
+    finally:
+        sim.stop()
