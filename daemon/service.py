@@ -30,7 +30,7 @@ from ridpool.daemon.clock import ServerClock
 from ridpool.daemon.config import Config, Credentials
 from ridpool.daemon.limiter import Budget
 from ridpool.daemon.refill import Refiller
-from ridpool.errors import EvictionRisk, PoolUnavailable, RedisRefused
+from ridpool.errors import EvictionRisk, PoolUnavailable, RedisRefused, RidpoolError
 from ridpool.meta import PoolMeta, apublish
 
 log = structlog.get_logger("ridpool.daemon")
@@ -249,13 +249,22 @@ class Daemon:
         return abandoned
 
     async def _leave(self) -> None:
-        """Take this replica off the live list at once rather than letting its heartbeat lapse."""
+        """Take this replica off the live list at once rather than letting its heartbeat lapse, and release its
+        pools' publications (a successor with a changed config takes them over at once)."""
         try:
             async with self.redis.pipeline(transaction=False) as pipe:
                 pipe.zrem(keyspace.replicas(self.prefix), self.replica_id)
                 pipe.delete(keyspace.replica(self.prefix, self.replica_id))
                 await asyncio.wait_for(pipe.execute(), 1.0)
-        except (redis.RedisError, TimeoutError):
+            releases = [
+                functions.aexecute(
+                    self.redis,
+                    functions.release_publication_call(keyspace.pool_keys(self.prefix, p.name), owner=self.replica_id),
+                )
+                for p in self.config.pools
+            ]
+            await asyncio.wait_for(asyncio.gather(*releases), 1.0)
+        except (redis.RedisError, RidpoolError, TimeoutError):
             pass
 
 

@@ -414,16 +414,25 @@ end
 ridpool_publish: publish a pool's configuration, unless another live replica publishes a different one.
 KEYS[1] meta
 ARGV[1] owner        the publishing replica's id
-ARGV[2] fingerprint  of the configuration (replicas with the same config publish the same fingerprint)
+ARGV[2] fingerprint  of the configuration (replicas with the same config publish the same fingerprint); '' to
+                     release: the owner leaving, its publication no longer counts as live
 ARGV[3] live_ms      a publication younger than this, by another owner, of another fingerprint, wins
 ARGV[4..] field, value pairs to publish (mode, appid, size, max_age_ms, cnames, c:<cname>...)
-Reply: {'PUBLISHED', owner} or {'CONFLICT', the owner whose publication stands}.
+Reply: {'PUBLISHED', owner}, {'CONFLICT', the owner whose publication stands} or {'RELEASED', owner}.
 Every field is replaced except the data-set marks (e:<slot>), which belong to the queues (check_data_set).
 ]]
 local function publish(keys, args)
   local meta = keys[1]
   local now = now_ms()
   local held = redis.call('HMGET', meta, 'owner', 'fingerprint', 'published_at_ms')
+  if args[2] == '' then
+    -- A replica leaving: its publication stops counting as live, so a successor with another config (the same
+    -- service restarted after a config change) takes over at once.
+    if held[1] == args[1] then
+      redis.call('HSET', meta, 'published_at_ms', 0)
+    end
+    return {'RELEASED', args[1]}
+  end
   if held[2] and held[2] ~= args[2] and held[1] ~= args[1]
       and now - (tonumber(held[3]) or 0) < tonumber(args[3]) then
     return {'CONFLICT', held[1]}

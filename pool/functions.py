@@ -205,9 +205,14 @@ def publish_call(keys: PoolKeys, fields: dict[str, str], *, owner: str, live_ms:
     return Call("ridpool_publish", (keys.meta,), (owner, fingerprint, live_ms, *pairs))
 
 
+def release_publication_call(keys: PoolKeys, *, owner: str) -> Call:
+    """The owner leaving: its publication stops counting as live (see ridpool_publish)."""
+    return Call("ridpool_publish", (keys.meta,), (owner, "", 0))
+
+
 def parse_publish(reply: Any) -> Published:
     outcome, owner = (text(x) for x in reply)
-    return Published(outcome == "PUBLISHED", owner)
+    return Published(outcome != "CONFLICT", owner)
 
 
 # -- the shared budget -----------------------------------------------------------------------------------

@@ -294,6 +294,9 @@ async def test_a_replica_with_another_config_for_a_pool_says_so_and_does_not_ove
             async with running(second, name="b"):
                 await eventually(lambda: "different configuration" in _status(redis_url), 10, "status warning")
         assert r.hget(WEB.meta, "size") == b"2" and r.hget(WEB.meta, "owner") == b"a0"
+    # The first replica stopped (a config change and a restart): a successor takes the pool over at once.
+    async with running(second, name="c"):
+        await eventually(lambda: r.hget(WEB.meta, "size") == b"4", 5, "the successor's config published")
     conflicts = [e for e in logs if e["event"] == "pool.owner_conflict"]
     assert conflicts and conflicts[0]["pool"] == "web" and conflicts[0]["log_level"] == "error"
 
