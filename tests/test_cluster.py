@@ -108,3 +108,39 @@ def test_the_cli_pops_and_shows_status_on_a_cluster_and_a_plain_client_is_told_m
     wrong = next(n for i, n in enumerate(nodes) if i != owner_of(nodes, pool_keys(PREFIX, "web").meta))
     done = ridpool("pop", "web", "--redis-url", wrong.url, "--prefix", PREFIX)
     assert done.returncode == 9 and "cluster" in done.stderr.lower(), done.stderr
+
+
+def test_a_pool_resharded_to_another_primary_hands_out_no_entry_twice(nodes: list[RedisProc], url: str) -> None:
+    """The slot of pool web moved (MIGRATE) to another primary after 2 pops: the moved queue is dropped on first
+    use (it was filled on another node), fresh entries are served there, duplicates 0."""
+    keys = pool_keys(PREFIX, "web")
+    with redis.RedisCluster.from_url(url) as rc, PoolClient.from_url(url, prefix=PREFIX, mode="cluster") as client:
+        publish_pool(rc, PREFIX, "web")  # type: ignore[arg-type]
+        fill(rc, PREFIX, "web", 5)  # type: ignore[arg-type]
+        popped = {client.pop("web").resource_id for _ in range(2)}
+        source = nodes[owner_of(nodes, keys.meta)]
+        target = nodes[(owner_of(nodes, keys.meta) + 1) % len(nodes)]
+        move_slot(rc.keyslot(keys.meta), source, target, nodes)
+        assert owner_of(nodes, keys.meta) == nodes.index(target)
+        with pytest.raises(Exception, match="no entry"):
+            client.pop("web")  # the 3 moved entries: dropped, not served
+        fresh = {e.resource_id for e in fill(rc, PREFIX, "web", 2)}  # type: ignore[arg-type]
+        served = {client.pop("web").resource_id for _ in range(2)}
+    assert served == fresh and popped.isdisjoint(served)
+    assert int(target.client().hget(keys.stats, "dropped") or 0) == 3
+
+
+def move_slot(slot: int, source: RedisProc, target: RedisProc, nodes: list[RedisProc]) -> None:
+    """Move one hash slot and its keys from `source` to `target`, as `redis-cli --cluster reshard` does."""
+    src, dst = source.client(), target.client()
+    src_id, dst_id = src.cluster("myid"), dst.cluster("myid")
+    dst.execute_command("CLUSTER", "SETSLOT", slot, "IMPORTING", src_id)
+    src.execute_command("CLUSTER", "SETSLOT", slot, "MIGRATING", dst_id)
+    moving = src.execute_command("CLUSTER", "GETKEYSINSLOT", slot, 1000)
+    if moving:
+        src.execute_command("MIGRATE", "127.0.0.1", target.port, "", 0, 5000, "KEYS", *moving)
+    for node in nodes:
+        with node.client() as r:
+            r.execute_command("CLUSTER", "SETSLOT", slot, "NODE", dst_id)
+    src.close()
+    dst.close()
