@@ -161,7 +161,10 @@ class Daemon:
     async def check_eviction(self) -> None:
         """Refuse (EvictionRisk) a Redis that may evict keys, unless [redis] allow_eviction; then warn instead."""
         with functions.reaching(self.redis):
-            reply = await self.redis.info("memory")
+            if self.config.redis.mode == "cluster":  # every primary, not just the one redis-py asks by default
+                reply = await self.redis.execute_command("INFO", "memory", target_nodes="primaries")
+            else:
+                reply = await self.redis.info("memory")
         problem = eviction_problem(reply)
         if problem is None:
             self.warnings.pop("eviction", None)

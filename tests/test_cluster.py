@@ -9,6 +9,7 @@ import pytest
 import redis
 from ridpool import AsyncPoolClient, PoolClient, functions
 from ridpool.daemon.config import Config
+from ridpool.errors import EvictionRisk
 from ridpool.keys import pool_keys
 from ridpool.testing import Simulator
 
@@ -144,3 +145,18 @@ def move_slot(slot: int, source: RedisProc, target: RedisProc, nodes: list[Redis
             r.execute_command("CLUSTER", "SETSLOT", slot, "NODE", dst_id)
     src.close()
     dst.close()
+
+
+async def test_eviction_allowed_on_any_one_primary_is_refused(nodes: list[RedisProc], url: str, sim: Simulator) -> None:
+    """maxmemory-policy allkeys-lru on one primary only (each one in turn): the daemon refuses to run."""
+    for node in nodes:
+        with node.client() as r:
+            r.config_set("maxmemory-policy", "allkeys-lru")
+            r.config_set("maxmemory", "1gb")
+            try:
+                with pytest.raises(EvictionRisk, match="maxmemory-policy"):
+                    async with running(cluster_config(url, sim)):
+                        pass
+            finally:
+                r.config_set("maxmemory-policy", "noeviction")
+                r.config_set("maxmemory", 0)
