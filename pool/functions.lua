@@ -34,15 +34,17 @@ local function expire_with_top(key)
 end
 
 -- Drop the entries of a queue that have stopped being offered. Not counted here: Redis may expire a whole
--- queue before any call sees its dead entries, so "expired unused" is derived instead (added - pops - live).
+-- queue before any call sees its dead entries, so "expired unused" is derived instead (added - pops - dropped -
+-- live).
 local function purge_dead(queue, now)
   if redis.call('ZREMRANGEBYSCORE', queue, '-inf', now) > 0 then
     expire_with_top(queue)
   end
 end
 
--- The identity of the data set this library runs on: the run_id of this redis-server process, read once per
--- process (INFO costs a few microseconds; a library-level local lives as long as the loaded library).
+-- The identity of the data set this library runs on: the run_id of this redis-server process, read on the first
+-- call after the library is loaded (INFO costs a few microseconds; a library-level local lives as long as the
+-- loaded library, and a restarted or promoted server loads the library anew).
 -- A restart (from RDB or AOF), the promotion of a replica, or a slot moved to another Cluster node all serve the
 -- data under another run_id.
 local instance_id = false
