@@ -131,6 +131,21 @@ def test_a_pool_resharded_to_another_primary_hands_out_no_entry_twice(nodes: lis
     assert int(target.client().hget(keys.stats, "dropped") or 0) == 3
 
 
+def test_a_pop_on_the_cluster_is_one_round_trip(nodes: list[RedisProc], url: str) -> None:
+    """The client routes FCALL by its first key itself: no COMMAND GETKEYS round trip before each pop."""
+    with redis.RedisCluster.from_url(url) as rc, PoolClient.from_url(url, prefix=PREFIX, mode="cluster") as client:
+        publish_pool(rc, PREFIX, "web")  # type: ignore[arg-type]
+        fill(rc, PREFIX, "web", 20)  # type: ignore[arg-type]
+        client.pop("web")
+        for node in nodes:
+            node.client().config_resetstat()
+        for _ in range(10):
+            client.pop("web")
+    stats = [node.client().info("commandstats") for node in nodes]
+    assert sum(s.get("cmdstat_fcall", {}).get("calls", 0) for s in stats) == 10
+    assert sum(s.get("cmdstat_command|getkeys", {}).get("calls", 0) for s in stats) == 0
+
+
 def move_slot(slot: int, source: RedisProc, target: RedisProc, nodes: list[RedisProc]) -> None:
     """Move one hash slot and its keys from `source` to `target`, as `redis-cli --cluster reshard` does."""
     src, dst = source.client(), target.client()
