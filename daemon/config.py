@@ -17,7 +17,7 @@ from collections.abc import Callable, Mapping
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Annotated, Any, Literal
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, urlsplit
 
 from pydantic import (
     AfterValidator,
@@ -105,6 +105,8 @@ def _redis_url(url: str) -> str:
     if urlsplit(url).scheme not in ("redis", "rediss", "unix"):
         # The URL itself is not shown: it may hold a Redis password.
         raise ValueError("must be a redis://, rediss:// or unix:// URL")
+    if "cluster" in parse_qs(urlsplit(url).query):
+        raise ValueError('must not choose the mode; set [redis] mode = "cluster" instead of ?cluster= in the URL')
     try:
         # What redis-py itself will make of it (port, database, query options), so that a URL check-config
         # accepts is one `run` can use.
@@ -190,10 +192,56 @@ def _carry(kind: str, loc: Loc, msg: str, value: object, ctx: Mapping[str, Any] 
     return InitErrorDetails(type=PydanticCustomError(kind, "{m}", context), loc=loc, input=value)
 
 
+def _host_port(value: str) -> str:
+    host, _, port = value.rpartition(":")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"must be host:port (got {_show(value)})")
+    return value
+
+
 class RedisSettings(_Frozen):
     url: Annotated[SStr, AfterValidator(_redis_url)] = "redis://127.0.0.1:6379/0"
     key_prefix: Prefix = "ridpool"
     socket_timeout: Positive = 5.0
+    # standalone: `url` is the server; cluster: `url` is any node; sentinel: `sentinels` name the primary of
+    # `service_name`, and `url` gives only the scheme, credentials and database.
+    mode: Literal["standalone", "cluster", "sentinel"] = "standalone"
+    sentinels: tuple[Annotated[SStr, AfterValidator(_host_port)], ...] = ()
+    service_name: Annotated[SStr, _check(bool, "must not be empty")] | None = None
+    tls_ca_file: Annotated[SStr, _check(lambda p: Path(p).is_file(), "must name a readable CA file")] | None = None
+    # Eviction would lose the shared budget, the queues and the metadata: refused unless explicitly allowed.
+    allow_eviction: Annotated[bool, Strict()] = False
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _rules(cls, data: Any, handler: ValidatorFunctionWrapHandler) -> Any:
+        return _with_rules(cls, data, handler, _redis_rules)
+
+    def client_kwargs(self) -> dict[str, Any]:
+        """What `ridpool.connect.connect` / `aconnect` take besides the URL."""
+        kwargs: dict[str, Any] = {"mode": self.mode, "socket_timeout": self.socket_timeout}
+        if self.mode == "sentinel":
+            kwargs.update(sentinels=self.sentinels, service_name=self.service_name)
+        if self.tls_ca_file is not None:
+            kwargs["ssl_ca_certs"] = self.tls_ca_file
+        return kwargs
+
+
+def _redis_rules(v: dict[str, Any], _raw: Mapping[str, Any]) -> list[Problem]:
+    mode = v.get("mode")
+    problems: list[Problem] = []
+    if mode == "sentinel":
+        if "sentinels" in v and not v["sentinels"]:
+            problems.append((("sentinels",), 'sentinel mode needs sentinels = ["host:port", ...]', None))
+        if "service_name" in v and not v["service_name"]:
+            problems.append((("service_name",), "sentinel mode needs the service_name the sentinels monitor", None))
+    elif mode is not None:
+        for field in ("sentinels", "service_name"):
+            if v.get(field):
+                problems.append(((field,), f'is only for mode = "sentinel" (mode is "{mode}")', None))
+    if isinstance(v.get("url"), str) and v.get("tls_ca_file") and not v["url"].startswith("rediss://"):
+        problems.append((("tls_ca_file",), "needs a rediss:// url (TLS)", None))
+    return problems
 
 
 class AgoraSettings(_Frozen):

@@ -32,7 +32,7 @@ from ridpool.daemon.limiter import Budget
 from ridpool.daemon.metrics import ERROR_FIELD, Metrics
 from ridpool.daemon.warmups import from_ms
 from ridpool.entry import Entry
-from ridpool.errors import PoolUnavailable
+from ridpool.errors import PoolUnavailable, RedisRefused, RidpoolError
 from ridpool.functions import AddResult, Lease
 from ridpool.keys import PoolKeys, pool_keys
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay, wait_exponential
@@ -113,6 +113,8 @@ class Refiller:
         self.next_instant = next_instant  # a pool's next warm-up instant (server ms), for status
         self.published: dict[str, tuple[int, str, str]] = {}  # what each pool's stats hash says of its target
         self.logged: dict[str, str] = {}  # the last reason logged per pool
+        self.damaged: dict[str, str] = {}  # pool -> why its keys cannot be used; skipped until they can
+        self.failed_now: set[str] = set()  # pools damaged during the current round
 
     # -- one round -----------------------------------------------------------------------------------------
 
@@ -151,8 +153,13 @@ class Refiller:
             for pool, (count, reason, at_text) in changed.items():
                 mapping = {"target": count, "target_reason": reason, "next_warmup": at_text}
                 pipe.hset(self.keys[pool].stats, mapping=mapping)  # type: ignore[arg-type]
-            await pipe.execute()
-        self.published.update(changed)
+            replies = await pipe.execute(raise_on_error=False)
+        for (pool, state), reply in zip(changed.items(), replies, strict=True):
+            if isinstance(reply, redis.ResponseError):
+                # A damaged stats key stops only its own pool, as in the rest of the round.
+                await self.mark_damaged(pool, functions.refused(reply, f"pool {pool!r}"))
+            else:
+                self.published[pool] = state
 
     def cap(self, pool: PoolConfig) -> int:
         """The pool's in-flight cap across replicas: configured, or derived from the budget and the latency."""
@@ -166,6 +173,7 @@ class Refiller:
 
     async def round(self) -> int:
         """Lease and start acquires until every slot is full or leased; returns the acquires started."""
+        self.failed_now.clear()
         slots = await self._slots(await self.plan())
         started = 0
         while not self.stopping:
@@ -178,6 +186,9 @@ class Refiller:
                 break
             try:
                 leases = await self._reserve(slot)
+            except RedisRefused as exc:
+                leases = []
+                await self.mark_damaged(slot.pool, exc)
             except BaseException:
                 self.in_flight.release()
                 raise
@@ -190,17 +201,48 @@ class Refiller:
             slots[i] = replace(slot, pending=slot.pending + 1)
             self._spawn(self.pools[slot.pool], slot.cname or "", leases[0])
             started += 1
+        for pool in set(self.damaged) - self.failed_now:
+            self.mark_sound(pool)
         return started
 
     async def _slots(self, targets: dict[planner.SlotKey, planner.Target]) -> list[planner.Slot]:
         slots = []
         for (pool, cname), target in targets.items():
-            if target.count <= 0:
+            if target.count <= 0 or pool in self.failed_now:
                 continue
-            call = functions.sweep_call(self.keys[pool], cname)
-            state = functions.parse_sweep(await functions.aexecute(self.redis, call))
-            slots.append(planner.Slot(pool, cname, target.count, state.live))
+            try:
+                slots.append(await self._sweep(pool, cname, target.count))
+            except RedisRefused as exc:
+                await self.mark_damaged(pool, exc)  # skipped this round; the other pools go on
         return slots
+
+    async def _sweep(self, pool: str, cname: str | None, target: int) -> planner.Slot:
+        call = functions.sweep_call(self.keys[pool], cname)
+        state = functions.parse_sweep(await functions.aexecute(self.redis, call))
+        if state.dropped:
+            # Redis serves a data set other than the one these entries were stored in (a restart from RDB/AOF,
+            # a failover): they may have been popped in the history it lost, so they were dropped.
+            log.warning("refill.queue_dropped", pool=pool, cname=cname, dropped=state.dropped)
+        return planner.Slot(pool, cname, target, state.live)
+
+    # -- damaged pools -------------------------------------------------------------------------------------
+
+    async def mark_damaged(self, pool: str, exc: RidpoolError) -> None:
+        """A pool whose keys Redis refuses (wrong type, permission, ...) is in error and skipped; others go on.
+
+        Logged once per cause, and written to the pool's stats (state `error`) when that key itself is usable.
+        """
+        message = str(exc)
+        self.failed_now.add(pool)
+        if self.damaged.get(pool) != message:
+            log.error("refill.pool_damaged", pool=pool, kind=type(exc).__name__, error=message)
+        self.damaged[pool] = message
+        with contextlib.suppress(RidpoolError, redis.RedisError), functions.reaching(self.redis):
+            await self.redis.hset(self.keys[pool].stats, mapping={"state": "error", "last_error": message[:500]})
+
+    def mark_sound(self, pool: str) -> None:
+        if self.damaged.pop(pool, None) is not None:
+            log.info("refill.pool_recovered", pool=pool)
 
     async def _reserve(self, slot: planner.Slot) -> list[Lease]:
         pool = self.pools[slot.pool]
@@ -267,6 +309,8 @@ class Refiller:
                 request_id=got.request_id,
             )
             await self._store(pool, keys, entry, lease, queue_cname(pool, slot))
+        except RedisRefused as exc:
+            await self.mark_damaged(pool.name, exc)  # the lease lapses by itself
         except (PoolUnavailable, redis.RedisError) as exc:
             # The lease lapses by itself; an acquired ID that could not be stored is lost, never half-written.
             log.warning("refill.redis_unavailable", pool=pool.name, error=str(exc))

@@ -1,8 +1,9 @@
 """The daemon: wires config, Redis, the Agora client, the budget and the refiller, and runs them.
 
 The refill runs as one continuous loop (a round, then a wait for an acquire to end, a tick, or the next
-warm-up instant), so the budget, not a round per tick, sets the rate. APScheduler is only a local ticker for
-the periodic jobs (heartbeat, metadata, demand history); every replica is the same and all
+warm-up instant), so the budget, not a round per tick, sets the rate. The periodic jobs (heartbeat, metadata,
+demand history, observation) run on a ticker (`ticker.every`, on the monotonic clock: wall-clock steps do not
+move it); every replica is the same and all
 coordination happens in Redis, so replicas can be added or killed at any time. Redis outages slow the daemon
 down (jobs skip with a growing backoff) and never stop it; when Redis comes back, empty or not, the function
 library is loaded again on first use and the pools' metadata republished.
@@ -11,7 +12,7 @@ library is loaded again on first use and the pools' metadata republished.
 from __future__ import annotations
 
 import asyncio
-import logging
+import functools
 import os
 import socket
 import time
@@ -23,10 +24,10 @@ from typing import Any
 import httpx
 import redis.asyncio
 import structlog
-from apscheduler.schedulers.asyncio import AsyncIOScheduler
-from ridpool import functions
+from ridpool import connect, functions
 from ridpool import keys as keyspace
 from ridpool.aio import AsyncPoolClient
+from ridpool.daemon import ticker
 from ridpool.daemon.agora import AcquireClient
 from ridpool.daemon.announcements import Announcements
 from ridpool.daemon.backoff import doubling
@@ -37,7 +38,7 @@ from ridpool.daemon.limiter import Budget
 from ridpool.daemon.metrics import Metrics, MetricsServer, Snapshot, pool_target
 from ridpool.daemon.refill import Refiller, queue_cname
 from ridpool.daemon.warmups import WarmupSource
-from ridpool.errors import PoolUnavailable
+from ridpool.errors import EvictionRisk, PoolUnavailable, RedisRefused, RidpoolError
 from ridpool.meta import PoolMeta, apublish
 from ridpool.stats import PoolStats
 from ridpool.version import installed
@@ -78,12 +79,7 @@ class Daemon:
         self.timing = timing or Timing()
         self.replica_id = replica_id or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self.prefix = config.redis.key_prefix
-        self.redis = redis.asyncio.Redis.from_url(
-            config.redis.url,
-            **functions.connection_defaults(
-                {"socket_timeout": config.redis.socket_timeout, "health_check_interval": 30}, asyncio=True
-            ),
-        )
+        self.redis = connect.aconnect(config.redis.url, **config.redis.client_kwargs(), health_check_interval=30)
         self.http = http or httpx.AsyncClient(
             timeout=httpx.Timeout(config.agora.timeout, connect=min(5.0, config.agora.timeout)),
             limits=httpx.Limits(max_connections=config.agora.max_in_flight * 2, keepalive_expiry=30),
@@ -124,20 +120,20 @@ class Daemon:
         self.last_ok: float | None = None  # monotonic time a job last reached Redis
         self.running = False
         self.next_summary = 0.0
+        self.warnings: dict[str, str] = {}  # what this replica wants every `ridpool status` to show, by topic
 
     # -- jobs ----------------------------------------------------------------------------------------------
 
     async def _guarded(self, name: str, job: Any) -> None:
-        """Run one job; Redis trouble pauses the jobs with backoff, anything else is logged, never fatal."""
+        """Run one job; Redis trouble pauses the jobs with backoff, anything else is logged, never fatal.
+
+        Shutdown cancels a job still running (a refill round waiting for the budget): the cancellation goes
+        through, ending its ticker."""
         if self.redis_down_since is not None and time.monotonic() < self.redis_retry_at:
             return
         try:
             await job()
             self.last_ok = time.monotonic()
-        except asyncio.CancelledError:
-            # Shutdown cancels a job still running (a refill round waiting for the budget): that is the end
-            # of this job task, not an error worth a traceback in the log.
-            return
         except PoolUnavailable as exc:
             self._redis_failed(exc)
             return
@@ -221,23 +217,60 @@ class Daemon:
         self.refiller.published.clear()  # the target fields are written again with the next round
         await self.clock.sync(self.redis)
         now = self.clock.server_ms(time.monotonic())
+        # Another replica's publication counts as live for three of its publish intervals.
+        live_ms = round(self.timing.publish * 3 * 1000)
+        for pool in self.config.pools:
+            meta = PoolMeta(
+                pool.name,
+                pool.appid,
+                None if pool.is_template else pool.slots,
+                pool.size,
+                pool.max_age,
+                now,
+                announced=pool.announced,
+                scene=pool.scene,
+                grace=pool.announce_grace,
+            )
+            keys = keyspace.pool_keys(self.prefix, pool.name)
+            try:
+                published = await apublish(self.redis, keys, meta, owner=self.replica_id, live_ms=live_ms)
+            except RedisRefused as exc:
+                await self.refiller.mark_damaged(pool.name, exc)  # the other pools are still published
+                continue
+            topic = f"owner:{pool.name}"
+            if published.ok:
+                self.warnings.pop(topic, None)
+                continue
+            message = (
+                f"pool {pool.name!r}: replica {published.owner} publishes a different configuration for this name; "
+                "this replica does not overwrite it (give the pool another name, or the same config everywhere)"
+            )
+            self.warnings[topic] = message
+            log.error("pool.owner_conflict", pool=pool.name, owner=published.owner, error=message)
+
+    async def check_eviction(self) -> None:
+        """Refuse (EvictionRisk) a Redis that may evict keys, unless [redis] allow_eviction; then warn instead."""
         with functions.reaching(self.redis):
-            for pool in self.config.pools:
-                meta = PoolMeta(
-                    pool.name,
-                    pool.appid,
-                    None if pool.is_template else pool.slots,
-                    pool.size,
-                    pool.max_age,
-                    now,
-                    announced=pool.announced,
-                    scene=pool.scene,
-                    grace=pool.announce_grace,
-                )
-                await apublish(self.redis, keyspace.pool_keys(self.prefix, pool.name), meta)
+            if self.config.redis.mode == "cluster":  # every primary, not just the one redis-py asks by default
+                reply = await self.redis.execute_command("INFO", "memory", target_nodes="primaries")
+            else:
+                reply = await self.redis.info("memory")
+        problem = eviction_problem(reply)
+        if problem is None:
+            self.warnings.pop("eviction", None)
+            return
+        if not self.config.redis.allow_eviction:
+            self.warnings["eviction"] = problem
+            raise EvictionRisk(problem)
+        self.warnings["eviction"] = f"{problem} (allowed by [redis] allow_eviction = true)"
+        log.warning("redis.eviction_allowed", warning=self.warnings["eviction"])
 
     async def heartbeat(self) -> None:
         await self.clock.sync(self.redis)
+        try:
+            await self.check_eviction()
+        except EvictionRisk as exc:
+            log.error("redis.eviction_risk", error=str(exc))  # checked again every heartbeat; status shows it
         with functions.reaching(self.redis):
             await self.refiller.renew()
         now = self.clock.server_ms(time.monotonic())
@@ -250,19 +283,40 @@ class Daemon:
             "pools": ",".join(p.name for p in self.config.pools),
             "in_flight": str(len(self.refiller.tasks)),
             "granted": str(self.budget.granted),
+            "warnings": "\n".join(self.warnings.values()),
         }
         with functions.reaching(self.redis):
             async with self.redis.pipeline(transaction=False) as pipe:
                 pipe.zadd(keyspace.replicas(self.prefix), {self.replica_id: now})
                 pipe.zremrangebyscore(keyspace.replicas(self.prefix), "-inf", now - 10 * ttl_ms)
-                pipe.hset(keyspace.replica(self.prefix, self.replica_id), mapping=info)  # type: ignore[arg-type]
+                pipe.hset(keyspace.replica(self.prefix, self.replica_id), mapping=info)
                 pipe.pexpire(keyspace.replica(self.prefix, self.replica_id), ttl_ms)
                 await pipe.execute()
 
     # -- life cycle ----------------------------------------------------------------------------------------
 
     async def run(self, stop: asyncio.Event) -> int:
-        """Run until `stop` is set; returns the number of acquires abandoned at shutdown."""
+        """Run until `stop` is set; returns the number of acquires abandoned at shutdown.
+
+        Raises EvictionRisk before anything runs when Redis may evict keys (and eviction is not allowed).
+        """
+        server = None
+        if self.config.metrics is not None:
+            # Started first: a port already taken fails the start in one line, before anything else runs (and
+            # /healthz answers 503 "starting" meanwhile).
+            server = MetricsServer(
+                self.config.metrics.address, self.config.metrics.port, self.metrics.registry, self.health
+            ).start()
+        try:
+            await self.check_eviction()
+        except PoolUnavailable as exc:
+            log.error("redis.unavailable", error=str(exc))  # checked again with every heartbeat
+        except EvictionRisk:
+            if server is not None:
+                server.stop()
+            await self.http.aclose()
+            await self.redis.aclose()
+            raise
         log.info(
             "daemon.started",
             replica=self.replica_id,
@@ -272,11 +326,6 @@ class Daemon:
         )
         for warning in self.config.warnings:
             log.warning("config.warning", warning=warning)
-        # A refill round that outlasts its tick is normal (it waits for the budget); APScheduler would warn on
-        # every skipped tick.
-        logging.getLogger("apscheduler").setLevel(logging.ERROR)
-        scheduler = AsyncIOScheduler(timezone=UTC)
-        now = datetime.now(UTC)
         jobs = [
             ("publish", self.publish, self.timing.publish),
             ("heartbeat", self.heartbeat, self.timing.heartbeat),
@@ -284,36 +333,21 @@ class Daemon:
         ]
         if self.config.metrics is not None or self.config.logs.summary_interval:
             jobs.append(("observe", self.observe, self.timing.observe))
-        server = None
-        if self.config.metrics is not None:
-            # Started first: a port already taken fails the start in one line, before anything else runs.
-            server = MetricsServer(
-                self.config.metrics.address, self.config.metrics.port, self.metrics.registry, self.health
-            ).start()
-        for name, job, every in jobs:
-            scheduler.add_job(
-                self._guarded,
-                "interval",
-                args=(name, job),
-                seconds=every,
-                id=name,
-                next_run_time=now,
-                max_instances=1,
-                coalesce=True,
-                misfire_grace_time=None,
-            )
-        scheduler.start()
+        tickers = [
+            asyncio.create_task(ticker.every(every, functools.partial(self._guarded, name, job)), name=name)
+            for name, job, every in jobs
+        ]
         self.running = True
-        loop = asyncio.create_task(self.refill_loop(), name="refill")
+        tickers.append(asyncio.create_task(self.refill_loop(), name="refill"))
         try:
             await stop.wait()
         finally:
             self.running = False
             log.info("daemon.stopping", replica=self.replica_id, in_flight=len(self.refiller.tasks))
             self.refiller.stopping = True  # a round still running leases nothing more
-            scheduler.shutdown(wait=False)
-            loop.cancel()
-            await asyncio.gather(loop, return_exceptions=True)
+            for task in tickers:
+                task.cancel()
+            await asyncio.gather(*tickers, return_exceptions=True)
             abandoned = await self.refiller.stop(self.timing.grace)
             await self._leave()
             await self.http.aclose()
@@ -324,13 +358,22 @@ class Daemon:
         return abandoned
 
     async def _leave(self) -> None:
-        """Take this replica off the live list at once rather than letting its heartbeat lapse."""
+        """Take this replica off the live list at once rather than letting its heartbeat lapse, and release its
+        pools' publications (a successor with a changed config takes them over at once)."""
         try:
             async with self.redis.pipeline(transaction=False) as pipe:
                 pipe.zrem(keyspace.replicas(self.prefix), self.replica_id)
                 pipe.delete(keyspace.replica(self.prefix, self.replica_id))
                 await asyncio.wait_for(pipe.execute(), 1.0)
-        except (redis.RedisError, TimeoutError):
+            releases = [
+                functions.aexecute(
+                    self.redis,
+                    functions.release_publication_call(keyspace.pool_keys(self.prefix, p.name), owner=self.replica_id),
+                )
+                for p in self.config.pools
+            ]
+            await asyncio.wait_for(asyncio.gather(*releases), 1.0)
+        except (redis.RedisError, RidpoolError, TimeoutError):
             pass
 
 
@@ -348,3 +391,17 @@ def summary(stats: PoolStats) -> dict[str, object]:
         "acquires": stats.counters["acquires"],
         "errors": stats.counters["errors"],
     }
+
+
+def eviction_problem(info: Any) -> str | None:
+    """Why a Redis (INFO memory; on a Cluster one reply per node) may evict ridpool's keys, or None."""
+    replies = info.values() if isinstance(info, dict) and "maxmemory_policy" not in info else [info]
+    for reply in replies:
+        policy, limit = str(reply.get("maxmemory_policy", "noeviction")), int(reply.get("maxmemory", 0))
+        if policy != "noeviction" and limit != 0:
+            return (
+                f"Redis maxmemory-policy is {policy} with maxmemory {limit}: it may evict the pools, their metadata "
+                "and the shared budget (then 429s); set maxmemory-policy noeviction (or maxmemory 0), "
+                "or [redis] allow_eviction = true to run anyway"
+            )
+    return None

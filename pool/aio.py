@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 import redis.asyncio
 from ridpool import functions, ondemand, plans, stats
 from ridpool.client import socket_timeout
+from ridpool.connect import Mode, aconnect
 from ridpool.entry import Entry
 from ridpool.functions import Announced
 from ridpool.keys import check_prefix, pool_keys, registry
@@ -31,17 +32,17 @@ class AsyncPoolClient:
         self._ondemand: OnDemand | None = None
 
     @classmethod
-    def from_url(cls, url: str, *, prefix: str = "ridpool", **kwargs: Any) -> AsyncPoolClient:
-        return cls(
-            redis.asyncio.Redis.from_url(url, **functions.connection_defaults(kwargs, asyncio=True)), prefix=prefix
-        )
+    def from_url(
+        cls, url: str, *, prefix: str = "ridpool", mode: Mode = "standalone", **kwargs: Any
+    ) -> AsyncPoolClient:
+        """See `PoolClient.from_url`."""
+        return cls(aconnect(url, mode=mode, **kwargs), prefix=prefix)
 
     @classmethod
     def from_config(cls, config: Config | str | os.PathLike[str], **kwargs: Any) -> AsyncPoolClient:
         """See `PoolClient.from_config`."""
         config = ondemand.load(config)
-        kwargs.setdefault("socket_timeout", config.redis.socket_timeout)
-        client = redis.asyncio.Redis.from_url(config.redis.url, **functions.connection_defaults(kwargs, asyncio=True))
+        client = aconnect(config.redis.url, **{**config.redis.client_kwargs(), **kwargs})
         return cls(client, prefix=config.redis.key_prefix, config=config)
 
     async def pop_or_acquire(
@@ -81,7 +82,15 @@ class AsyncPoolClient:
         return await functions.arun(self.redis, plans.pool_stats(pool_keys(self.prefix, pool)))
 
     async def pools(self) -> list[str]:
-        return await functions.arun(self.redis, plans.pools(registry(self.prefix)))
+        with functions.reaching(self.redis):
+            names = await self.redis.smembers(registry(self.prefix))
+        return sorted(functions.text(n) for n in names)
+
+    async def _pipeline(self, commands: list[tuple[str, ...]]) -> list[Any]:
+        pipe = self.redis.pipeline(transaction=False)
+        for command in commands:
+            pipe.execute_command(*command)
+        return await pipe.execute(raise_on_error=False)
 
     async def aclose(self) -> None:
         if self._ondemand is not None:

@@ -6,8 +6,10 @@ missing.
 
 Exit codes (the README lists them): 0 done; 1 unexpected failure; 2 invalid configuration or arguments;
 3 the pool has nothing fresh enough; 4 unknown pool or a channel the pool does not serve (or, for announce, a pool
-that takes no announcements); 5 Redis unreachable; 12 an acquire on the spot (pop --or-acquire) failed;
-13 `status --check` found a pool not ok or no live replica.
+that takes no announcements); 5 Redis unreachable; 6 the Redis user lacks a permission; 7 a key of the pool holds
+the wrong type; 8 Redis out of memory; 9 a Cluster addressed as one server (MOVED); 10 Redis holds a newer function
+library; 11 Redis may evict keys; 12 an acquire on the spot (pop --or-acquire) failed; 13 `status --check` found a
+pool not ok or no live replica.
 """
 
 from __future__ import annotations
@@ -31,14 +33,20 @@ from ridpool.errors import (
     AcquireFailed,
     CnameNotServed,
     ConfigError,
+    EvictionRisk,
     InvalidArgument,
+    LibraryMismatch,
     MissingExtra,
+    Moved,
     NotAnnounced,
+    OutOfMemory,
+    PermissionDenied,
     PoolEmpty,
     PoolUnavailable,
     RidpoolError,
     Unhealthy,
     UnknownPool,
+    WrongType,
 )
 from ridpool.version import installed
 
@@ -46,6 +54,7 @@ if TYPE_CHECKING:
     from ridpool.daemon.config import Config
 
 EXIT_OK, EXIT_FAILURE, EXIT_INVALID, EXIT_EMPTY, EXIT_UNKNOWN, EXIT_REDIS = 0, 1, 2, 3, 4, 5
+EXIT_PERMISSION, EXIT_WRONG_TYPE, EXIT_OOM, EXIT_MOVED, EXIT_LIBRARY, EXIT_EVICTION = 6, 7, 8, 9, 10, 11
 EXIT_ACQUIRE, EXIT_UNHEALTHY = 12, 13
 _EXITS: list[tuple[type[RidpoolError], int]] = [
     (ConfigError, EXIT_INVALID),
@@ -57,6 +66,12 @@ _EXITS: list[tuple[type[RidpoolError], int]] = [
     (PoolUnavailable, EXIT_REDIS),
     (Unhealthy, EXIT_UNHEALTHY),
     (AcquireFailed, EXIT_ACQUIRE),
+    (PermissionDenied, EXIT_PERMISSION),
+    (WrongType, EXIT_WRONG_TYPE),
+    (OutOfMemory, EXIT_OOM),
+    (Moved, EXIT_MOVED),
+    (LibraryMismatch, EXIT_LIBRARY),
+    (EvictionRisk, EXIT_EVICTION),
 ]
 
 
@@ -199,7 +214,9 @@ def _client(args: argparse.Namespace, config: Config | None = None) -> PoolClien
     if config is None and args.config is not None:
         config = _load_config(args.config)
     if config is not None:
-        return PoolClient.from_url(config.redis.url, prefix=args.prefix or config.redis.key_prefix)
+        return PoolClient.from_url(
+            config.redis.url, prefix=args.prefix or config.redis.key_prefix, **config.redis.client_kwargs()
+        )
     url = args.redis_url or os.environ.get("RIDPOOL_REDIS_URL", "redis://127.0.0.1:6379/0")
     try:
         return PoolClient.from_url(url, prefix=args.prefix or "ridpool")

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 import redis
 import redis.asyncio
 from ridpool import functions, ondemand, plans, stats
+from ridpool.connect import Mode, connect
 from ridpool.entry import Entry
 from ridpool.functions import Announced
 from ridpool.keys import check_prefix, pool_keys, registry
@@ -25,7 +26,8 @@ if TYPE_CHECKING:
 
 
 def socket_timeout(client: redis.Redis | Any) -> float | None:
-    timeout = client.connection_pool.connection_kwargs.get("socket_timeout")
+    pool = getattr(client, "connection_pool", None)  # a Cluster client has one per node: keep the default slice
+    timeout = pool.connection_kwargs.get("socket_timeout") if pool is not None else None
     return None if timeout is None else float(timeout)
 
 
@@ -41,15 +43,16 @@ class PoolClient:
         self._lock = threading.Lock()
 
     @classmethod
-    def from_url(cls, url: str, *, prefix: str = "ridpool", **kwargs: Any) -> PoolClient:
-        return cls(redis.Redis.from_url(url, **functions.connection_defaults(kwargs, asyncio=False)), prefix=prefix)
+    def from_url(cls, url: str, *, prefix: str = "ridpool", mode: Mode = "standalone", **kwargs: Any) -> PoolClient:
+        """A client for Redis at `url`; `mode` "cluster" or "sentinel" (with `sentinels=["host:port"]` and
+        `service_name`) as `ridpool.connect.connect` describes; other keywords go to redis-py (`ssl_ca_certs`)."""
+        return cls(connect(url, mode=mode, **kwargs), prefix=prefix)
 
     @classmethod
     def from_config(cls, config: Config | str | os.PathLike[str], **kwargs: Any) -> PoolClient:
         """A client for the Redis and key prefix of the daemon's config, able to `pop_or_acquire` (daemon extra)."""
         config = ondemand.load(config)
-        kwargs.setdefault("socket_timeout", config.redis.socket_timeout)
-        client = redis.Redis.from_url(config.redis.url, **functions.connection_defaults(kwargs, asyncio=False))
+        client = connect(config.redis.url, **{**config.redis.client_kwargs(), **kwargs})
         return cls(client, prefix=config.redis.key_prefix, config=config)
 
     def pop(self, pool: str, *, cname: str | None = None, min_ttl: float = 0.0, wait: float = 0.0) -> Entry:
@@ -126,7 +129,15 @@ class PoolClient:
 
     def pools(self) -> list[str]:
         """Names of every pool a daemon has published under this prefix."""
-        return functions.run(self.redis, plans.pools(registry(self.prefix)))
+        with functions.reaching(self.redis):
+            names = self.redis.smembers(registry(self.prefix))
+        return sorted(functions.text(n) for n in names)
+
+    def _pipeline(self, commands: list[tuple[str, ...]]) -> list[Any]:
+        pipe = self.redis.pipeline(transaction=False)
+        for command in commands:
+            pipe.execute_command(*command)  # type: ignore[no-untyped-call]
+        return pipe.execute(raise_on_error=False)
 
     def close(self) -> None:
         if self._ondemand is not None:

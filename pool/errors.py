@@ -28,7 +28,42 @@ class NotAnnounced(RidpoolError):
 
 
 class PoolUnavailable(RidpoolError):
-    """Redis could not be reached or answered with an error; nothing was popped."""
+    """Redis could not be reached (down, refused, timed out); nothing was popped."""
+
+
+RedisUnreachable = PoolUnavailable  # the same error, by the name the other Redis errors below go by
+
+
+class RedisRefused(RidpoolError):
+    """Redis was reached and answered with an error; nothing was popped or changed. A subclass says which."""
+
+
+class PermissionDenied(RedisRefused):
+    """The Redis user may not run a command the step needs, or may not touch its keys (see the README's ACL)."""
+
+
+class WrongType(RedisRefused):
+    """A key of the pool holds a value of the wrong type: the pool's keys are damaged (the message names it)."""
+
+
+class OutOfMemory(RedisRefused):
+    """Redis is at its `maxmemory` and refuses writes."""
+
+
+class Moved(RedisRefused):
+    """The key lives on another Cluster node: a cluster addressed as a single server (set [redis] mode)."""
+
+
+class LibraryMismatch(RedisRefused):
+    """Redis holds a newer ridpool function library than this client knows; upgrade the client."""
+
+
+class EvictionRisk(RidpoolError):
+    """Redis may evict keys (`maxmemory-policy`), which would lose the budget, queues and metadata."""
+
+
+class OwnerConflict(RidpoolError):
+    """Another live replica publishes a different configuration for a pool of the same name."""
 
 
 class ConfigError(RidpoolError):

@@ -12,7 +12,7 @@ Every key that holds an ID expires (PEXPIREAT) with the longest-lived ID it hold
 itself even when no daemon runs.
 ]]
 
-local LIBRARY_VERSION = '1'
+local LIBRARY_VERSION = '2'
 -- How every entry of the version this library reads starts: a 9-element msgpack array (0x99) whose first
 -- element, the version, is 1.
 local ENTRY_HEAD = '\153\001'
@@ -34,31 +34,90 @@ local function expire_with_top(key)
 end
 
 -- Drop the entries of a queue that have stopped being offered. Not counted here: Redis may expire a whole
--- queue before any call sees its dead entries, so "expired unused" is derived instead (added - pops - live).
+-- queue before any call sees its dead entries, so "expired unused" is derived instead (added - pops - dropped -
+-- live).
 local function purge_dead(queue, now)
   if redis.call('ZREMRANGEBYSCORE', queue, '-inf', now) > 0 then
     expire_with_top(queue)
   end
 end
 
--- A member was removed from a zset: if it held the key's expiry (it was the longest-lived), move the expiry to
--- the new longest-lived member. PEXPIRETIME is O(1), so the common pop (the oldest of several) pays no ZRANGE.
-local function removed_from(key, score)
-  if score >= redis.call('PEXPIRETIME', key) then
-    expire_with_top(key)
+-- The identity of the data set this library runs on: the run_id of this redis-server process, read on the first
+-- call after the library is loaded (INFO costs a few microseconds; a library-level local lives as long as the
+-- loaded library, and a restarted or promoted server loads the library anew).
+-- A restart (from RDB or AOF), the promotion of a replica, or a slot moved to another Cluster node all serve the
+-- data under another run_id.
+local instance_id = false
+local function instance()
+  if not instance_id then
+    instance_id = string.match(redis.call('INFO', 'server'), 'run_id:(%x+)')
+  end
+  return instance_id
+end
+
+-- Make sure a queue's entries were stored in the data set being served now; if not, drop them. Entries that
+-- outlived a restore or a failover may have been popped already in the lost history, so none of them can be
+-- offered again. `mark` is the meta field recording where the queue was filled ('e:' .. slot); `seen` its value
+-- when the caller read it already. Returns false when the queue is current, else how many entries were dropped
+-- (counted in stats as 'dropped'; 0 is still true in Lua: the queue was not current).
+-- The queue (and its wake-up list) go first: a failure between the writes leaves the mark stale, never a stale
+-- queue marked current.
+local function check_data_set(meta, stats, queue, ready, mark, seen)
+  if seen == nil then
+    seen = redis.call('HGET', meta, mark)
+  end
+  local here = instance()
+  if seen == here then
+    return false
+  end
+  local dropped = redis.pcall('ZCARD', queue)
+  if ready then
+    redis.call('DEL', queue, ready)
+  else
+    redis.call('DEL', queue)
+  end
+  redis.call('HSET', meta, mark, here)
+  if type(dropped) ~= 'number' then
+    dropped = 0
+  elseif dropped > 0 then
+    redis.pcall('HINCRBY', stats, 'dropped', dropped)
+  end
+  return dropped
+end
+
+-- Put back an entry a pop took out but cannot hand out; the caller made sure the user may ZADD. If the queue was
+-- emptied by the take, ZADD made a new key without an expiry: give it the entry's.
+local function put_back(queue, member, score)
+  redis.call('ZADD', queue, score, member)
+  local ttl = redis.pcall('PTTL', queue)
+  if type(ttl) ~= 'number' or ttl < 0 then
+    redis.pcall('PEXPIREAT', queue, score)
   end
 end
 
--- The pop itself, shared by ridpool_pop and ridpool_pop_packed: checks, then takes the entry out.
--- Returns member, expires_at, now; or nil, error reply; or nil, nil for a miss.
-local function take_entry(keys, args)
+-- Count a pop; if the count is refused (the stats key damaged, a user without HINCRBY), put the entry back.
+-- Returns nil, or the error to return.
+local function count_pop(stats, queue, member, score)
+  local counted = redis.pcall('HINCRBY', stats, 'pops', 1)
+  if type(counted) == 'table' then
+    put_back(queue, member, score)
+    return counted
+  end
+  return nil
+end
+
+-- The pop's checks and take (see take_entry). Returns member, expires_at, now; or nil, error reply; or nil, nil.
+-- A pop that fails removes nothing: checks and reads come first; whether the user may put an entry back (ZADD) is
+-- asked before anything is taken; whatever fails after a take puts the entry back. Out of memory is refused by
+-- Redis before the function starts (it is not flagged allow-oom).
+local function take(keys, args)
   local meta, stats, queue = keys[1], keys[2], keys[3]
   local cname = args[1]
   local min_ttl = tonumber(args[2])
-  if min_ttl == nil or min_ttl < 0 then
-    return nil, redis.error_reply('BAD_ARGUMENT min_ttl_ms must be a non-negative number')
+  if min_ttl == nil or min_ttl < 0 or min_ttl >= MAX_LIFE_MS then
+    return nil, redis.error_reply('BAD_ARGUMENT min_ttl_ms must be a number from 0 to below 300000')
   end
-  local known = redis.call('HMGET', meta, 'mode', 'c:' .. cname)
+  local known = redis.call('HMGET', meta, 'mode', 'c:' .. cname, 'e:' .. cname)
   local mode = known[1]
   if not mode then
     return nil, redis.error_reply('UNKNOWN_POOL no daemon has published this pool (after a Redis restart, '
@@ -77,30 +136,39 @@ local function take_entry(keys, args)
   elseif not known[2] then
     return nil, redis.error_reply('CNAME_NOT_SERVED this pool does not serve that channel')
   end
+  -- The common case, the same data set, is told without a call.
+  if known[3] ~= (instance_id or instance()) and check_data_set(meta, stats, queue, nil, 'e:' .. cname, known[3]) then
+    return nil, nil
+  end
+  if not redis.acl_check_cmd('ZADD', queue, '0', '') then
+    return nil, redis.error_reply('NOPERM this user may not run ZADD on the queue (a pop needs it to put back '
+      .. 'an entry it cannot hand out)')
+  end
 
   local now = now_ms()
   local least = math.max(now + min_ttl, now + 1)
   -- The common case, in one step: the oldest entry is alive, has the life asked for and is of this version.
   -- Taking the head never changes the queue's expiry (the longest-lived entry stays, or the queue is gone).
   local head = redis.call('ZPOPMIN', queue)
-  if head[2] and tonumber(head[2]) >= least and string.sub(head[1], 1, 2) == ENTRY_HEAD then
-    redis.call('HINCRBY', stats, 'pops', 1)
-    return head[1], tonumber(head[2]), now
+  if not head[2] then
+    return nil, nil
   end
-  -- Otherwise put the head back (atomically: nobody saw it gone), drop dead entries, and look further.
-  if head[2] then
-    redis.call('ZADD', queue, head[2], head[1])
-    if redis.call('PTTL', queue) < 0 then
-      -- It was the only entry: ZPOPMIN deleted the key, and the ZADD made a new one without an expiry.
-      redis.call('PEXPIREAT', queue, head[2])
+  local score = tonumber(head[2])
+  if score >= least and string.sub(head[1], 1, 2) == ENTRY_HEAD then
+    local refused = count_pop(stats, queue, head[1], score)
+    if refused then
+      return nil, refused
     end
+    return head[1], score, now
   end
-  purge_dead(queue, now)
-  local found = redis.call('ZRANGEBYSCORE', queue, least, '+inf', 'WITHSCORES', 'LIMIT', 0, 1)
+  -- Otherwise put the head back (atomically: nobody saw it gone) unless it is dead, and look further: the oldest
+  -- entry with the life asked for, and whether another lives longer (then the queue's expiry stays as it is).
+  if score > now then
+    put_back(queue, head[1], score)
+  end
+  redis.pcall('ZREMRANGEBYSCORE', queue, '-inf', now) -- the other dead entries (tidying: may be refused)
+  local found = redis.call('ZRANGEBYSCORE', queue, least, '+inf', 'WITHSCORES', 'LIMIT', 0, 2)
   if not found[1] then
-    if args[3] == '1' then
-      redis.call('HINCRBY', stats, 'misses', 1)
-    end
     return nil, nil
   end
   if string.sub(found[1], 1, 2) ~= ENTRY_HEAD then
@@ -109,23 +177,45 @@ local function take_entry(keys, args)
   end
   local expires_at = tonumber(found[2])
   redis.call('ZREM', queue, found[1])
-  removed_from(queue, expires_at)
-  redis.call('HINCRBY', stats, 'pops', 1)
+  local refused = count_pop(stats, queue, found[1], expires_at)
+  if refused then
+    return nil, refused
+  end
+  if not found[3] then
+    -- It was the longest-lived entry: the queue's expiry moves to the next one. Past the count nothing may fail
+    -- the pop; a user not allowed to move the expiry leaves it a little long, never loses the entry.
+    local top = redis.pcall('ZRANGE', queue, -1, -1, 'WITHSCORES')
+    if type(top) == 'table' and top[2] then
+      redis.pcall('PEXPIREAT', queue, top[2])
+    end
+  end
   return found[1], expires_at, now
+end
+
+-- The pop itself, shared by ridpool_pop and ridpool_pop_packed: checks, then takes the entry out.
+-- Returns member, expires_at, now; or nil, error reply; or nil, nil for a miss (counted when ARGV[3] is '1').
+local function take_entry(keys, args)
+  local member, expires_at, now = take(keys, args)
+  if member == nil and expires_at == nil and args[3] == '1' then
+    redis.call('HINCRBY', keys[2], 'misses', 1)
+  end
+  return member, expires_at, now
 end
 
 --[[
 ridpool_pop: hand out the oldest entry that still has at least min_ttl to live; never the same one twice.
 KEYS[1] meta   PREFIX:{POOL}:meta
 KEYS[2] stats  PREFIX:{POOL}:stats
-KEYS[3] queue  PREFIX:{POOL}:q (template pool) or PREFIX:{POOL}:q:<cname> (named channel)
+KEYS[3] queue  PREFIX:{POOL}:q (template pool) or PREFIX:{POOL}:q:<encoded cname> (named channel, see keys.py)
 KEYS[4] ann    PREFIX:{POOL}:ann (only read for an `announced` pool; may be left out for the others)
-ARGV[1] cname        '' for a template pool, else the channel to pop for
-ARGV[2] min_ttl_ms   the least remaining life the caller accepts (integer ms, >= 0)
+ARGV[1] cname        '' for a template pool, else the channel to pop for (as written, not encoded)
+ARGV[2] min_ttl_ms   the least remaining life the caller accepts (integer ms, 0 <= min_ttl_ms < 300000)
 ARGV[3] record_miss  '1' to count an empty answer as a miss ('0' for the early tries of a waiting pop)
 Reply: a flat array of field/value pairs: resourceId, appid, cname, uid, pool, sentAt (server ms), expiresAt
 (server ms), expiresIn (ms), requestId; or nil when nothing fresh enough is there.
-Errors: 'UNKNOWN_POOL ...', 'CNAME_REQUIRED ...', 'CNAME_NOT_SERVED ...', 'BAD_ARGUMENT ...', 'BAD_ENTRY ...'.
+Errors: 'UNKNOWN_POOL ...', 'CNAME_REQUIRED ...', 'CNAME_NOT_SERVED ...', 'BAD_ARGUMENT ...', 'BAD_ENTRY ...';
+Redis's own (WRONGTYPE, OOM, a command the user may not run): in every case nothing was removed.
+The first pop on a queue filled in another data set (see check_data_set) drops its entries and misses.
 ]]
 local function pop(keys, args)
   local member, expires_at, now = take_entry(keys, args)
@@ -155,15 +245,18 @@ end
 --[[
 ridpool_add: store one acquired entry, once; release the lease it was acquired under.
 KEYS[1] stats     KEYS[2] ledger    KEYS[3] queue    KEYS[4] ready    KEYS[5] inflight    KEYS[6] uids
-KEYS[7] ann:left  (optional) PREFIX:{POOL}:ann:left: an entry for an announced channel uses up one of its count
+KEYS[7] meta
+KEYS[8] ann:left  (optional) PREFIX:{POOL}:ann:left: an entry for an announced channel uses up one of its count
 ARGV[1] entry     msgpack entry (see the top of this file); its expiresAt is ARGV[3]
 ARGV[2] resourceId
 ARGV[3] expires_at_ms  server time at which the entry stops being offered
 ARGV[4] lease token ('' for none)
 ARGV[5] uid to hold in the uids zset until the entry expires ('' when the pool's uid is fixed)
-ARGV[6] the announced channel (with KEYS[7])
+ARGV[6] slot      the queue's channel as written ('' for a template pool): names its data-set mark, and the
+                  announced channel whose count the entry uses up (with KEYS[8])
 Reply: 'ADDED'; 'EXISTS' (this very entry is already queued: a retried add); 'REFUSED' (the ID was added
 before and popped or replaced: never offered twice); 'EXPIRED' (already past its time: not stored).
+A queue filled in another data set (a restore, a failover) is dropped before the entry joins it.
 ]]
 local function add(keys, args)
   local stats, ledger, queue, ready, inflight, uids = keys[1], keys[2], keys[3], keys[4], keys[5], keys[6]
@@ -179,6 +272,7 @@ local function add(keys, args)
   if expires_at - now > MAX_LIFE_MS then
     return redis.error_reply('BAD_ARGUMENT an entry cannot live more than five minutes')
   end
+  check_data_set(keys[7], stats, queue, ready, 'e:' .. args[6])
   local digest = redis.sha1hex(rid)
   redis.call('ZREMRANGEBYSCORE', ledger, '-inf', now)
   if redis.call('ZSCORE', ledger, digest) then
@@ -201,12 +295,13 @@ local function add(keys, args)
     expire_with_top(uids)
   end
   redis.call('HINCRBY', stats, 'added', 1)
-  if keys[7] and redis.call('HEXISTS', keys[7], args[6]) == 1 then
-    redis.call('HINCRBY', keys[7], args[6], -1)
+  if keys[8] and redis.call('HEXISTS', keys[8], args[6]) == 1 then
+    redis.call('HINCRBY', keys[8], args[6], -1)
   end
-  -- Wake one waiting pop; the list is kept short so idle pools do not pile up stale tokens.
+  -- Wake one waiting pop. Never more tokens than queued entries: a waiter woken for nothing loops anyway
+  -- (see the README), but an idle pool does not pile up stale tokens.
   redis.call('RPUSH', ready, '1')
-  redis.call('LTRIM', ready, -16, -1)
+  redis.call('LTRIM', ready, -redis.call('ZCARD', queue), -1)
   redis.call('PEXPIREAT', ready, expires_at)
   return 'ADDED'
 end
@@ -317,15 +412,65 @@ local function release(keys, args)
 end
 
 --[[
-ridpool_sweep: drop a queue's dead entries and report what is left.
-KEYS[1] queue
-Reply: {live entries, server now ms, expiresAt ms of the oldest live entry or -1}.
+ridpool_sweep: drop a queue's dead entries (all of them if it was filled in another data set) and report what is
+left.
+KEYS[1] queue    KEYS[2] meta    KEYS[3] ready    KEYS[4] stats
+ARGV[1] slot     the queue's channel as written ('' for a template pool)
+Reply: {live entries, server now ms, expiresAt ms of the oldest live entry or -1, entries dropped because the
+queue was filled in another data set}.
 ]]
 local function sweep(keys, args)
   local now = now_ms()
+  local dropped = check_data_set(keys[2], keys[4], keys[1], keys[3], 'e:' .. args[1]) or 0
   purge_dead(keys[1], now)
   local oldest = redis.call('ZRANGE', keys[1], 0, 0, 'WITHSCORES')
-  return {redis.call('ZCARD', keys[1]), now, tonumber(oldest[2] or -1)}
+  return {redis.call('ZCARD', keys[1]), now, tonumber(oldest[2] or -1), dropped}
+end
+
+--[[
+ridpool_publish: publish a pool's configuration, unless another live replica publishes a different one.
+KEYS[1] meta
+ARGV[1] owner        the publishing replica's id
+ARGV[2] fingerprint  of the configuration (replicas with the same config publish the same fingerprint); '' to
+                     release: the owner leaving, its publication no longer counts as live
+ARGV[3] live_ms      a publication younger than this, by another owner, of another fingerprint, wins
+ARGV[4..] field, value pairs to publish (mode, appid, size, max_age_ms, cnames, c:<cname>...)
+Reply: {'PUBLISHED', owner}, {'CONFLICT', the owner whose publication stands} or {'RELEASED', owner}.
+Every field is replaced except the data-set marks (e:<slot>), which belong to the queues (check_data_set).
+]]
+local function publish(keys, args)
+  local meta = keys[1]
+  local now = now_ms()
+  local held = redis.call('HMGET', meta, 'owner', 'fingerprint', 'published_at_ms')
+  if args[2] == '' then
+    -- A replica leaving: its publication stops counting as live, so a successor with another config (the same
+    -- service restarted after a config change) takes over at once.
+    if held[1] == args[1] then
+      redis.call('HSET', meta, 'published_at_ms', 0)
+    end
+    return {'RELEASED', args[1]}
+  end
+  if held[2] and held[2] ~= args[2] and held[1] ~= args[1]
+      and now - (tonumber(held[3]) or 0) < tonumber(args[3]) then
+    return {'CONFLICT', held[1]}
+  end
+  local stale = {}
+  for _, field in ipairs(redis.call('HKEYS', meta)) do
+    if string.sub(field, 1, 2) ~= 'e:' then
+      stale[#stale + 1] = field
+    end
+  end
+  if #stale > 0 then
+    redis.call('HDEL', meta, unpack(stale))
+  end
+  local fields = {'owner', args[1], 'fingerprint', args[2]}
+  for i = 4, #args do
+    fields[#fields + 1] = args[i]
+  end
+  fields[#fields + 1] = 'published_at_ms'
+  fields[#fields + 1] = now
+  redis.call('HSET', meta, unpack(fields))
+  return {'PUBLISHED', args[1]}
 end
 
 --[[
@@ -391,25 +536,39 @@ end
 ridpool_report: a starter says how `start` went with a popped entry, so failure rates by ID age can be seen
 and max_age tuned on evidence rather than argued.
 KEYS[1] starts   PREFIX:{POOL}:starts (hash of counters; holds no ID)
+KEYS[2] meta     PREFIX:{POOL}:meta (only a published pool takes reports)
 ARGV[1] sent_at_ms   the entry's sentAt
 ARGV[2] outcome      'ok' or 'failed'
-ARGV[3] code         Agora's error code for a failure ('' when none)
+ARGV[3] code         Agora's error code for a failure ('' when none): an integer, else counted as 'other'
 Fields counted: '<outcome>:<age bucket>' with buckets of 30 s by age at report time ('0-29', '30-59', ...,
-'300+'), and 'code:<code>' for failures. Reply: the age in ms.
+'300+'), and 'code:<code>' for failures; once the hash holds MAX_FIELDS fields, new codes count as 'code:other'.
+The hash expires REPORTS_KEPT_MS after the last report. Reply: the age in ms.
+Errors: 'UNKNOWN_POOL ...', 'BAD_ARGUMENT ...'.
 ]]
+local MAX_FIELDS = 64
+local REPORTS_KEPT_MS = 7 * 24 * 3600 * 1000
 local function report(keys, args)
   local sent = tonumber(args[1])
   local outcome = args[2]
   if sent == nil or (outcome ~= 'ok' and outcome ~= 'failed') then
     return redis.error_reply("BAD_ARGUMENT report takes sent_at_ms and 'ok' or 'failed'")
   end
+  if redis.call('EXISTS', keys[2]) == 0 then
+    return redis.error_reply('UNKNOWN_POOL no daemon has published this pool; reports are kept only for pools')
+  end
   local age = math.max(0, now_ms() - sent)
   local low = math.floor(age / 30000) * 30
   local bucket = low >= 300 and '300+' or (low .. '-' .. (low + 29))
   redis.call('HINCRBY', keys[1], outcome .. ':' .. bucket, 1)
   if outcome == 'failed' and args[3] ~= '' then
-    redis.call('HINCRBY', keys[1], 'code:' .. args[3], 1)
+    local code = string.match(args[3], '^-?%d%d?%d?%d?%d?%d?%d?%d?%d?$') and args[3] or 'other'
+    local field = 'code:' .. code
+    if redis.call('HEXISTS', keys[1], field) == 0 and redis.call('HLEN', keys[1]) >= MAX_FIELDS then
+      field = 'code:other'
+    end
+    redis.call('HINCRBY', keys[1], field, 1)
   end
+  redis.call('PEXPIRE', keys[1], REPORTS_KEPT_MS)
   return age
 end
 
@@ -631,6 +790,7 @@ redis.register_function('ridpool_add', add)
 redis.register_function('ridpool_reserve', reserve)
 redis.register_function('ridpool_release', release)
 redis.register_function('ridpool_sweep', sweep)
+redis.register_function('ridpool_publish', publish)
 redis.register_function('ridpool_take', take)
 redis.register_function('ridpool_cooldown', wait_at_least)
 redis.register_function('ridpool_hold', wait_at_least)

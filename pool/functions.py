@@ -11,8 +11,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
+import hashlib
+import json
 import math
+import re
 import time
+import weakref
 from collections.abc import Generator, Iterator, Sequence
 from dataclasses import dataclass
 from importlib import resources
@@ -28,10 +32,16 @@ from ridpool.errors import (
     CnameNotServed,
     CorruptEntry,
     InvalidArgument,
+    LibraryMismatch,
+    Moved,
     NotAnnounced,
+    OutOfMemory,
+    PermissionDenied,
     PoolUnavailable,
+    RedisRefused,
     RidpoolError,
     UnknownPool,
+    WrongType,
 )
 from ridpool.keys import AccountKeys, PoolKeys
 
@@ -84,7 +94,7 @@ def parse_pop(reply: Any) -> Entry | None:
 def report_call(keys: PoolKeys, entry: Entry, *, ok: bool, code: int | str | None = None) -> Call:
     return Call(
         "ridpool_report",
-        (keys.starts,),
+        (keys.starts, keys.meta),
         (entry.sent_at_ms, "ok" if ok else "failed", "" if code is None else str(code)),
     )
 
@@ -112,9 +122,10 @@ def add_call(
             keys.ready(queue_cname),
             keys.inflight,
             keys.uids,
+            keys.meta,
             *((keys.announced_left,) if announced else ()),
         ),
-        (encode(entry), entry.resource_id, entry.expires_at_ms, lease, uid, *((entry.cname,) if announced else ())),
+        (encode(entry), entry.resource_id, entry.expires_at_ms, lease, uid, queue_cname or ""),
     )
 
 
@@ -169,15 +180,49 @@ class QueueState:
     live: int
     now_ms: int
     oldest_expires_at_ms: int | None
+    dropped: int = 0  # entries dropped now because the queue was filled in another data set (a restore, failover)
 
 
 def sweep_call(keys: PoolKeys, queue_cname: str | None) -> Call:
-    return Call("ridpool_sweep", (keys.queue(queue_cname),), ())
+    return Call(
+        "ridpool_sweep",
+        (keys.queue(queue_cname), keys.meta, keys.ready(queue_cname), keys.stats),
+        (queue_cname or "",),
+    )
 
 
 def parse_sweep(reply: Any) -> QueueState:
-    live, now, oldest = (int(x) for x in reply)
-    return QueueState(live, now, None if oldest < 0 else oldest)
+    live, now, oldest, dropped = (int(x) for x in reply)
+    return QueueState(live, now, None if oldest < 0 else oldest, dropped)
+
+
+# -- publish ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Published:
+    """What ridpool_publish did: `ok` False when another live replica's different configuration stands."""
+
+    ok: bool
+    owner: str
+
+
+def publish_call(keys: PoolKeys, fields: dict[str, str], *, owner: str, live_ms: int) -> Call:
+    """Publish a pool's metadata; `fields` minus volatile ones make the fingerprint replicas compare."""
+    stable = {k: v for k, v in sorted(fields.items()) if k != "published_at_ms"}
+    fingerprint = hashlib.sha256(json.dumps(stable).encode()).hexdigest()[:16]
+    pairs = [x for item in stable.items() for x in item]
+    return Call("ridpool_publish", (keys.meta,), (owner, fingerprint, live_ms, *pairs))
+
+
+def release_publication_call(keys: PoolKeys, *, owner: str) -> Call:
+    """The owner leaving: its publication stops counting as live (see ridpool_publish)."""
+    return Call("ridpool_publish", (keys.meta,), (owner, "", 0))
+
+
+def parse_publish(reply: Any) -> Published:
+    outcome, owner = (text(x) for x in reply)
+    return Published(outcome != "CONFLICT", owner)
 
 
 # -- announcements ---------------------------------------------------------------------------------------
@@ -320,18 +365,41 @@ _ERRORS: dict[str, type[RidpoolError]] = {
     "NOT_ANNOUNCED": NotAnnounced,
     "BAD_CNAME": InvalidArgument,
 }
+# What Redis says inside a function when the user may not run a command or touch a key (an ERR, not a NOPERM).
+_SCRIPT_DENIED = re.compile(r"user executing the script can't (run|access)", re.IGNORECASE)
+LIBRARY_VERSION = int(re.search(r"local LIBRARY_VERSION = '(\d+)'", LIBRARY).group(1))  # type: ignore[union-attr]
+AnyRedis = Any  # redis.Redis, redis.asyncio.Redis or one of their Cluster twins
 
 
 def _missing_library(exc: redis.ResponseError) -> bool:
     return "function not found" in str(exc).lower()
 
 
-def _translate(exc: redis.ResponseError, call: Call) -> RidpoolError:
-    code, _, message = str(exc).partition(" ")
+def refused(exc: redis.RedisError, subject: str) -> RidpoolError:
+    """The ridpool error for an error reply of Redis, naming what it concerned (`subject`)."""
+    message = str(exc)
+    if isinstance(exc, redis.exceptions.NoPermissionError | redis.AuthenticationError) or _SCRIPT_DENIED.search(
+        message
+    ):
+        return PermissionDenied(
+            f"{subject}: the Redis user is not allowed this ({message}); grant it the ACL the README lists"
+        )
+    if isinstance(exc, redis.exceptions.OutOfMemoryError):
+        return OutOfMemory(f"{subject}: Redis is out of memory (maxmemory reached) and refuses writes: {message}")
+    if isinstance(exc, redis.exceptions.AskError | redis.exceptions.ClusterCrossSlotError):
+        where_ = f"Redis Cluster serves this key on another node ({message})"
+        return Moved(f'{subject}: {where_}; connect in cluster mode ([redis] mode = "cluster")')
+    if message.startswith("WRONGTYPE"):
+        return WrongType(f"{subject}: a key holds the wrong type of value, the pool's keys are damaged ({message})")
+    code, _, rest = message.partition(" ")
     kind = _ERRORS.get(code)
-    if kind is None:
-        return PoolUnavailable(f"Redis refused {call.function}: {exc}")
-    return kind(f"{_subject(call)}: {message}")
+    if kind is not None:
+        return kind(f"{subject}: {rest}")
+    return RedisRefused(f"{subject}: Redis refused it: {message}")
+
+
+def _translate(exc: redis.RedisError, call: Call) -> RidpoolError:
+    return refused(exc, _subject(call))
 
 
 def _subject(call: Call) -> str:
@@ -348,10 +416,15 @@ def unavailable(exc: Exception, where: str) -> PoolUnavailable:
     return PoolUnavailable(f"Redis at {where} is unavailable ({type(exc).__name__}: {exc})")
 
 
-def where(client: redis.Redis | redis.asyncio.Redis) -> str:
-    kwargs = client.connection_pool.connection_kwargs
+def where(client: AnyRedis) -> str:
+    pool = getattr(client, "connection_pool", None)
+    if pool is None:  # a Cluster client: no single server
+        return "the Redis Cluster"
+    kwargs = pool.connection_kwargs
     if "path" in kwargs:
         return str(kwargs["path"])
+    if "service_name" in getattr(pool, "__dict__", {}):
+        return f"Sentinel service {pool.service_name!r}"
     return f"{kwargs.get('host', '?')}:{kwargs.get('port', '?')}"
 
 
@@ -369,13 +442,85 @@ def connection_defaults(kwargs: dict[str, Any], *, asyncio: bool) -> dict[str, A
     return kwargs
 
 
+def failure(client: AnyRedis, exc: redis.RedisError, subject: str = "") -> RidpoolError:
+    """The ridpool error for a failure of redis-py: a lost or timed-out connection is PoolUnavailable naming the
+    server, an error reply the RedisRefused subclass that says what it is (about `subject`)."""
+    if isinstance(exc, redis.AuthenticationError):
+        return refused(exc, subject or f"Redis at {where(client)}")
+    if isinstance(exc, redis.ConnectionError | redis.TimeoutError | redis.exceptions.ClusterError):
+        _checked.discard(client)  # the next connection may reach another server: check its library again
+        return unavailable(exc, where(client))
+    if isinstance(exc, redis.ResponseError):
+        return refused(exc, subject or f"Redis at {where(client)}")
+    return RedisRefused(f"{subject or where(client)}: {type(exc).__name__}: {exc}")
+
+
 @contextlib.contextmanager
-def reaching(client: redis.Redis | redis.asyncio.Redis) -> Iterator[None]:
-    """Turn a lost or timed-out connection to Redis into PoolUnavailable naming the server (sync or async code)."""
+def reaching(client: AnyRedis) -> Iterator[None]:
+    """Turn Redis failures into ridpool errors (sync or async code), as `failure` says."""
     try:
         yield
-    except (redis.ConnectionError, redis.TimeoutError) as exc:
-        raise unavailable(exc, where(client)) from None
+    except redis.RedisError as exc:
+        raise failure(client, exc) from None
+
+
+# Clients (one connection pool each) whose server's library version was checked: once per pool, again after a
+# lost connection.
+_checked: weakref.WeakSet[Any] = weakref.WeakSet()
+
+
+def _is_cluster(client: AnyRedis) -> bool:
+    return isinstance(client, redis.RedisCluster | redis.asyncio.RedisCluster)
+
+
+def _versions_call(client: AnyRedis) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    # On a Cluster, every primary answers (each holds its own copy of the library).
+    if _is_cluster(client):
+        return ("FCALL", "ridpool_version", 0), {"target_nodes": redis.RedisCluster.PRIMARIES}
+    return ("FCALL", "ridpool_version", 0), {}
+
+
+def _versions(reply: Any, cluster: bool) -> list[int]:
+    values = list(reply.values()) if cluster and isinstance(reply, dict) else [reply]
+    return [int(text(v)) for v in values]
+
+
+def _needs_load(versions: list[int], where_: str) -> bool:
+    newer = [v for v in versions if v > LIBRARY_VERSION]
+    if newer:
+        raise LibraryMismatch(
+            f"Redis at {where_} runs ridpool function library version {max(newer)}, newer than this client's "
+            f"{LIBRARY_VERSION}; upgrade ridpool here (an older client must not replace it)"
+        )
+    return any(v < LIBRARY_VERSION for v in versions)
+
+
+def check_library(client: AnyRedis) -> None:
+    """Load the library where Redis lacks it or holds an older one; refuse a newer one (LibraryMismatch)."""
+    args, options = _versions_call(client)
+    try:
+        versions = _versions(client.execute_command(*args, **options), _is_cluster(client))
+    except redis.ResponseError as exc:
+        if not _missing_library(exc):
+            raise
+        versions = [0]
+    if _needs_load(versions, where(client)):
+        load_library(client)
+    _checked.add(client)
+
+
+async def acheck_library(client: AnyRedis) -> None:
+    """The asyncio twin of `check_library`."""
+    args, options = _versions_call(client)
+    try:
+        versions = _versions(await client.execute_command(*args, **options), _is_cluster(client))
+    except redis.ResponseError as exc:
+        if not _missing_library(exc):
+            raise
+        versions = [0]
+    if _needs_load(versions, where(client)):
+        await aload_library(client)
+    _checked.add(client)
 
 
 def load_library(client: redis.Redis) -> None:
@@ -389,10 +534,10 @@ async def aload_library(client: redis.asyncio.Redis) -> None:
 # -- plans and their two drivers -------------------------------------------------------------------------
 #
 # What a client does is written once, as a plan: a generator that yields Redis commands (a tuple for
-# `execute_command`, a list of tuples for a pipeline) or a `Sleep`, and is sent their replies, or thrown their
-# error replies. A plan does no I/O itself; `run` drives it with a sync client and `arun` with an asyncio one
-# (the way stamina drives one retry core from `__iter__` and `__aiter__`), so a loop, a retry or a reading of
-# replies exists once.
+# `execute_command`, a list of tuples for a pipeline, whose error replies come back in place), a `Sleep` or a
+# `CheckLibrary`, and is sent their replies, or thrown their error replies. A plan does no I/O itself; `run`
+# drives it with a sync client and `arun` with an asyncio one (the way stamina drives one retry core from
+# `__iter__` and `__aiter__`), so a loop, a retry or a reading of replies exists once.
 
 Command = tuple[Arg | float, ...]
 
@@ -404,7 +549,12 @@ class Sleep:
     seconds: float
 
 
-Step = Command | list[Command] | Sleep
+@dataclass(frozen=True, slots=True)
+class CheckLibrary:
+    """A plan's request to (re)load the function library where Redis lacks it (the driver runs `check_library`)."""
+
+
+Step = Command | list[Command] | Sleep | CheckLibrary
 T = TypeVar("T")
 Plan = Generator[Step, Any, T]
 
@@ -418,7 +568,7 @@ def fcall(call: Call) -> Plan[Any]:
         except redis.ResponseError as exc:
             if not _missing_library(exc):
                 raise
-            yield ("FUNCTION LOAD", "REPLACE", LIBRARY)
+            yield CheckLibrary()
             return (yield command)
     except redis.ResponseError as exc:
         raise _translate(exc, call) from None
@@ -452,9 +602,12 @@ class _Cursor(Generic[T]):
 
 
 def run(client: redis.Redis, plan: Plan[T]) -> T:
-    """Drive a plan with a sync client; an unreachable Redis becomes PoolUnavailable."""
+    """Drive a plan with a sync client; the library's version is checked once per client (and after a lost
+    connection); Redis failures become ridpool errors (`failure`)."""
     cursor = _Cursor(plan)
     with reaching(client):
+        if client not in _checked:
+            check_library(client)
         while cursor.step is not None:
             with cursor.answer() as reply:
                 reply.append(_send(client, cursor.step))
@@ -465,6 +618,8 @@ async def arun(client: redis.asyncio.Redis, plan: Plan[T]) -> T:
     """Drive a plan with an asyncio client: `run`, with the replies awaited."""
     cursor = _Cursor(plan)
     with reaching(client):
+        if client not in _checked:
+            await acheck_library(client)
         while cursor.step is not None:
             with cursor.answer() as reply:
                 reply.append(await _asend(client, cursor.step))
@@ -474,23 +629,27 @@ async def arun(client: redis.asyncio.Redis, plan: Plan[T]) -> T:
 def _send(client: redis.Redis, step: Step) -> Any:
     if isinstance(step, Sleep):
         return time.sleep(step.seconds)
+    if isinstance(step, CheckLibrary):
+        return check_library(client)
     if isinstance(step, tuple):
         return client.execute_command(*step)  # type: ignore[no-untyped-call]
     pipe = client.pipeline(transaction=False)
     for command in step:
         pipe.execute_command(*command)  # type: ignore[no-untyped-call]
-    return pipe.execute()
+    return pipe.execute(raise_on_error=False)  # error replies in place: the plan tells a damaged key (stats)
 
 
 async def _asend(client: redis.asyncio.Redis, step: Step) -> Any:
     if isinstance(step, Sleep):
         return await asyncio.sleep(step.seconds)
+    if isinstance(step, CheckLibrary):
+        return await acheck_library(client)
     if isinstance(step, tuple):
         return await client.execute_command(*step)  # type: ignore[no-untyped-call]
     pipe = client.pipeline(transaction=False)
     for command in step:
         pipe.execute_command(*command)
-    return await pipe.execute()
+    return await pipe.execute(raise_on_error=False)
 
 
 def execute(client: redis.Redis, call: Call) -> Any:

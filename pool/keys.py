@@ -4,15 +4,17 @@ Every key of one pool carries the pool's Cluster hash tag `{pool}`, so the funct
 run unchanged on Redis Cluster; account keys share the tag `{acct:NAME}`. Key names are built here and nowhere
 else: the daemon, the clients, the tests and the docs all go through these functions.
 
-    PREFIX:{POOL}:meta              hash   published by the daemon: mode, appid, size, max_age_ms, slots, c:<cname>
+    PREFIX:{POOL}:meta              hash   published by the daemon: mode, appid, size, max_age_ms, slots, c:<cname>,
+                                           owner, fingerprint; e:<cname> the data set each queue was filled in
     PREFIX:{POOL}:stats             hash   counters: added, pops, misses, expired, refused, acquires, errors, ...
     PREFIX:{POOL}:q                 zset   entries of a template pool (member: msgpack entry, score: expires-at ms)
-    PREFIX:{POOL}:q:<cname>         zset   entries of one named channel of the pool
+    PREFIX:{POOL}:q:<cname>         zset   entries of one named channel (cname with % and : percent-encoded)
     PREFIX:{POOL}:q...:ready        list   wake-up tokens for blocking pops on that queue
     PREFIX:{POOL}:inflight          zset   reserved acquires (member: token, score: lease deadline ms)
     PREFIX:{POOL}:uids              zset   uids held by live entries and leases of a uid_range pool
     PREFIX:{POOL}:ledger            zset   sha1 of every ID added while it can live (refuses re-adds)
     PREFIX:{POOL}:starts            hash   starters' reports of `start`: ok/failed by ID age bucket, failure codes
+                                           (at most 64 fields + code:other; expires 7 days after the last report)
     PREFIX:{POOL}:hold              string set while the pool backs off after failed acquires (PTTL: how long)
     PREFIX:{POOL}:ann               zset   announced channels of an `announced` pool (member: cname, score: the
                                            server ms its announcement ends, `at` + grace); holds no ID
@@ -112,10 +114,16 @@ class PoolKeys:
         return f"{self.tag}:history"
 
     def queue(self, cname: str | None) -> str:
-        return f"{self.tag}:q" if cname is None else f"{self.tag}:q:{cname}"
+        return f"{self.tag}:q" if cname is None else f"{self.tag}:q:{encode_cname(cname)}"
 
     def ready(self, cname: str | None) -> str:
         return f"{self.queue(cname)}:ready"
+
+
+def encode_cname(cname: str) -> str:
+    """A channel name as it appears in a key: '%' and ':' percent-encoded, so that no channel's queue can be
+    another's wake-up list (channels "room" and "room:ready") and the key stays readable."""
+    return cname.replace("%", "%25").replace(":", "%3A")
 
 
 @functools.lru_cache(maxsize=4096)

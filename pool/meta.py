@@ -11,6 +11,8 @@ from dataclasses import dataclass
 
 import redis
 import redis.asyncio
+from ridpool import functions
+from ridpool.functions import Published
 from ridpool.keys import PoolKeys, registry
 
 
@@ -48,18 +50,22 @@ class PoolMeta:
         return fields
 
 
-def publish(client: redis.Redis, keys: PoolKeys, meta: PoolMeta) -> None:
-    """Replace the pool's metadata in one transaction (a channel dropped from the config stops being served)."""
-    with client.pipeline(transaction=True) as pipe:
-        pipe.delete(keys.meta)
-        pipe.hset(keys.meta, mapping=meta.fields())  # type: ignore[arg-type]
-        pipe.execute()
-    client.sadd(registry(keys.prefix), keys.pool)
+def publish(client: redis.Redis, keys: PoolKeys, meta: PoolMeta, *, owner: str = "", live_ms: int = 0) -> Published:
+    """Replace the pool's metadata in one step (a channel dropped from the config stops being served), unless
+    another owner published a different configuration less than `live_ms` ago (then `ok` is False)."""
+    call = functions.publish_call(keys, meta.fields(), owner=owner, live_ms=live_ms)
+    published = functions.parse_publish(functions.execute(client, call))
+    with functions.reaching(client):
+        client.sadd(registry(keys.prefix), keys.pool)
+    return published
 
 
-async def apublish(client: redis.asyncio.Redis, keys: PoolKeys, meta: PoolMeta) -> None:
-    async with client.pipeline(transaction=True) as pipe:
-        pipe.delete(keys.meta)
-        pipe.hset(keys.meta, mapping=meta.fields())  # type: ignore[arg-type]
-        await pipe.execute()
-    await client.sadd(registry(keys.prefix), keys.pool)
+async def apublish(
+    client: redis.asyncio.Redis, keys: PoolKeys, meta: PoolMeta, *, owner: str = "", live_ms: int = 0
+) -> Published:
+    """The asyncio twin of `publish`."""
+    call = functions.publish_call(keys, meta.fields(), owner=owner, live_ms=live_ms)
+    published = functions.parse_publish(await functions.aexecute(client, call))
+    with functions.reaching(client):
+        await client.sadd(registry(keys.prefix), keys.pool)
+    return published

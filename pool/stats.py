@@ -15,8 +15,9 @@ from ridpool.functions import text
 from ridpool.keys import PoolKeys
 
 # Counters kept in the stats hash by the functions and the daemon. "expired" (IDs that died unused) is derived,
-# not kept: added - pops - live, because Redis may expire a whole queue before anything could count its entries.
-COUNTERS = ("added", "pops", "misses", "refused", "late", "acquires", "errors", "rate_limited")
+# not kept: added - pops - dropped - live, because Redis may expire a whole queue before anything could count its
+# entries ("dropped": entries of a queue found filled in another data set, after a restore or a failover).
+COUNTERS = ("added", "pops", "misses", "refused", "late", "acquires", "errors", "rate_limited", "dropped")
 # What the daemon writes in the stats hash about the pool's target (see daemon/refill.py); not counters.
 TARGET_FIELDS = ("target", "target_reason", "next_warmup")
 HOUR_STEPS = 60  # history steps summed for the last-hour figures (a minute each, as the daemon samples them)
@@ -107,7 +108,9 @@ def server_ms(time_reply: Sequence[Any]) -> int:
 
 
 def second_round(keys: PoolKeys, first: Sequence[Any]) -> list[tuple[str, ...]]:
-    """Each channel's live entries (not yet past their time) and its oldest entry."""
+    """Each channel's live entries (not yet past their time) and its oldest entry (none when a key is damaged)."""
+    if _problem(first):
+        return []
     now = server_ms(first[0])
     commands: list[tuple[str, ...]] = []
     for cname in channel_names(decode_hash(first[1])):
@@ -129,7 +132,41 @@ def _hour(samples: Sequence[Any] | None) -> Waste:
     return Waste(acquired=totals[0], popped=totals[1], misses=totals[2], expired=totals[3])
 
 
+def _problem(replies: Sequence[Any]) -> str:
+    """The first error Redis answered in a round (read with raise_on_error=False), as text; '' when none."""
+    return next((f"{type(r).__name__}: {r}" for r in replies if isinstance(r, Exception)), "")
+
+
+def damaged(keys: PoolKeys, problem: str) -> PoolStats:
+    """A pool whose keys cannot be read: shown in error with the reason, never a traceback."""
+    return PoolStats(
+        pool=keys.pool,
+        known=True,
+        mode="",
+        appid="",
+        target=0,
+        max_age=0.0,
+        channels=(),
+        in_flight=0,
+        counters={name: 0 for name in (*COUNTERS, "expired")},
+        state="error",
+        last_error=f"damaged keys: {problem}",
+        published_at_ms=None,
+    )
+
+
 def build(keys: PoolKeys, first: Sequence[Any], second: Sequence[Any]) -> PoolStats:
+    """The pool's state from both rounds; a round in which Redis refused a read gives `damaged`."""
+    problem = _problem(first) or _problem(second)
+    if problem:
+        return damaged(keys, problem)
+    try:
+        return _build(keys, first, second)
+    except (ValueError, TypeError, IndexError, KeyError) as exc:  # a hash holding what no daemon wrote
+        return damaged(keys, f"unreadable metadata ({exc})")
+
+
+def _build(keys: PoolKeys, first: Sequence[Any], second: Sequence[Any]) -> PoolStats:
     time_reply, meta_raw, stats_raw, in_flight, starts_raw, _ = first
     now_ms = server_ms(time_reply)
     meta = decode_hash(meta_raw)
@@ -144,7 +181,8 @@ def build(keys: PoolKeys, first: Sequence[Any], second: Sequence[Any]) -> PoolSt
             age = max(0.0, (now_ms - (int(float(oldest[0][1])) - max_age_ms)) / 1000)
         channels.append(ChannelStats(cname, size, age))
     counters = {name: int(raw.get(name, "0")) for name in COUNTERS}
-    counters["expired"] = max(0, counters["added"] - counters["pops"] - sum(c.size for c in channels))
+    live = sum(c.size for c in channels)
+    counters["expired"] = max(0, counters["added"] - counters["pops"] - counters["dropped"] - live)
     published = meta.get("published_at_ms")
     history = second[2 * len(channels)] if len(second) > 2 * len(channels) else None
     return PoolStats(

@@ -189,4 +189,12 @@ def render(status: Status) -> str:
         lines.append(f"live replicas: {len(status.replicas)}: {line}")
     else:
         lines.append("live replicas: none")
+    lines += [f"warning: {text}" for text in warnings(status)]
     return "\n".join(lines)
+
+
+def warnings(status: Status) -> list[str]:
+    """What live replicas ask every status to show (eviction allowed or risked, a pool owned by another config)."""
+    return [
+        f"replica {r.id}: {line}" for r in status.replicas for line in r.info.get("warnings", "").splitlines() if line
+    ]

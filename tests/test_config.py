@@ -67,6 +67,17 @@ def setter(path: str, value: object) -> Callable[[dict[str, Any]], None]:
 
 DELETE = object()
 
+
+def both(*changes: tuple[str, Any]) -> Callable[[dict[str, Any]], None]:
+    """Several setters applied in turn (rules that need more than one field set)."""
+
+    def apply(data: dict[str, Any]) -> None:
+        for path, value in changes:
+            setter(path, value)(data)
+
+    return apply
+
+
 INVALID: list[tuple[str, Callable[[dict[str, Any]], None], str]] = [
     ("uid 0", setter("pools[0].uid", "0"), "pools[0].uid"),
     ("uid 2**32", setter("pools[0].uid", str(2**32)), "pools[0].uid"),
@@ -136,6 +147,32 @@ INVALID: list[tuple[str, Callable[[dict[str, Any]], None], str]] = [
     ("key_prefix with braces", setter("redis.key_prefix", "rid{pool}"), "redis.key_prefix"),
     ("redis url scheme", setter("redis.url", "http://127.0.0.1:6379"), "redis.url"),
     ("socket_timeout 0", setter("redis.socket_timeout", 0), "redis.socket_timeout"),
+    ("unknown redis mode", setter("redis.mode", "replica"), "redis.mode"),
+    ("cluster asked in the url", setter("redis.url", "redis://127.0.0.1:6379/0?cluster=true"), "redis.url"),
+    ("sentinels without sentinel mode", setter("redis.sentinels", ["127.0.0.1:26379"]), "redis.sentinels"),
+    ("service_name without sentinel mode", setter("redis.service_name", "mymaster"), "redis.service_name"),
+    (
+        "sentinel mode without sentinels",
+        both(("redis.mode", "sentinel"), ("redis.service_name", "m")),
+        "redis.sentinels",
+    ),
+    (
+        "sentinel mode without service_name",
+        both(("redis.mode", "sentinel"), ("redis.sentinels", ["127.0.0.1:26379"])),
+        "redis.service_name",
+    ),
+    (
+        "a sentinel without a port",
+        both(("redis.mode", "sentinel"), ("redis.service_name", "m"), ("redis.sentinels", ["127.0.0.1"])),
+        "redis.sentinels[0]",
+    ),
+    ("tls_ca_file without rediss", setter("redis.tls_ca_file", __file__), "redis.tls_ca_file"),
+    (
+        "tls_ca_file that is not there",
+        both(("redis.url", "rediss://127.0.0.1:6380/0"), ("redis.tls_ca_file", "/nonexistent/ca.pem")),
+        "redis.tls_ca_file",
+    ),
+    ("allow_eviction not a bool", setter("redis.allow_eviction", "yes"), "redis.allow_eviction"),
     ("empty pools", setter("pools", []), "pools"),
     ("no pools", setter("pools", DELETE), "pools"),
     ("pool not a table", setter("pools[0]", "web"), "pools[0]"),
