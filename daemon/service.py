@@ -334,7 +334,7 @@ class Daemon:
         if self.config.metrics is not None or self.config.logs.summary_interval:
             jobs.append(("observe", self.observe, self.timing.observe))
         tickers = [
-            asyncio.create_task(ticker.every(every, functools.partial(self._guarded, name, job)), name=name)
+            asyncio.create_task(ticker.every(every, functools.partial(self._guarded, name, job), stop=stop), name=name)
             for name, job, every in jobs
         ]
         self.running = True
@@ -347,7 +347,8 @@ class Daemon:
             self.refiller.stopping = True  # a round still running leases nothing more
             for task in tickers:
                 task.cancel()
-            await asyncio.gather(*tickers, return_exceptions=True)
+            # Bounded: a job that swallowed its cancellation still ends at the next look at `stop`.
+            await asyncio.wait(tickers, timeout=self.timing.grace)
             abandoned = await self.refiller.stop(self.timing.grace)
             await self._leave()
             await self.http.aclose()

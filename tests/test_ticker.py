@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 
 import pytest
@@ -76,3 +77,25 @@ async def test_wall_clock_steps_do_not_stop_heartbeat_or_refill(
     finally:
         monkeypatch.setattr(time, "time", real)
         sim.stop()
+
+
+async def test_a_set_stop_ends_the_ticker_even_when_a_job_swallowed_its_cancellation() -> None:
+    """Shutdown never waits on a ticker for ever: once `stop` is set, `every` returns after the running job,
+    even when that job swallowed the cancellation meant for the ticker."""
+    stop = asyncio.Event()
+    started = asyncio.Event()
+    runs = 0
+
+    async def job() -> None:
+        nonlocal runs
+        runs += 1
+        started.set()
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.Event().wait()  # never set: only the cancellation ends it, and it is swallowed
+
+    task = asyncio.create_task(every(0.0, job, stop=stop))
+    await started.wait()
+    stop.set()
+    task.cancel()
+    await asyncio.wait_for(task, 1.0)
+    assert runs == 1
