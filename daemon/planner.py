@@ -46,6 +46,7 @@ HEADROOM = 0.95
 # Default seconds between the end of a warm-up's acquiring and its instant: acquires in flight land, and pops at
 # the very instant find everything stored.
 LEAD_MS = 2000
+WARMUP_SOURCE = "warmup"  # how a warm-up's demand source starts: pops use its entries up
 # Least life an entry must still have at the instant to count as ready for it.
 MARGIN_MS = 1000
 
@@ -77,6 +78,7 @@ class Target:
 
     count: int
     reason: str
+    consumable: int = 0  # of `count`, what warm-ups want: the pool's pops use it up (see ridpool_reserve)
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,6 +143,7 @@ def plan(
     demands = list(demands)
     spans = schedule([d for d in demands if d.at_ms > now_ms], rate=rate, max_age_ms=max_age_ms, lead_ms=lead_ms)
     counts: dict[SlotKey, int] = defaultdict(int)
+    consumable: dict[SlotKey, int] = defaultdict(int)
     reasons: dict[SlotKey, list[tuple[int, str]]] = defaultdict(list)
     for d in demands:
         if d.until_ms is None or d.at_ms <= now_ms < d.until_ms:
@@ -150,9 +153,11 @@ def plan(
         else:
             n = 0  # over, or due with nothing wanted
         counts[d.slot] += n
+        if d.source.startswith(WARMUP_SOURCE):
+            consumable[d.slot] += n
         if n > 0 or d.until_ms is None:
             reasons[d.slot].append((n, d.source))
-    return {slot: Target(counts[slot], _reason(reasons[slot])) for slot in counts}
+    return {slot: Target(counts[slot], _reason(reasons[slot]), consumable[slot]) for slot in counts}
 
 
 def ramp(count: int, span: Span, at_ms: float) -> int:

@@ -115,6 +115,9 @@ class Refiller:
         self.logged: dict[str, str] = {}  # the last reason logged per pool
         self.damaged: dict[str, str] = {}  # pool -> why its keys cannot be used; skipped until they can
         self.failed_now: set[str] = set()  # pools damaged during the current round
+        # This round's warm-up part of each slot's target and the pool's pops when it was planned: pops made while
+        # the round leases use it up in Redis (ridpool_reserve), so a popped warm-up entry is never acquired again.
+        self.consuming: dict[planner.SlotKey, tuple[int, int]] = {}
 
     # -- one round -----------------------------------------------------------------------------------------
 
@@ -174,7 +177,10 @@ class Refiller:
     async def round(self) -> int:
         """Lease and start acquires until every slot is full or leased; returns the acquires started."""
         self.failed_now.clear()
-        slots = await self._slots(await self.plan())
+        # Read before planning: a pop made between the two then counts twice (too few acquired for one round,
+        # corrected by the next), never not at all (a popped warm-up entry acquired again).
+        pops = await self._pops({p.name for p in self.pools.values() if p.warmups})
+        slots = await self._slots(await self.plan(), pops)
         started = 0
         while not self.stopping:
             slot = planner.next_slot(slots)
@@ -205,16 +211,35 @@ class Refiller:
             self.mark_sound(pool)
         return started
 
-    async def _slots(self, targets: dict[planner.SlotKey, planner.Target]) -> list[planner.Slot]:
+    async def _slots(self, targets: dict[planner.SlotKey, planner.Target], pops: dict[str, int]) -> list[planner.Slot]:
         slots = []
+        self.consuming.clear()
         for (pool, cname), target in targets.items():
             if target.count <= 0 or pool in self.failed_now:
                 continue
+            if pool in pops and target.consumable > 0:
+                self.consuming[(pool, cname)] = (target.consumable, pops[pool])
             try:
                 slots.append(await self._sweep(pool, cname, target.count))
             except RedisRefused as exc:
                 await self.mark_damaged(pool, exc)  # skipped this round; the other pools go on
         return slots
+
+    async def _pops(self, pools: set[str]) -> dict[str, int]:
+        """Each pool's pops counter now: the round's warm-up targets are planned against it."""
+        if not pools:
+            return {}
+        names = sorted(pools)
+        with functions.reaching(self.redis):
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for name in names:
+                    pipe.hget(self.keys[name].stats, "pops")
+                replies = await pipe.execute(raise_on_error=False)
+        return {
+            n: int(r or 0)
+            for n, r in zip(names, replies, strict=True)
+            if r is None or (isinstance(r, bytes | str) and r.isdigit())
+        }
 
     async def _sweep(self, pool: str, cname: str | None, target: int) -> planner.Slot:
         call = functions.sweep_call(self.keys[pool], cname)
@@ -250,6 +275,7 @@ class Refiller:
         if pool.uid_range is not None:
             lo, hi = pool.uid_range
             candidates = [self.rng.randint(lo, hi) for _ in range(8)]
+        consumable, pops_seen = self.consuming.get((slot.pool, slot.cname), (0, 0))
         call = functions.reserve_call(
             self.keys[pool.name],
             queue_cname=slot.cname,
@@ -260,6 +286,8 @@ class Refiller:
             token_base=f"{self.replica_id}:{uuid.uuid4().hex[:12]}",
             uid_candidates=candidates,
             announced=pool.announced,
+            consumable=consumable,
+            pops_seen=pops_seen,
         )
         return functions.parse_reserve(await functions.aexecute(self.redis, call))
 

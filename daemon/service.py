@@ -12,6 +12,7 @@ library is loaded again on first use and the pools' metadata republished.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import os
 import socket
@@ -213,6 +214,17 @@ class Daemon:
                 wait = min(wait, (wake - self.clock.server_ms(time.monotonic())) / 1000)
             await self.refiller.idle(wait)
 
+    async def baseline_loop(self, stop: asyncio.Event) -> None:
+        """Take each warm-up's pops baseline at its instant, on a loop of its own: a refill round busy leasing
+        across the instant would take it late, and pops made meanwhile would be acquired again."""
+        while not stop.is_set():
+            now = self.clock.server_ms(time.monotonic())
+            wake = self.warmups.wake_ms(now)
+            wait = self.timing.tick if wake is None else min(self.timing.tick, max(0.0, (wake - now) / 1000))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), wait)
+            await self._guarded("baseline", lambda: self.warmups.take_baselines(self.clock.server_ms(time.monotonic())))
+
     async def publish(self) -> None:
         self.refiller.published.clear()  # the target fields are written again with the next round
         await self.clock.sync(self.redis)
@@ -339,6 +351,8 @@ class Daemon:
         ]
         self.running = True
         tickers.append(asyncio.create_task(self.refill_loop(), name="refill"))
+        if self.warmups.pools:
+            tickers.append(asyncio.create_task(self.baseline_loop(stop), name="baseline"))
         try:
             await stop.wait()
         finally:

@@ -17,7 +17,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import redis.asyncio
 from apscheduler.triggers.cron import CronTrigger
 from ridpool import functions
-from ridpool.daemon.planner import Demand
+from ridpool.daemon.planner import WARMUP_SOURCE, Demand
 from ridpool.keys import PoolKeys
 
 if TYPE_CHECKING:
@@ -112,7 +112,7 @@ class Warmup:
         return list(self.instants(now - timedelta(seconds=self.duration) + timedelta(microseconds=1), now + horizon))
 
     def label(self, at: datetime) -> str:
-        return f"warmup {self.cron} at {at.isoformat()}"
+        return f"{WARMUP_SOURCE} {self.cron} at {at.isoformat()}"
 
 
 def to_ms(at: datetime) -> int:
@@ -128,8 +128,9 @@ def local(ms: float, timezone: str) -> datetime:
     return from_ms(ms).astimezone(ZoneInfo(timezone))
 
 
-# How long before an instant its pops baseline is taken (the refill loop wakes for it): pops in this sliver count
-# against the warm-up, which errs towards acquiring too little rather than twice for one start.
+# How long before an instant its pops baseline is taken (the daemon's baseline loop wakes for it, apart from the
+# refill rounds, which may be busy leasing then): pops in this sliver count against the warm-up, which errs
+# towards acquiring too little rather than twice for one start.
 BASELINE_EARLY_MS = 100
 RECOMPUTE_MS = 10_000  # instants are recomputed this often, not every round
 
@@ -219,6 +220,14 @@ class WarmupSource:
                 label = w.label(local(at, w.timezone))
                 out += [Demand(pool.name, cname, count, at, until, label) for cname in slots]
         return out
+
+    async def take_baselines(self, now_ms: int) -> None:
+        """Record the pops baseline of every window that is due or running (HSETNX: the first replica's stays)."""
+        for pool in self.pools.values():
+            for w, at in self._instants(pool, now_ms)[0]:
+                until = at + round(w.duration * 1000)
+                if at - BASELINE_EARLY_MS <= now_ms < until:
+                    await self._popped(pool.name, at, until)
 
     async def _popped(self, pool: str, at_ms: int, until_ms: int) -> int:
         keys = self.keys[pool]

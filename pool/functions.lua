@@ -319,9 +319,12 @@ end
 --[[
 ridpool_reserve: lease acquires for one channel of a pool, up to what it lacks, so that replicas never overfill.
 KEYS[1] queue     KEYS[2] inflight    KEYS[3] uids    KEYS[4] hold (set while the pool backs off)
-KEYS[5] ann:left  (optional) for an announced channel: leases never exceed what its announcement still lacks
+KEYS[5] stats     (read only with a consumable target, see ARGV[2])
+KEYS[6] ann:left  (optional) for an announced channel: leases never exceed what its announcement still lacks
 ARGV[1] slot         the channel ('' for a template pool); leases are counted per slot and capped per pool
-ARGV[2] target       entries to keep ready in this slot
+ARGV[2] target       entries to keep ready in this slot: 'T', or 'T/C/P' when C of the T are a warm-up's, which
+                     pops use up: the pool's pops since the caller read P come off them (the caller's plan may
+                     predate pops made since, and popped warm-up entries must not be acquired again)
 ARGV[3] cap          acquires in flight for the whole pool, across replicas
 ARGV[4] want         the most leases this caller takes now
 ARGV[5] lease_ms     how long a lease holds; a crashed replica's leases lapse after it
@@ -338,6 +341,11 @@ local function reserve(keys, args)
   end
   local slot = args[1]
   local target, cap, want, lease = tonumber(args[2]), tonumber(args[3]), tonumber(args[4]), tonumber(args[5])
+  local whole, consumable, seen = string.match(args[2], '^(%d+)/(%d+)/(%d+)$')
+  if whole then
+    local popped = tonumber(redis.call('HGET', keys[5], 'pops') or '0') - tonumber(seen)
+    target = tonumber(whole) - math.max(0, math.min(tonumber(consumable), popped))
+  end
   local base = args[6]
   local now = now_ms()
   purge_dead(queue, now)
@@ -363,9 +371,9 @@ local function reserve(keys, args)
     return again
   end
   local n = math.min(target - redis.call('ZCARD', queue) - mine, cap - #leases, want)
-  if keys[5] then
+  if keys[6] then
     -- An announced channel: never more than its announcement still lacks (a plan made before a pop is stale).
-    n = math.min(n, tonumber(redis.call('HGET', keys[5], slot) or '0') - mine)
+    n = math.min(n, tonumber(redis.call('HGET', keys[6], slot) or '0') - mine)
   end
   local out = {}
   if n <= 0 then

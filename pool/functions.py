@@ -155,12 +155,23 @@ def reserve_call(
     token_base: str,
     uid_candidates: Sequence[int] = (),
     announced: bool = False,
+    consumable: int = 0,
+    pops_seen: int = 0,
 ) -> Call:
-    """`announced`: the channel is an announced one; its announcement's count caps the leases."""
+    """`announced`: the channel is an announced one; its announcement's count caps the leases. `consumable`: how
+    many of `target` a warm-up wants, which the pool's pops since `pops_seen` use up."""
+    target_arg: Arg = f"{target}/{consumable}/{pops_seen}" if consumable > 0 else target
     return Call(
         "ridpool_reserve",
-        (keys.queue(queue_cname), keys.inflight, keys.uids, keys.hold, *((keys.announced_left,) if announced else ())),
-        (queue_cname or "", target, cap, want, lease_ms, token_base, *uid_candidates),
+        (
+            keys.queue(queue_cname),
+            keys.inflight,
+            keys.uids,
+            keys.hold,
+            keys.stats,
+            *((keys.announced_left,) if announced else ()),
+        ),
+        (queue_cname or "", target_arg, cap, want, lease_ms, token_base, *uid_candidates),
     )
 
 

@@ -253,3 +253,33 @@ async def test_the_daemon_raises_the_target_ahead_of_learned_demand_and_lowers_i
     learned = [e for e in logs if e["event"] == "demand.learned"]
     assert [(e["pool"], e["at_ms"], e["per_channel"]) for e in learned] == [("web", step * 1000, 8)]
     assert sim.stats().rate_limited == 0
+
+
+@pytest.mark.parametrize(
+    ("pops_since_plan", "leases"),
+    [
+        (0, 14),  # nothing popped since the plan: the whole target
+        (5, 9),  # five warm-up entries popped meanwhile: not acquired again
+        (40, 2),  # more pops than the warm-up wanted: the standing part stays
+    ],
+)
+def test_pops_made_after_a_round_planned_use_its_warmup_target_up(
+    r: redis.Redis, pops_since_plan: int, leases: int
+) -> None:
+    """A round planned before pops (target 14 of which 12 a warm-up's) leases only what the pops left of it."""
+    keys = pool_keys(PREFIX, "web")
+    publish_pool(r, PREFIX, "web")
+    r.hset(keys.stats, "pops", 100 + pops_since_plan)
+    call = functions.reserve_call(
+        keys,
+        queue_cname=None,
+        target=14,
+        cap=50,
+        want=50,
+        lease_ms=15_000,
+        token_base="t",
+        consumable=12,
+        pops_seen=100,
+    )
+    functions.load_library(r)
+    assert len(functions.parse_reserve(functions.execute(r, call))) == leases
