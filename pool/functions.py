@@ -586,54 +586,67 @@ def fcall(call: Call) -> Plan[Any]:
 
 
 class _Cursor(Generic[T]):
-    """Where a driver is in a plan: the step to send next (None once the plan has returned) and its result."""
+    """Where a driver is in a plan: the step to send next (None once the plan has returned) and its result.
+
+    Plain methods, no context manager: this is every pop's path, and each generator frame costs."""
+
+    __slots__ = ("plan", "result", "step")
 
     def __init__(self, plan: Plan[T]) -> None:
         self.plan = plan
         self.step: Step | None = None
         self.result: T | None = None
-        self._advance(None, None)
+        self.send(None)
 
-    def _advance(self, reply: Any, error: redis.ResponseError | None) -> None:
+    def send(self, reply: Any) -> None:
+        """Hand the step's reply to the plan; its next step (or its result) becomes current."""
         try:
-            self.step = self.plan.send(reply) if error is None else self.plan.throw(error)
+            self.step = self.plan.send(reply)
         except StopIteration as done:
             self.step, self.result = None, done.value
 
-    @contextlib.contextmanager
-    def answer(self) -> Iterator[list[Any]]:
-        """Send the step's reply (appended to the list) or its error reply into the plan."""
-        box: list[Any] = []
+    def throw(self, error: redis.ResponseError) -> None:
+        """Hand the step's error reply to the plan, which may handle it or let it go."""
         try:
-            yield box
-        except redis.ResponseError as exc:
-            self._advance(None, exc)
-        else:
-            self._advance(box[0], None)
+            self.step = self.plan.throw(error)
+        except StopIteration as done:
+            self.step, self.result = None, done.value
 
 
 def run(client: redis.Redis, plan: Plan[T]) -> T:
     """Drive a plan with a sync client; the library's version is checked once per client (and after a lost
     connection); Redis failures become ridpool errors (`failure`)."""
-    cursor = _Cursor(plan)
-    with reaching(client):
+    try:
         if client not in _checked:
             check_library(client)
+        cursor = _Cursor(plan)
         while cursor.step is not None:
-            with cursor.answer() as reply:
-                reply.append(_send(client, cursor.step))
+            try:
+                reply = _send(client, cursor.step)
+            except redis.ResponseError as exc:
+                cursor.throw(exc)
+            else:
+                cursor.send(reply)
+    except redis.RedisError as exc:
+        raise failure(client, exc) from None
     return cast(T, cursor.result)
 
 
 async def arun(client: redis.asyncio.Redis, plan: Plan[T]) -> T:
     """Drive a plan with an asyncio client: `run`, with the replies awaited."""
-    cursor = _Cursor(plan)
-    with reaching(client):
+    try:
         if client not in _checked:
             await acheck_library(client)
+        cursor = _Cursor(plan)
         while cursor.step is not None:
-            with cursor.answer() as reply:
-                reply.append(await _asend(client, cursor.step))
+            try:
+                reply = await _asend(client, cursor.step)
+            except redis.ResponseError as exc:
+                cursor.throw(exc)
+            else:
+                cursor.send(reply)
+    except redis.RedisError as exc:
+        raise failure(client, exc) from None
     return cast(T, cursor.result)
 
 
