@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -175,3 +176,36 @@ async def test_eviction_allowed_on_any_one_primary_is_refused(nodes: list[RedisP
             finally:
                 r.config_set("maxmemory-policy", "noeviction")
                 r.config_set("maxmemory", 0)
+
+
+async def test_announced_channels_are_served_on_a_cluster_through_the_cli_and_the_client(
+    url: str, sim: Simulator, tmp_path: Path
+) -> None:
+    """Mode cluster: `ridpool announce -c FILE` and `PoolClient.announce` both reach the pool's primary; the daemon
+    acquires for each channel and pops (CLI and client) get IDs that start at the simulator for that channel."""
+    pool = {"name": "classes", "appid": APPID, "announced": True, "uid": "527841", "max_age": 270}
+    base = make_config(url, sim.url, pool)
+    config = base.model_copy(update={"redis": base.redis.model_copy(update={"mode": "cluster"})})
+    toml = tmp_path / "c.toml"
+    toml.write_text(
+        f'[redis]\nurl = "{url}"\nkey_prefix = "{PREFIX}"\nmode = "cluster"\n[agora]\nbase_url = "{sim.url}"\n'
+        f'[[pools]]\nname = "classes"\nappid = "{APPID}"\nannounced = true\nuid = "527841"\n'
+    )
+    async with running(config):
+        with PoolClient.from_url(url, prefix=PREFIX, mode="cluster") as client:
+            await eventually(lambda: client.stats("classes").known, 15, "the announced pool published")
+            done = ridpool("announce", "classes", "--cname", "class-1", "--at", "+1", "-c", str(toml))
+            assert done.returncode == 0, done.stderr
+            client.announce("classes", "class-2", at=1)
+
+            def ready(cname: str) -> bool:
+                with redis.RedisCluster.from_url(url) as rc:
+                    return bool(rc.zcard(pool_keys(PREFIX, "classes").queue(cname)) == 1)
+
+            await eventually(lambda: ready("class-1") and ready("class-2"), 20, "both announced channels acquired")
+            cli_pop = ridpool("pop", "classes", "--cname", "class-1", "-c", str(toml))
+            entry = client.pop("classes", cname="class-2")
+    assert cli_pop.returncode == 0, cli_pop.stderr
+    popped = json.loads(cli_pop.stdout)
+    assert sim.check(popped["resourceId"], appid=APPID, cname="class-1", uid="527841") is None
+    assert sim.check(entry.resource_id, appid=APPID, cname="class-2", uid="527841") is None
