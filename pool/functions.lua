@@ -110,7 +110,7 @@ end
 -- A pop that fails removes nothing: checks and reads come first; whether the user may put an entry back (ZADD) is
 -- asked before anything is taken; whatever fails after a take puts the entry back. Out of memory is refused by
 -- Redis before the function starts (it is not flagged allow-oom).
-local function take(keys, args)
+local function take_checked(keys, args)
   local meta, stats, queue = keys[1], keys[2], keys[3]
   local cname = args[1]
   local min_ttl = tonumber(args[2])
@@ -195,7 +195,7 @@ end
 -- The pop itself, shared by ridpool_pop and ridpool_pop_packed: checks, then takes the entry out.
 -- Returns member, expires_at, now; or nil, error reply; or nil, nil for a miss (counted when ARGV[3] is '1').
 local function take_entry(keys, args)
-  local member, expires_at, now = take(keys, args)
+  local member, expires_at, now = take_checked(keys, args)
   if member == nil and expires_at == nil and args[3] == '1' then
     redis.call('HINCRBY', keys[2], 'misses', 1)
   end
