@@ -617,9 +617,9 @@ def run(client: redis.Redis, plan: Plan[T]) -> T:
     """Drive a plan with a sync client; the library's version is checked once per client (and after a lost
     connection); Redis failures become ridpool errors (`failure`)."""
     try:
+        cursor = _Cursor(plan)  # first: a plan's own checks (a bad argument) fail before Redis is reached
         if client not in _checked:
             check_library(client)
-        cursor = _Cursor(plan)
         while cursor.step is not None:
             try:
                 reply = _send(client, cursor.step)
@@ -635,9 +635,9 @@ def run(client: redis.Redis, plan: Plan[T]) -> T:
 async def arun(client: redis.asyncio.Redis, plan: Plan[T]) -> T:
     """Drive a plan with an asyncio client: `run`, with the replies awaited."""
     try:
+        cursor = _Cursor(plan)  # first: a plan's own checks (a bad argument) fail before Redis is reached
         if client not in _checked:
             await acheck_library(client)
-        cursor = _Cursor(plan)
         while cursor.step is not None:
             try:
                 reply = await _asend(client, cursor.step)
