@@ -32,7 +32,7 @@ from ridpool.daemon import log
 from ridpool.daemon.limiter import window_for
 from ridpool.daemon.localredis import LocalRedis
 
-from benchmarks.common import APPID, CUSTOMER_ID, PREFIX, ROOT, SECRET, UID, SimProcess, terminate
+from benchmarks.common import APPID, CUSTOMER_ID, PREFIX, ROOT, SECRET, UID, SimProcess, ridpool_argv, terminate
 
 RATE = 10  # the daemon's agora.rate_limit: the simulator's own window, so any excess is a 429
 LATENCY, JITTER = 0.15, 0.1
@@ -44,11 +44,6 @@ LOGS = ROOT / "benchmarks" / "out"
 DOC = ROOT / "docs" / "benchmarks.md"
 BEGIN, END = "<!-- announce:begin -->", "<!-- announce:end -->"
 COMMAND = ".venv/bin/python -m benchmarks.announce"
-
-
-def ridpool() -> list[str]:
-    script = Path(sys.executable).with_name("ridpool")
-    return [str(script)] if script.exists() else [sys.executable, "-m", "ridpool.cli"]
 
 
 def config_toml(redis_url: str, sim_url: str) -> str:
@@ -83,7 +78,7 @@ class Daemon:
     def __init__(self, config: Path, log: Path) -> None:
         self.out = log.open("wb")
         self.proc = subprocess.Popen(
-            [*ridpool(), "run", "-c", str(config)], cwd=ROOT, env=ENV, stdout=self.out, stderr=subprocess.STDOUT
+            [*ridpool_argv(), "run", "-c", str(config)], cwd=ROOT, env=ENV, stdout=self.out, stderr=subprocess.STDOUT
         )
 
     def stop(self) -> None:
@@ -132,7 +127,17 @@ def announced(redis_url: str, sim: SimProcess, config: Path) -> AnnounceResult:
             pool.map(
                 lambda n: (
                     subprocess.run(
-                        [*ridpool(), "announce", "classes", "--cname", n, "--at", at.isoformat(), "-c", str(config)],
+                        [
+                            *ridpool_argv(),
+                            "announce",
+                            "classes",
+                            "--cname",
+                            n,
+                            "--at",
+                            at.isoformat(),
+                            "-c",
+                            str(config),
+                        ],
                         cwd=ROOT,
                         env=ENV,
                         capture_output=True,
@@ -156,7 +161,7 @@ def announced(redis_url: str, sim: SimProcess, config: Path) -> AnnounceResult:
             done = list(
                 pool.map(
                     lambda n: subprocess.run(
-                        [*ridpool(), "pop", "classes", "--cname", n, "-c", str(config)],
+                        [*ridpool_argv(), "pop", "classes", "--cname", n, "-c", str(config)],
                         cwd=ROOT,
                         env=ENV,
                         capture_output=True,

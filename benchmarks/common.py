@@ -222,10 +222,8 @@ class SimProcess:
     def __init__(self, *, rate_limit: int, latency: float, jitter: float) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        script = Path(sys.executable).with_name("ridpool")
-        argv = [str(script)] if script.exists() else [sys.executable, "-m", "ridpool.cli"]
-        argv += ["simulate", "--host", "127.0.0.1", "--port", str(self.port), "--rate-limit", str(rate_limit)]
-        argv += ["--latency", str(latency), "--jitter", str(jitter)]
+        argv = [*ridpool_argv(), "simulate", "--host", "127.0.0.1", "--port", str(self.port)]
+        argv += ["--rate-limit", str(rate_limit), "--latency", str(latency), "--jitter", str(jitter)]
         env = {**os.environ, "AGORA_CUSTOMER_ID": CUSTOMER_ID, "AGORA_CUSTOMER_SECRET": SECRET}
         self.process = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 15
@@ -298,3 +296,9 @@ def running(config: Config, *, replicas: int = 1, timing: Timing = REALISTIC) ->
 
 def keys_for(pool: str) -> PoolKeys:
     return pool_keys(PREFIX, pool)
+
+
+def ridpool_argv() -> list[str]:
+    """How to run the `ridpool` command of this interpreter's install (its script, else `python -m`)."""
+    script = Path(sys.executable).with_name("ridpool")
+    return [str(script)] if script.exists() else [sys.executable, "-m", "ridpool.cli"]

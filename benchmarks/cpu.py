@@ -24,7 +24,7 @@ from pathlib import Path
 import redis
 from ridpool.testing import Faults, Simulator
 
-from benchmarks.common import CUSTOMER_ID, PREFIX, ROOT, SECRET, Sizes, clean, fcalls
+from benchmarks.common import CUSTOMER_ID, PREFIX, ROOT, SECRET, Sizes, clean, fcalls, ridpool_argv
 
 RATE = 200  # the simulator's and the daemon's: far above Agora's default, so the CPU is what limits
 POOL_SIZE = 5_000
@@ -121,11 +121,6 @@ def _measure(r: redis.Redis, sim: Simulator, argv: Sequence[str], window: float,
     return CpuSample(c1 - c0, acquires, t1 - t0, s1.rate_limited - s0.rate_limited, (f1 - f0) / max(1, acquires))
 
 
-def _ridpool() -> list[str]:
-    script = Path(sys.executable).with_name("ridpool")
-    return [str(script)] if script.exists() else [sys.executable, "-m", "ridpool.cli"]
-
-
 def run(r: redis.Redis, redis_url: str, sizes: Sizes) -> CpuResult:
     clean(r)
     LOGS.mkdir(parents=True, exist_ok=True)
@@ -135,7 +130,7 @@ def run(r: redis.Redis, redis_url: str, sizes: Sizes) -> CpuResult:
             config = Path(tmp) / "cpu.toml"
             config.write_text(_config_toml(redis_url, sim.url))
             daemon = _measure(
-                r, sim, [*_ridpool(), "run", "-c", str(config)], sizes.cpu_window, LOGS / "cpu-daemon.log"
+                r, sim, [*ridpool_argv(), "run", "-c", str(config)], sizes.cpu_window, LOGS / "cpu-daemon.log"
             )
             time.sleep(1.1)  # let the simulator's 1 s window drain before the anchor starts
             # The anchor runs at the rate the daemon achieved, long enough to cover its warm-up and the window.

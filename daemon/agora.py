@@ -16,7 +16,8 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
 import httpx
-from ridpool.daemon.config import Credentials
+from ridpool.daemon.config import Credentials, PoolConfig
+from ridpool.entry import Entry
 from ridpool.errors import AcquireFailed
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, stop_after_attempt
 
@@ -89,6 +90,20 @@ class Acquired:
     request_id: str
     sent_at: float  # monotonic time the successful attempt was sent
     host: str
+
+    def entry(self, pool: PoolConfig, cname: str, uid: str, sent_ms: int) -> Entry:
+        """What this ID is as a pool entry: offered until the pool's max_age after its request was sent (`sent_ms`,
+        server time)."""
+        return Entry(
+            resource_id=self.resource_id,
+            appid=pool.appid,
+            cname=cname,
+            uid=uid,
+            pool=pool.name,
+            sent_at_ms=sent_ms,
+            expires_at_ms=sent_ms + pool.max_age_ms,
+            request_id=self.request_id,
+        )
 
 
 def _reason(response: httpx.Response) -> str:

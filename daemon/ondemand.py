@@ -7,6 +7,7 @@ Async only; `ridpool.ondemand` drives it from the sync client on a background ev
 
 from __future__ import annotations
 
+import dataclasses
 import random
 import time
 
@@ -95,23 +96,11 @@ class OnDemand:
             log.error("ondemand.failed", pool=pool.name, cname=label, kind=exc.kind, request_id=exc.request_id)
             raise
         self.budget.succeeded()
-        sent_ms = self.clock.server_ms(got.sent_at)
-        expires_at = sent_ms + pool.max_age_ms
+        entry = got.entry(pool, label, uid, self.clock.server_ms(got.sent_at))
         await self.redis.hincrby(keys.stats, "acquired_on_demand", 1)
         log.info("ondemand.acquired", pool=pool.name, cname=label, uid=uid, request_id=got.request_id)
-        left = (expires_at - self.clock.server_ms(time.monotonic())) / 1000
-        return Entry(
-            got.resource_id,
-            pool.appid,
-            label,
-            uid,
-            pool.name,
-            sent_ms,
-            expires_at,
-            got.request_id,
-            left,
-            source="acquired",
-        )
+        left = (entry.expires_at_ms - self.clock.server_ms(time.monotonic())) / 1000
+        return dataclasses.replace(entry, expires_in=left, source="acquired")
 
     async def _uid(self, pool: PoolConfig) -> str:
         """The pool's uid, or one of its range that no live entry holds, held while the new ID can live."""

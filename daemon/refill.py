@@ -325,17 +325,7 @@ class Refiller:
                 return
             self.budget.succeeded()
             self.latency += LATENCY_WEIGHT * (time.monotonic() - granted_at[0] - self.latency)
-            sent_ms = self.clock.server_ms(got.sent_at)
-            entry = Entry(
-                resource_id=got.resource_id,
-                appid=pool.appid,
-                cname=cname,
-                uid=uid,
-                pool=pool.name,
-                sent_at_ms=sent_ms,
-                expires_at_ms=sent_ms + round(pool.max_age * 1000),
-                request_id=got.request_id,
-            )
+            entry = got.entry(pool, cname, uid, self.clock.server_ms(got.sent_at))
             await self._store(pool, keys, entry, lease, queue_cname(pool, slot))
         except RedisRefused as exc:
             await self.mark_damaged(pool.name, exc)  # the lease lapses by itself
