@@ -11,7 +11,6 @@ import math
 import os
 import re
 import secrets
-import tomllib
 import uuid
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime, timedelta
@@ -32,12 +31,12 @@ from pydantic import (
     model_validator,
 )
 from pydantic_core import ErrorDetails, InitErrorDetails, PydanticCustomError
-from redis.connection import parse_url
-from ridpool import channels
+from ridpool import channels, settings
+from ridpool.budget import Account, window_for
 from ridpool.daemon import planner, warmups
-from ridpool.daemon.limiter import window_for
 from ridpool.errors import ConfigError
 from ridpool.keys import NAME_PATTERN, PREFIX_PATTERN
+from ridpool.settings import PoolInfo, RedisTarget, Settings
 
 UID_MAX = 2**32 - 1
 AUTO_IN_FLIGHT_UIDS = 8  # uids a uid_range must spare for acquires in flight when max_in_flight is derived
@@ -102,21 +101,11 @@ def _one_or_many_urls(value: object) -> object:
 
 
 def _redis_url(url: str) -> str:
-    if urlsplit(url).scheme not in ("redis", "rediss", "unix"):
-        # The URL itself is not shown: it may hold a Redis password.
-        raise ValueError("must be a redis://, rediss:// or unix:// URL")
     if "cluster" in parse_qs(urlsplit(url).query):
         raise ValueError('must not choose the mode; set [redis] mode = "cluster" instead of ?cluster= in the URL')
-    try:
-        # What redis-py itself will make of it (port, database, query options), so that a URL check-config
-        # accepts is one `run` can use.
-        options = parse_url(url)  # type: ignore[no-untyped-call]
-        port = options.get("port", 6379)
-        if not 0 < int(port) < 65536:
-            raise ValueError("port out of range")
-    except (ValueError, TypeError) as exc:
-        reason = str(exc).split(":")[0] if "://" not in str(exc) else "malformed"
-        raise ValueError(f"is not a usable Redis URL ({reason})") from None
+    problem = settings.url_problem(url)
+    if problem is not None:
+        raise ValueError(problem)
     return url
 
 
@@ -217,14 +206,17 @@ class RedisSettings(_Frozen):
     def _rules(cls, data: Any, handler: ValidatorFunctionWrapHandler) -> Any:
         return _with_rules(cls, data, handler, _redis_rules)
 
-    def client_kwargs(self) -> dict[str, Any]:
-        """What `ridpool.connect.connect` / `aconnect` take besides the URL."""
-        kwargs: dict[str, Any] = {"mode": self.mode, "socket_timeout": self.socket_timeout}
-        if self.mode == "sentinel":
-            kwargs.update(sentinels=self.sentinels, service_name=self.service_name)
-        if self.tls_ca_file is not None:
-            kwargs["ssl_ca_certs"] = self.tls_ca_file
-        return kwargs
+    def target(self) -> RedisTarget:
+        """How the clients reach this Redis (`ridpool.connect`, through the starters' settings)."""
+        return RedisTarget(
+            url=self.url,
+            key_prefix=self.key_prefix,
+            mode=self.mode,
+            sentinels=self.sentinels,
+            service_name=self.service_name,
+            tls_ca_file=self.tls_ca_file,
+            socket_timeout=self.socket_timeout,
+        )
 
 
 def _redis_rules(v: dict[str, Any], _raw: Mapping[str, Any]) -> list[Problem]:
@@ -427,9 +419,19 @@ class Config(_Frozen):
         return _with_rules(cls, data, handler, _config_rules)
 
     @property
+    def account(self) -> Account:
+        """The shared budget this config draws from (what starters' `take` and `start_slot` use too)."""
+        return Account(self.agora.rate_limit, self.agora.account, self.agora.jitter)
+
+    @property
     def sustained_rate(self) -> float:
-        """Acquires per second the account's budget sustains (see limiter.window_for)."""
-        return window_for(self.agora.rate_limit, self.agora.jitter).sustained
+        """Acquires per second the account's budget sustains (see budget.window_for)."""
+        return self.account.window.sustained
+
+    def settings(self) -> Settings:
+        """What a starter's client needs of this config (`PoolClient.from_config` takes a Config too)."""
+        pools = {p.name: PoolInfo(p.name, p.announced, p.scene) for p in self.pools}
+        return Settings(self.redis.target(), self.account, pools)
 
 
 def _config_rules(v: dict[str, Any], raw: Mapping[str, Any]) -> list[Problem]:
@@ -609,26 +611,19 @@ def parse_config(data: Mapping[str, object], *, source: str = "<config>") -> Con
     return config.model_copy(update={"warnings": _warnings(config)})
 
 
-def load_config(path: str | os.PathLike[str]) -> Config:
-    """Read and validate a TOML file; raises ConfigError naming the file for unreadable or malformed TOML."""
-    name = os.fspath(path)
-    try:
-        text = Path(name).read_bytes().decode("utf-8")
-    except FileNotFoundError:
-        raise ConfigError([f"{name}: file not found"]) from None
-    except UnicodeDecodeError as exc:
-        raise ConfigError([f"{name}: not UTF-8 text (bad byte at offset {exc.start})"]) from None
-    except OSError as exc:
-        raise ConfigError([f"{name}: cannot read ({exc.strerror})"]) from None
-    try:
-        data = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        where = re.search(r" \(at line (\d+), column (\d+)\)$", str(exc))
-        if where:
-            reason = str(exc)[: where.start()]
-            raise ConfigError([f"{name}: invalid TOML at line {where[1]}, column {where[2]}: {reason}"]) from None
-        raise ConfigError([f"{name}: invalid TOML: {exc}"]) from None
-    return parse_config(data, source=name)
+def load_config(path: str | os.PathLike[str], *, environ: Mapping[str, str] = os.environ) -> Config:
+    """Read and validate a TOML file; raises ConfigError naming the file for unreadable or malformed TOML.
+
+    RIDPOOL_REDIS_URL and RIDPOOL_REDIS_PASSWORD take precedence over the file's `[redis] url` (see
+    `ridpool.settings`), for the daemon as for every other command."""
+    data = settings.load_toml(path)
+    redis_table = data.get("redis")
+    if isinstance(redis_table, dict) and not isinstance(redis_table.get("url", ""), str):
+        return parse_config(data, source=os.fspath(path))  # reported as the file's own mistake
+    url, _ = settings.redis_url(redis_table.get("url") if isinstance(redis_table, dict) else None, environ=environ)
+    if url != (redis_table or {}).get("url", settings.DEFAULT_URL):
+        data["redis"] = {**(redis_table if isinstance(redis_table, dict) else {}), "url": url}
+    return parse_config(data, source=os.fspath(path))
 
 
 MIN_SECRET = 16

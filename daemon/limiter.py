@@ -23,36 +23,15 @@ import random
 import time
 import uuid
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 
 import redis.asyncio
 from ridpool import functions
+from ridpool.budget import NETWORK_JITTER, window_for
 from ridpool.daemon.backoff import doubling
 from ridpool.keys import AccountKeys
 
-NETWORK_JITTER = 0.05  # default seconds of bunching between two requests on their way to Agora (agora.jitter)
 # After a 429 every replica waits this long, doubled for each 429 in a row, up to the cap.
 COOLDOWN_FIRST, COOLDOWN_CAP = 1.0, 16.0
-
-
-@dataclass(frozen=True, slots=True)
-class Window:
-    limit: int  # grants allowed ...
-    window_ms: int  # ... in any window this long
-
-    @property
-    def sustained(self) -> float:
-        return self.limit * 1000 / self.window_ms
-
-
-def window_for(rate: float, jitter: float = NETWORK_JITTER) -> Window:
-    """The sliding window that keeps every one-second window at Agora within `rate` (pure: table-tested)."""
-    if not (rate > 0 and math.isfinite(rate)):
-        raise ValueError(f"rate must be a positive number, got {rate!r}")
-    limit = max(1, math.floor(rate))
-    # Below 1/s one request must be 1/rate apart; otherwise floor(rate) per second plus the jitter margin.
-    seconds = max(1.0 + jitter, limit / rate)
-    return Window(limit, math.ceil(seconds * 1000))
 
 
 def cooldown_for(consecutive_429s: int) -> float:

@@ -1,13 +1,16 @@
-"""`pop_or_acquire`: an entry from the pool if one is there, else one acquired on the spot by ridpool's own Agora
-client, with the daemon's retries, host failover and shared budget (so starters falling back to acquiring
+"""The acquirer starters' clients are handed for `pop_or_acquire`: one ID acquired on the spot by ridpool's own
+Agora client, with the daemon's retries, host failover and shared budget (so starters falling back to acquiring
 themselves no longer draw 429s from the budget the daemon keeps to).
 
-Async only; `ridpool.ondemand` drives it from the sync client on a background event loop.
+It implements `ridpool.ondemand.Acquirer`; the daemon package registers `acquirer` (below) under the entry-point
+group `ridpool.acquirers`, which `PoolClient.from_config` finds. Async only: the sync client drives it on a
+background event loop.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import os
 import random
 import time
 
@@ -15,10 +18,10 @@ import httpx
 import redis.asyncio
 import structlog
 from ridpool import channels, functions
-from ridpool.aio import AsyncPoolClient
+from ridpool.daemon import log as log_setup
 from ridpool.daemon.agora import AcquireClient, AcquireError, RateLimited
 from ridpool.daemon.clock import ServerClock
-from ridpool.daemon.config import Config, Credentials, PoolConfig
+from ridpool.daemon.config import Config, Credentials, PoolConfig, load_config, load_credentials
 from ridpool.daemon.limiter import Budget
 from ridpool.entry import Entry
 from ridpool.errors import CnameNotServed, PoolEmpty, UnknownPool
@@ -29,7 +32,7 @@ UID_TRIES = 8  # rounds of random candidates before a uid_range pool is declared
 
 
 class OnDemand:
-    """Pops, or acquires on the spot within the account's shared budget. Safe to share between tasks."""
+    """Acquires on the spot within the account's shared budget. Safe to share between tasks."""
 
     def __init__(
         self,
@@ -44,7 +47,6 @@ class OnDemand:
         self.config = config
         self.pools = {p.name: p for p in config.pools}
         self.redis = client
-        self.pop = AsyncPoolClient(client, prefix=config.redis.key_prefix).pop
         self.http = http or httpx.AsyncClient(timeout=httpx.Timeout(config.agora.timeout, connect=5.0))
         self.acquirer = AcquireClient(self.http, config.agora.base_url, credentials, backoff_scale=backoff_scale)
         self.budget = Budget(
@@ -56,24 +58,20 @@ class OnDemand:
         self.clock = ServerClock()
         self.rng = rng or random.Random()
 
-    async def pop_or_acquire(
-        self, pool: str, *, cname: str | None = None, min_ttl: float = 0.0, wait: float = 0.0
-    ) -> Entry:
-        """`pop`, and when it finds nothing (or, for an announced pool, a channel never announced) an acquire."""
+    def serves(self, pool: str, cname: str | None) -> bool:
+        """An announced pool's channel may be acquired for before (or without) its announcement."""
         config = self.pools.get(pool)
-        try:
-            return await self.pop(pool, cname=cname, min_ttl=min_ttl, wait=wait)
-        except PoolEmpty:
-            pass
-        except CnameNotServed:
-            if config is None or not config.announced or not cname:
-                raise
+        return config is not None and config.announced and bool(cname)
+
+    async def acquire(self, pool: str, cname: str | None) -> Entry:
+        """One ID acquired now for the pool's (appid, cname, uid)."""
+        config = self.pools.get(pool)
         if config is None:
             raise UnknownPool(f"pool {pool!r} is not in the config pop_or_acquire was given")
-        return await self.acquire(config, cname)
+        return await self._acquire(config, cname)
 
-    async def acquire(self, pool: PoolConfig, cname: str | None) -> Entry:
-        """One ID acquired now for the pool's (appid, cname, uid): the daemon's client, retries and budget."""
+    async def _acquire(self, pool: PoolConfig, cname: str | None) -> Entry:
+        """The daemon's client, retries and budget."""
         label = _channel(pool, cname)
         keys = pool_keys(self.config.redis.key_prefix, pool.name)
         await self.clock.sync(self.redis)
@@ -134,3 +132,16 @@ def _channel(pool: PoolConfig, cname: str | None) -> str:
     elif cname not in pool.slots:
         raise CnameNotServed(f"pool {pool.name!r} does not serve cname {cname!r}")
     return cname
+
+
+def acquirer(config: Config | str | os.PathLike[str], client: redis.asyncio.Redis) -> OnDemand:
+    """The factory registered as `ridpool.acquirers: agora`: an OnDemand for the daemon's config (a loaded Config,
+    or a file validated here in full), with credentials from AGORA_CUSTOMER_ID / AGORA_CUSTOMER_SECRET and the
+    client's own Redis connection (its mode, TLS and credentials)."""
+    loaded = load_config(config) if isinstance(config, str | os.PathLike) else config
+    credentials = load_credentials()
+    if not structlog.is_configured():
+        # An application that set up no logging of its own (the `ridpool pop` command among them) gets the
+        # failures on stderr, scrubbed of the secret; its stdout stays its own.
+        log_setup.configure(secrets=[credentials.customer_secret.get_secret_value()], level="warning")
+    return OnDemand(loaded, credentials, client)

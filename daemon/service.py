@@ -25,7 +25,7 @@ from typing import Any
 import httpx
 import redis.asyncio
 import structlog
-from ridpool import connect, functions
+from ridpool import functions
 from ridpool import keys as keyspace
 from ridpool.aio import AsyncPoolClient
 from ridpool.daemon import ticker
@@ -80,7 +80,7 @@ class Daemon:
         self.timing = timing or Timing()
         self.replica_id = replica_id or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self.prefix = config.redis.key_prefix
-        self.redis = connect.aconnect(config.redis.url, **config.redis.client_kwargs(), health_check_interval=30)
+        self.redis = config.redis.target().aconnect(health_check_interval=30)
         self.http = http or httpx.AsyncClient(
             timeout=httpx.Timeout(config.agora.timeout, connect=min(5.0, config.agora.timeout)),
             limits=httpx.Limits(max_connections=config.agora.max_in_flight * 2, keepalive_expiry=30),

@@ -3,55 +3,85 @@
 from __future__ import annotations
 
 import contextlib
-import os
 from collections.abc import AsyncIterator
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import redis.asyncio
-from ridpool import functions, ondemand, plans, stats
-from ridpool.client import socket_timeout
+from ridpool import budget as budgets
+from ridpool import functions, plans, plugins, stats
+from ridpool.budget import Account
+from ridpool.client import ConfigSource, settings_of, socket_timeout
 from ridpool.connect import Mode, aconnect
 from ridpool.entry import Entry
+from ridpool.errors import CnameNotServed, PoolEmpty, RidpoolError
 from ridpool.functions import Announced
 from ridpool.keys import check_prefix, pool_keys, registry
-
-if TYPE_CHECKING:
-    from ridpool.daemon.config import Config
-    from ridpool.daemon.ondemand import OnDemand
+from ridpool.ondemand import Acquirer, unavailable
 
 
 class AsyncPoolClient:
     """Pops entries from ridpool's pools with redis.asyncio; safe to share between tasks."""
 
-    def __init__(self, client: redis.asyncio.Redis, *, prefix: str = "ridpool", config: Config | None = None) -> None:
+    def __init__(
+        self,
+        client: redis.asyncio.Redis,
+        *,
+        prefix: str = "ridpool",
+        account: Account | None = None,
+        acquirer: Acquirer | None = None,
+    ) -> None:
         self.redis = client
         self.prefix = check_prefix(prefix)
-        self.config = config
+        self.account = account
+        self.acquirer = acquirer
+        self.why_no_acquirer: RidpoolError | None = None
         self._slice = plans.wait_slice(socket_timeout(client))
-        self._ondemand: OnDemand | None = None
 
     @classmethod
     def from_url(
-        cls, url: str, *, prefix: str = "ridpool", mode: Mode = "standalone", **kwargs: Any
+        cls,
+        url: str,
+        *,
+        prefix: str = "ridpool",
+        mode: Mode = "standalone",
+        account: Account | None = None,
+        **kwargs: Any,
     ) -> AsyncPoolClient:
         """See `PoolClient.from_url`."""
-        return cls(aconnect(url, mode=mode, **kwargs), prefix=prefix)
+        return cls(aconnect(url, mode=mode, **kwargs), prefix=prefix, account=account)
 
     @classmethod
-    def from_config(cls, config: Config | str | os.PathLike[str], **kwargs: Any) -> AsyncPoolClient:
-        """See `PoolClient.from_config`."""
-        config = ondemand.load(config)
-        client = aconnect(config.redis.url, **{**config.redis.client_kwargs(), **kwargs})
-        return cls(client, prefix=config.redis.key_prefix, config=config)
+    def from_config(cls, config: ConfigSource, **kwargs: Any) -> AsyncPoolClient:
+        """See `PoolClient.from_config`; the connection and library check are made by `warm` (which
+        `async with` runs on entry)."""
+        found = settings_of(config)
+        client = cls(found.redis.aconnect(**kwargs), prefix=found.redis.key_prefix, account=found.account)
+        try:
+            client.acquirer = plugins.acquirer_factory()(config, client.redis)
+        except RidpoolError as exc:
+            client.why_no_acquirer = exc
+        return client
+
+    async def warm(self) -> None:
+        """See `PoolClient.warm`."""
+        with contextlib.suppress(RidpoolError, redis.RedisError):
+            await functions.acheck_library(self.redis)
 
     async def pop_or_acquire(
         self, pool: str, *, cname: str | None = None, min_ttl: float = 0.0, wait: float = 0.0
     ) -> Entry:
         """See `PoolClient.pop_or_acquire`."""
-        if self._ondemand is None:
-            self._ondemand = ondemand.make(ondemand.check_config(self.config), self.redis)
-        return await self._ondemand.pop_or_acquire(pool, cname=cname, min_ttl=min_ttl, wait=wait)
+        if self.acquirer is None:
+            raise unavailable(self.why_no_acquirer)
+        try:
+            return await self.pop(pool, cname=cname, min_ttl=min_ttl, wait=wait)
+        except PoolEmpty:
+            pass
+        except CnameNotServed:
+            if not self.acquirer.serves(pool, cname):
+                raise
+        return await self.acquirer.acquire(pool, cname)
 
     async def pop(self, pool: str, *, cname: str | None = None, min_ttl: float = 0.0, wait: float = 0.0) -> Entry:
         """See `PoolClient.pop`."""
@@ -64,8 +94,11 @@ class AsyncPoolClient:
 
     async def take(self, *, rate: float | None = None, account: str | None = None) -> float:
         """See `PoolClient.take`."""
-        b = ondemand.budget(self.config, self.prefix, rate=rate, account=account)
-        return await functions.arun(self.redis, plans.take(b.keys, limit=b.limit, window_ms=b.window_ms))
+        chosen = budgets.resolve(self.account, rate=rate, name=account)
+        window = chosen.window
+        return await functions.arun(
+            self.redis, plans.take(chosen.keys(self.prefix), limit=window.limit, window_ms=window.window_ms)
+        )
 
     @contextlib.asynccontextmanager
     async def budget(self, *, rate: float | None = None, account: str | None = None) -> AsyncIterator[float]:
@@ -86,18 +119,14 @@ class AsyncPoolClient:
             names = await self.redis.smembers(registry(self.prefix))
         return sorted(functions.text(n) for n in names)
 
-    async def _pipeline(self, commands: list[tuple[str, ...]]) -> list[Any]:
-        pipe = self.redis.pipeline(transaction=False)
-        for command in commands:
-            pipe.execute_command(*command)
-        return await pipe.execute(raise_on_error=False)
-
     async def aclose(self) -> None:
-        if self._ondemand is not None:
-            await self._ondemand.aclose()
+        if self.acquirer is not None:
+            await self.acquirer.aclose()
+            self.acquirer = None
         await self.redis.aclose()
 
     async def __aenter__(self) -> AsyncPoolClient:
+        await self.warm()
         return self
 
     async def __aexit__(self, *exc: object) -> None:

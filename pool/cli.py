@@ -1,8 +1,8 @@
 """The `ridpool` command: parse, configure logging, call one library function, map the outcome to an exit code.
 
-Only the starter-side commands (pop, announce, status) run on the base install; the daemon's commands import the daemon
-inside themselves, so `ridpool pop` pays for no module it does not use, and say which extra to install when it is
-missing.
+The starter-side commands (pop, announce, status) live here and run on the base install. The daemon's commands
+(run, check-config, demo, simulate, ...) are registered by the daemon package under the entry-point group
+`ridpool.commands` (see `plugins`): this module never imports the daemon, and `ridpool pop` reads no entry point.
 
 Exit codes (the README lists them): 0 done; 1 unexpected failure; 2 invalid configuration or arguments;
 3 the pool has nothing fresh enough; 4 unknown pool or a channel the pool does not serve (or, for announce, a pool
@@ -15,19 +15,15 @@ pool not ok or no live replica.
 from __future__ import annotations
 
 import argparse
-import asyncio
-import importlib.util
 import json
 import math
-import os
-import signal
 import sys
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-from ridpool import channels, functions, plans
+from ridpool import channels, functions, plans, plugins, settings
 from ridpool.client import PoolClient
 from ridpool.errors import (
     AcquireFailed,
@@ -36,7 +32,6 @@ from ridpool.errors import (
     EvictionRisk,
     InvalidArgument,
     LibraryMismatch,
-    MissingExtra,
     Moved,
     NotAnnounced,
     OutOfMemory,
@@ -49,9 +44,6 @@ from ridpool.errors import (
     WrongType,
 )
 from ridpool.version import installed
-
-if TYPE_CHECKING:
-    from ridpool.daemon.config import Config
 
 EXIT_OK, EXIT_FAILURE, EXIT_INVALID, EXIT_EMPTY, EXIT_UNKNOWN, EXIT_REDIS = 0, 1, 2, 3, 4, 5
 EXIT_PERMISSION, EXIT_WRONG_TYPE, EXIT_OOM, EXIT_MOVED, EXIT_LIBRARY, EXIT_EVICTION = 6, 7, 8, 9, 10, 11
@@ -75,18 +67,7 @@ _EXITS: list[tuple[type[RidpoolError], int]] = [
 ]
 
 
-DAEMON_EXTRA = "pip install 'ridpool[daemon]'"
-DAEMON_MODULES = ("apscheduler", "httpx", "pydantic", "structlog", "tenacity", "rich")
-
-
-def _daemon() -> None:
-    """Fail in one line when the daemon's extra is not installed (the starter-side install lacks it)."""
-    missing = [name for name in DAEMON_MODULES if importlib.util.find_spec(name) is None]
-    if missing:
-        raise MissingExtra(f"needs the daemon's dependencies ({', '.join(missing)} missing): {DAEMON_EXTRA}")
-
-
-def _number(name: str, low: float, high: float, *, high_included: bool = False) -> Callable[[str], float]:
+def number(name: str, low: float, high: float, *, high_included: bool = False) -> Callable[[str], float]:
     """An argparse type for a finite number in [low, high) (or [low, high]) whose error names the option."""
     bound = f"from {low:g} to {high:g}" if high_included else f"from {low:g} to below {high:g}"
 
@@ -106,7 +87,7 @@ def _number(name: str, low: float, high: float, *, high_included: bool = False) 
 def _instant(text: str) -> datetime | float:
     """--at: '+SECONDS' from now, or an ISO-8601 instant with its offset (a local time would be ambiguous)."""
     if text.startswith("+"):
-        return _number("--at", 0, plans.MAX_LEAD, high_included=True)(text[1:])
+        return number("--at", 0, plans.MAX_LEAD, high_included=True)(text[1:])
     try:
         at = datetime.fromisoformat(text)
     except ValueError:
@@ -131,25 +112,21 @@ def _redis_source(parser: argparse.ArgumentParser, required: bool) -> None:
     parser.add_argument("--prefix", default=None, help="key prefix (default: the config's, or 'ridpool')")
 
 
-def build_parser() -> argparse.ArgumentParser:
+STARTER_COMMANDS = ("pop", "announce", "status")
+
+
+def build_parser(*, plugins_too: bool = True) -> argparse.ArgumentParser:
+    """The `ridpool` parser: the starter commands, and (unless `plugins_too` is False) every registered one."""
     parser = argparse.ArgumentParser(prog="ridpool", description="Pools of fresh Agora Cloud Recording resourceIds.")
     parser.add_argument("--version", action="version", version=f"ridpool {installed()}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    run = sub.add_parser("run", help="run the refill daemon")
-    run.add_argument("-c", "--config", type=Path, required=True)
-    run.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
-    run.add_argument("--log-format", default="auto", choices=["auto", "json", "console"])
-
-    check = sub.add_parser("check-config", help="validate a config file (exit 0 or 2)")
-    check.add_argument("-c", "--config", type=Path, required=True)
-
     pop = sub.add_parser("pop", help="pop one entry and print it as JSON")
     pop.add_argument("pool")
     pop.add_argument("--cname", help="the channel to record (pools of named channels need it)")
-    pop.add_argument("--min-ttl", type=_number("--min-ttl", 0, 300), default=0.0, help="least life left, seconds")
+    pop.add_argument("--min-ttl", type=number("--min-ttl", 0, 300), default=0.0, help="least life left, seconds")
     pop.add_argument(
-        "--wait", type=_number("--wait", 0, 300, high_included=True), default=0.0, help="block up to S seconds"
+        "--wait", type=number("--wait", 0, 300, high_included=True), default=0.0, help="block up to S seconds"
     )
     pop.add_argument(
         "--or-acquire",
@@ -173,105 +150,83 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument(
         "--check",
         action="store_true",
-        help="print one line and exit 0 if every pool is ok and a replica is live, else 6 (5: Redis unreachable)",
+        help=f"print one line and exit 0 if every pool is ok and a replica is live, else {EXIT_UNHEALTHY} "
+        f"({EXIT_REDIS}: Redis unreachable)",
     )
-
-    sim = sub.add_parser("simulate", help="run the built-in Agora acquire simulator")
-    sim.add_argument("--host", default="127.0.0.1")
-    sim.add_argument("--port", type=int, default=8080)
-    sim.add_argument("--rate-limit", type=int, default=10, help="requests per second per customer (Agora: 10)")
-    sim.add_argument("--latency", type=_number("--latency", 0, 60), default=0.0, help="mean added latency, s")
-    sim.add_argument("--jitter", type=_number("--jitter", 0, 60), default=0.0, help="+- latency jitter, s")
-    for fault in ("5xx", "timeout", "malformed", "429", "overload"):
-        sim.add_argument(
-            f"--p-{fault}",
-            type=_number(f"--p-{fault}", 0, 1, high_included=True),
-            default=0.0,
-            help=f"probability of a {fault} answer",
-        )
-    sim.add_argument("--seed", type=int, default=None)
-
-    demo = sub.add_parser("demo", help="Redis + simulator + daemon, pools filling and pops, live")
-    demo.add_argument("--redis-url", help="use this Redis instead of starting redis-server on a free port")
-    demo.add_argument(
-        "--duration",
-        type=_number("--duration", 0, 86400),
-        default=None,
-        help="stop after S seconds (default: until Ctrl-C)",
-    )
+    if plugins_too:
+        for name, command in plugins.commands().items():
+            command.configure(sub.add_parser(name, help=command.help))
     return parser
 
 
-def _load_config(path: Path) -> Config:
-    _daemon()
-    from ridpool.daemon.config import load_config
+def _settings(args: argparse.Namespace) -> settings.Settings:
+    """The starter's settings: from -c FILE (its [redis] and [agora] tables), else --redis-url, else the
+    environment, else the default URL; --prefix over the file's key prefix."""
+    if args.config is not None:
+        found = settings.read(args.config, flag_url=args.redis_url)
+    else:
+        found = settings.parse({}, flag_url=args.redis_url)
+    if args.prefix:
+        found = replace(found, redis=replace(found.redis, key_prefix=args.prefix))
+    return found
 
-    return load_config(path)
 
-
-def _client(args: argparse.Namespace, config: Config | None = None) -> PoolClient:
-    """A client for the config's Redis (loaded by the caller, or here from -c), else for --redis-url."""
-    if config is None and args.config is not None:
-        config = _load_config(args.config)
-    if config is not None:
-        return PoolClient.from_url(
-            config.redis.url, prefix=args.prefix or config.redis.key_prefix, **config.redis.client_kwargs()
-        )
-    url = args.redis_url or os.environ.get("RIDPOOL_REDIS_URL", "redis://127.0.0.1:6379/0")
+def _client(args: argparse.Namespace) -> PoolClient:
+    found = _settings(args)
     try:
-        return PoolClient.from_url(url, prefix=args.prefix or "ridpool")
+        return PoolClient(found.redis.connect(), prefix=found.redis.key_prefix, account=found.account)
     except ValueError as exc:
         # Not the URL itself: it may hold a password.
-        raise InvalidArgument(f"--redis-url is not a usable Redis URL ({str(exc).split(':')[0]})") from None
+        raise InvalidArgument(f"the Redis URL is not usable ({str(exc).split(':')[0]})") from None
+
+
+def _pool_info(args: argparse.Namespace) -> settings.PoolInfo | None:
+    """The pool as the -c FILE names it (None without a file); UnknownPool when the file has no such pool."""
+    if args.config is None:
+        return None
+    info = settings.read(args.config, flag_url=args.redis_url).pools.get(args.pool)
+    if info is None:
+        raise UnknownPool(f"pool {args.pool!r} is not in {args.config}")
+    return info
 
 
 def cmd_pop(args: argparse.Namespace) -> int:
     if args.or_acquire:
         if args.config is None:
             raise InvalidArgument("--or-acquire needs -c FILE: the daemon's config says how to acquire for the pool")
-        config = _load_config(args.config)
-        from ridpool.daemon import log
-
-        # Events to stderr (stdout is the entry's JSON), warnings and errors only, scrubbed of the secret.
-        log.configure(secrets=[os.environ.get("AGORA_CUSTOMER_SECRET", "")], level="warning")
-        if args.prefix:
-            config = config.model_copy(update={"redis": config.redis.model_copy(update={"key_prefix": args.prefix})})
-        with PoolClient.from_config(config) as client:
+        if args.prefix or args.redis_url:
+            raise InvalidArgument("--or-acquire takes Redis and the key prefix from -c FILE (or RIDPOOL_REDIS_URL)")
+        with PoolClient.from_config(args.config) as client:
             entry = client.pop_or_acquire(args.pool, cname=args.cname, min_ttl=args.min_ttl, wait=args.wait)
     else:
         with _client(args) as client:
             entry = client.pop(args.pool, cname=args.cname, min_ttl=args.min_ttl, wait=args.wait)
-    print(
-        json.dumps(
-            {
-                "resourceId": entry.resource_id,
-                "appid": entry.appid,
-                "cname": entry.cname,
-                "uid": entry.uid,
-                "pool": entry.pool,
-                "expiresIn": round((entry.expires_in or 0.0) * 1000),  # ms, as the FCALL reply
-                "sentAt": entry.sent_at_ms,
-                "expiresAt": entry.expires_at_ms,
-                "requestId": entry.request_id,
-                "source": entry.source,
-            }
-        )
-    )
+    out = {
+        "resourceId": entry.resource_id,
+        "appid": entry.appid,
+        "cname": entry.cname,
+        "uid": entry.uid,
+        "pool": entry.pool,
+        "expiresIn": round((entry.expires_in or 0.0) * 1000),  # ms, as the FCALL reply
+        "sentAt": entry.sent_at_ms,
+        "expiresAt": entry.expires_at_ms,
+        "requestId": entry.request_id,
+    }
+    if args.or_acquire:
+        out["source"] = entry.source
+    print(json.dumps(out))
     return EXIT_OK
 
 
 def cmd_announce(args: argparse.Namespace) -> int:
-    config = _load_config(args.config) if args.config is not None else None
-    if config is not None:
+    pool = _pool_info(args)
+    if pool is not None:
         # The config knows the pool: say what is wrong before touching Redis.
-        pool = next((p for p in config.pools if p.name == args.pool), None)
-        if pool is None:
-            raise UnknownPool(f"pool {args.pool!r} is not in {args.config}")
         if not pool.announced:
             raise NotAnnounced(f"pool {args.pool!r} does not take announcements (set announced = true)")
         if why := channels.problem(args.cname, pool.scene):
             raise InvalidArgument(f"pool {args.pool!r}: cname {args.cname!r} {why}")
-    with _client(args, config) as client:
+    with _client(args) as client:
         done = client.announce(args.pool, args.cname, at=args.at, count=args.count)
     print(
         json.dumps(
@@ -284,9 +239,8 @@ def cmd_announce(args: argparse.Namespace) -> int:
 def cmd_status(args: argparse.Namespace) -> int:
     from ridpool import status
 
-    config = _load_config(args.config) if args.config is not None else None
-    pools = [p.name for p in config.pools] if config else None
-    with _client(args, config) as client:
+    pools = list(settings.read(args.config, flag_url=args.redis_url).pools) if args.config is not None else None
+    with _client(args) as client:
         state = status.gather(client, pools)
     if args.check:
         problems = status.problems(state)
@@ -298,89 +252,29 @@ def cmd_status(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def cmd_check_config(args: argparse.Namespace) -> int:
-    config = _load_config(args.config)
-    for warning in config.warnings:
-        print(f"warning: {warning}", file=sys.stderr)
-    names = ", ".join(f"{p.name} ({'announced' if p.announced else f'{len(p.slots)}x{p.size}'})" for p in config.pools)
-    print(f"{args.config}: valid; pools: {names}")
-    return EXIT_OK
-
-
-def cmd_run(args: argparse.Namespace) -> int:
-    config = _load_config(args.config)
-    from ridpool.daemon import log
-    from ridpool.daemon.config import load_credentials
-    from ridpool.daemon.service import Daemon
-
-    credentials = load_credentials()
-    as_json = {"auto": None, "json": True, "console": False}[args.log_format]
-    log.configure(secrets=[credentials.customer_secret.get_secret_value()], json=as_json, level=args.log_level)
-
-    async def main() -> None:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
-        await Daemon(config, credentials).run(stop)
-
-    asyncio.run(main())
-    return EXIT_OK
-
-
-def cmd_simulate(args: argparse.Namespace) -> int:
-    _daemon()
-    from ridpool.testing import Faults, Simulator, serve_forever
-
-    customer_id = os.environ.get("AGORA_CUSTOMER_ID", "demo-customer")
-    secret = os.environ.get("AGORA_CUSTOMER_SECRET", "demo-secret")
-    faults = Faults(
-        latency=args.latency,
-        jitter=args.jitter,
-        p_5xx=args.p_5xx,
-        p_timeout=args.p_timeout,
-        p_malformed=args.p_malformed,
-        p_429=args.p_429,
-        p_overload=args.p_overload,
-    )
-    sim = Simulator(
-        customer_id=customer_id,
-        customer_secret=secret,
-        host=args.host,
-        port=args.port,
-        rate_limit=args.rate_limit,
-        faults=faults,
-        seed=args.seed,
-    )
-    serve_forever(sim.start())
-    return EXIT_OK
-
-
-def cmd_demo(args: argparse.Namespace) -> int:
-    _daemon()
-    from ridpool.daemon.demo import run_demo
-
-    return run_demo(redis_url=args.redis_url, duration=args.duration)
-
-
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
-    "run": cmd_run,
-    "check-config": cmd_check_config,
     "pop": cmd_pop,
     "announce": cmd_announce,
     "status": cmd_status,
-    "simulate": cmd_simulate,
-    "demo": cmd_demo,
 }
 
 
+def exit_code(exc: RidpoolError) -> int:
+    """The documented exit code of an error (the module docstring lists them)."""
+    return next((code for kind, code in _EXITS if isinstance(exc, kind)), EXIT_FAILURE)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    # The starter commands need no entry point: `ridpool pop` reads none.
+    parser = build_parser(plugins_too=not (argv and argv[0] in STARTER_COMMANDS))
+    args = parser.parse_args(argv)
+    run = COMMANDS.get(args.command) or plugins.commands()[args.command]
     try:
-        return COMMANDS[args.command](args)
+        return run(args)
     except RidpoolError as exc:
         print(f"ridpool {args.command}: {exc}", file=sys.stderr)
-        return next((code for kind, code in _EXITS if isinstance(exc, kind)), EXIT_FAILURE)
+        return exit_code(exc)
     except KeyboardInterrupt:
         return EXIT_OK
 

@@ -10,19 +10,18 @@ import os
 import threading
 from collections.abc import Iterator
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import redis
-import redis.asyncio
-from ridpool import functions, ondemand, plans, stats
+from ridpool import budget as budgets
+from ridpool import functions, plans, plugins, settings, stats
+from ridpool.budget import Account
 from ridpool.connect import Mode, connect
 from ridpool.entry import Entry
+from ridpool.errors import CnameNotServed, PoolEmpty, RidpoolError
 from ridpool.functions import Announced
 from ridpool.keys import check_prefix, pool_keys, registry
-
-if TYPE_CHECKING:
-    from ridpool.daemon.config import Config
-    from ridpool.daemon.ondemand import OnDemand
+from ridpool.ondemand import Acquirer, Background, unavailable
 
 
 def socket_timeout(client: redis.Redis | Any) -> float | None:
@@ -31,29 +30,115 @@ def socket_timeout(client: redis.Redis | Any) -> float | None:
     return None if timeout is None else float(timeout)
 
 
-class PoolClient:
-    """Pops entries from the pools a ridpool daemon keeps in Redis. Thread-safe (redis-py's connection pool)."""
+ConfigSource = str | os.PathLike[str] | Any  # a config file, or the daemon's loaded Config (it has .settings())
 
-    def __init__(self, client: redis.Redis, *, prefix: str = "ridpool", config: Config | None = None) -> None:
+
+def settings_of(config: ConfigSource) -> settings.Settings:
+    """The starter's settings of a config file, or of a loaded config object that offers them."""
+    if isinstance(config, str | os.PathLike):
+        return settings.read(config)
+    return config.settings()  # type: ignore[no-any-return]
+
+
+class SyncAcquirer:
+    """An asyncio Acquirer driven from sync code on one background loop, with its own asyncio Redis client."""
+
+    def __init__(self, loop: Background, acquirer: Acquirer, client: Any) -> None:
+        self.loop, self.acquirer, self.redis = loop, acquirer, client
+
+    @classmethod
+    def build(cls, config: ConfigSource, target: settings.RedisTarget) -> SyncAcquirer:
+        """The registered acquirer for `config` on a new background loop; its Redis client made from `target`
+        (mode, TLS, credentials: the same settings as the sync client's)."""
+        factory = plugins.acquirer_factory()
+        loop = Background()
+
+        async def build() -> tuple[Acquirer, Any]:
+            client = target.aconnect()
+            return factory(config, client), client
+
+        try:
+            acquirer, client = loop.run(build())
+        except BaseException:
+            loop.close()
+            raise
+        return cls(loop, acquirer, client)
+
+    def serves(self, pool: str, cname: str | None) -> bool:
+        return self.acquirer.serves(pool, cname)
+
+    def acquire(self, pool: str, cname: str | None) -> Entry:
+        return self.loop.run(self.acquirer.acquire(pool, cname))
+
+    def close(self) -> None:
+        async def close() -> None:
+            await self.acquirer.aclose()
+            await self.redis.aclose()
+
+        self.loop.run(close())
+        self.loop.close()
+
+
+class PoolClient:
+    """Pops entries from the pools a ridpool daemon keeps in Redis. Thread-safe (redis-py's connection pool).
+
+    `account` is the daemon's budget (`[agora]` rate_limit, account, jitter), which `take`, `budget` and
+    `start_slot` draw from; `acquirer` acquires on the spot for `pop_or_acquire` (from_config builds both).
+    """
+
+    def __init__(
+        self,
+        client: redis.Redis,
+        *,
+        prefix: str = "ridpool",
+        account: Account | None = None,
+        acquirer: SyncAcquirer | None = None,
+    ) -> None:
         self.redis = client
         self.prefix = check_prefix(prefix)
-        self.config = config  # the daemon's config: what pop_or_acquire acquires with
+        self.account = account
+        self.acquirer = acquirer
+        self.why_no_acquirer: RidpoolError | None = None  # why from_config could not build one
         self._slice = plans.wait_slice(socket_timeout(client))
-        self._ondemand: tuple[ondemand.Background, OnDemand] | None = None
         self._lock = threading.Lock()
 
     @classmethod
-    def from_url(cls, url: str, *, prefix: str = "ridpool", mode: Mode = "standalone", **kwargs: Any) -> PoolClient:
+    def from_url(
+        cls,
+        url: str,
+        *,
+        prefix: str = "ridpool",
+        mode: Mode = "standalone",
+        account: Account | None = None,
+        **kwargs: Any,
+    ) -> PoolClient:
         """A client for Redis at `url`; `mode` "cluster" or "sentinel" (with `sentinels=["host:port"]` and
         `service_name`) as `ridpool.connect.connect` describes; other keywords go to redis-py (`ssl_ca_certs`)."""
-        return cls(connect(url, mode=mode, **kwargs), prefix=prefix)
+        return cls(connect(url, mode=mode, **kwargs), prefix=prefix, account=account)
 
     @classmethod
-    def from_config(cls, config: Config | str | os.PathLike[str], **kwargs: Any) -> PoolClient:
-        """A client for the Redis and key prefix of the daemon's config, able to `pop_or_acquire` (daemon extra)."""
-        config = ondemand.load(config)
-        client = connect(config.redis.url, **{**config.redis.client_kwargs(), **kwargs})
-        return cls(client, prefix=config.redis.key_prefix, config=config)
+    def from_config(cls, config: ConfigSource, **kwargs: Any) -> PoolClient:
+        """A client for the Redis, key prefix and budget of the daemon's config (a file, or its loaded Config).
+
+        Everything the first pop, `start_slot` and `pop_or_acquire` need is made here, not on first use: the
+        connection and the function library check, and (with the daemon extra) the Agora acquirer, so the first
+        pop of a burst costs what any pop costs. Without the extra, pops and start_slot on a pool hit work and
+        pop_or_acquire says what to install.
+        """
+        found = settings_of(config)
+        client = cls(found.redis.connect(**kwargs), prefix=found.redis.key_prefix, account=found.account)
+        try:
+            client.acquirer = SyncAcquirer.build(config, found.redis)
+        except RidpoolError as exc:
+            client.why_no_acquirer = exc
+        client.warm()
+        return client
+
+    def warm(self) -> None:
+        """Open a connection and check the function library now (best effort: a Redis that is down is met, and
+        reported, by the first real call instead)."""
+        with contextlib.suppress(RidpoolError, redis.RedisError):
+            functions.check_library(self.redis)
 
     def pop(self, pool: str, *, cname: str | None = None, min_ttl: float = 0.0, wait: float = 0.0) -> Entry:
         """Take the oldest entry with at least `min_ttl` seconds left, waiting up to `wait` seconds for one.
@@ -78,36 +163,33 @@ class PoolClient:
         within the account's shared budget (credentials from AGORA_CUSTOMER_ID / AGORA_CUSTOMER_SECRET).
         `entry.source` says which: "pool" or "acquired". Needs `from_config` and the daemon extra.
 
-        Raises what `pop` raises, and the Agora client's AcquireError (a RidpoolError) when the acquire fails.
+        Raises what `pop` raises, and AcquireFailed (with Agora's answer and X-Request-Id) when the acquire fails.
         """
-        loop, acquirer = self._acquirer()
-        return loop.run(acquirer.pop_or_acquire(pool, cname=cname, min_ttl=min_ttl, wait=wait))
+        acquirer = self._acquirer()
+        try:
+            return self.pop(pool, cname=cname, min_ttl=min_ttl, wait=wait)
+        except PoolEmpty:
+            pass
+        except CnameNotServed:
+            if not acquirer.serves(pool, cname):
+                raise
+        return acquirer.acquire(pool, cname)
 
-    def _acquirer(self) -> tuple[ondemand.Background, OnDemand]:
-        with self._lock:
-            if self._ondemand is None:
-                config = ondemand.check_config(self.config)
-                ondemand.check_extra()
-                loop = ondemand.Background()
-                kwargs = functions.connection_defaults({"socket_timeout": config.redis.socket_timeout}, asyncio=True)
-
-                async def build() -> OnDemand:
-                    return ondemand.make(config, redis.asyncio.Redis.from_url(config.redis.url, **kwargs))
-
-                try:
-                    self._ondemand = (loop, loop.run(build()))
-                except BaseException:
-                    loop.close()
-                    raise
-            return self._ondemand
+    def _acquirer(self) -> SyncAcquirer:
+        if self.acquirer is None:
+            raise unavailable(self.why_no_acquirer)
+        return self.acquirer
 
     def take(self, *, rate: float | None = None, account: str | None = None) -> float:
         """Wait for one request's grant from the account's shared budget, the one the daemon's acquires draw from
         (`ridpool_take`); returns the seconds waited. A client made by `from_config` knows the account and rate;
         otherwise give the daemon's `agora.rate_limit` (and `agora.account` when it is not "default").
         """
-        b = ondemand.budget(self.config, self.prefix, rate=rate, account=account)
-        return functions.run(self.redis, plans.take(b.keys, limit=b.limit, window_ms=b.window_ms))
+        chosen = budgets.resolve(self.account, rate=rate, name=account)
+        window = chosen.window
+        return functions.run(
+            self.redis, plans.take(chosen.keys(self.prefix), limit=window.limit, window_ms=window.window_ms)
+        )
 
     @contextlib.contextmanager
     def budget(self, *, rate: float | None = None, account: str | None = None) -> Iterator[float]:
@@ -133,19 +215,11 @@ class PoolClient:
             names = self.redis.smembers(registry(self.prefix))
         return sorted(functions.text(n) for n in names)
 
-    def _pipeline(self, commands: list[tuple[str, ...]]) -> list[Any]:
-        pipe = self.redis.pipeline(transaction=False)
-        for command in commands:
-            pipe.execute_command(*command)  # type: ignore[no-untyped-call]
-        return pipe.execute(raise_on_error=False)
-
     def close(self) -> None:
-        if self._ondemand is not None:
-            loop, acquirer = self._ondemand
-            loop.run(acquirer.aclose())
-            loop.run(acquirer.redis.aclose())  # its own connection, made on the background loop
-            loop.close()
-            self._ondemand = None
+        with self._lock:
+            if self.acquirer is not None:
+                self.acquirer.close()
+                self.acquirer = None
         self.redis.close()
 
     def __enter__(self) -> PoolClient:

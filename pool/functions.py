@@ -389,9 +389,12 @@ def _missing_library(exc: redis.ResponseError) -> bool:
 def refused(exc: redis.RedisError, subject: str) -> RidpoolError:
     """The ridpool error for an error reply of Redis, naming what it concerned (`subject`)."""
     message = str(exc)
-    if isinstance(exc, redis.exceptions.NoPermissionError | redis.AuthenticationError) or _SCRIPT_DENIED.search(
-        message
-    ):
+    if isinstance(exc, redis.AuthenticationError) or message.startswith("WRONGPASS"):
+        return PermissionDenied(
+            f"{subject}: Redis refused the credentials ({message}); check the user and password in the Redis URL "
+            "or RIDPOOL_REDIS_PASSWORD"
+        )
+    if isinstance(exc, redis.exceptions.NoPermissionError) or _SCRIPT_DENIED.search(message):
         return PermissionDenied(
             f"{subject}: the Redis user is not allowed this ({message}); grant it the ACL the README lists"
         )

@@ -113,12 +113,12 @@ def web_config_toml(redis_url: str, sim_url: str, size: int) -> str:
 
 
 def run_until_filled(
-    command: list[str], filled: Callable[[], object], *, cwd: Path
+    command: list[str], filled: Callable[[], object], *, cwd: Path, env: dict[str, str] | None = None
 ) -> tuple[subprocess.CompletedProcess[str], float]:
-    """Start `ridpool run` as a process, wait for `filled`, SIGTERM it; returns its outcome and how long it took
-    to exit after the signal."""
+    """Start `ridpool run` as a process (with `env` added to its environment), wait for `filled`, SIGTERM it;
+    returns its outcome and how long it took to exit after the signal."""
     clean = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    env = {**clean, "AGORA_CUSTOMER_ID": CUSTOMER_ID, "AGORA_CUSTOMER_SECRET": SECRET}
+    env = {**clean, "AGORA_CUSTOMER_ID": CUSTOMER_ID, "AGORA_CUSTOMER_SECRET": SECRET, **(env or {})}
     proc = subprocess.Popen(command, cwd=cwd, env=env, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
         wait_for(filled, timeout=30, what="the daemon to fill its pool")

@@ -18,7 +18,7 @@ from ridpool import (
     MissingExtra,
     PoolClient,
     PoolUnavailable,
-    ondemand,
+    plugins,
 )
 from ridpool.daemon.config import Config
 from ridpool.daemon.ondemand import OnDemand
@@ -126,7 +126,7 @@ async def test_agora_rejecting_the_channel_raises_acquire_failed(
         http=httpx.AsyncClient(transport=httpx.MockTransport(reject)),
     )
     with pytest.raises(AcquireFailed, match="invalid_channel_name") as info:
-        await acquirer.pop_or_acquire("rooms", cname="room-1")
+        await acquirer.acquire("rooms", cname="room-1")
     assert info.value.request_id == "q7"  # type: ignore[attr-defined]
     await acquirer.aclose()
     await acquirer.redis.aclose()
@@ -147,11 +147,18 @@ async def test_without_a_config_pop_or_acquire_says_how_to_make_one(redis_url: s
             await client.pop_or_acquire("web")
 
 
-def test_a_missing_daemon_extra_is_named_with_what_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
-    """On the starter-only install, pop_or_acquire says which extra to install, in one line."""
-    monkeypatch.setattr(ondemand.importlib.util, "find_spec", lambda name: None)
-    with pytest.raises(MissingExtra, match=r"pip install 'ridpool\[daemon\]'"):
-        ondemand.check_extra()
+def test_without_the_acquirer_registered_pop_or_acquire_names_the_extra(
+    r: redis.Redis, redis_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On the starter-only install (no acquirer registered), from_config still pops; pop_or_acquire says which
+    extra to install, in one line."""
+    monkeypatch.setattr(plugins, "_entry_points", lambda group: {})
+    publish_pool(r, PREFIX, "web")
+    fill(r, PREFIX, "web", 1)
+    with PoolClient.from_config(write_config(tmp_path, redis_url, "http://agora.test")) as client:
+        assert client.pop("web").source == "pool"
+        with pytest.raises(MissingExtra, match=r"pip install 'ridpool\[daemon\]'"):
+            client.pop_or_acquire("web")
 
 
 # -- the CLI --------------------------------------------------------------------------------------------
