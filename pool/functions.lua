@@ -12,7 +12,7 @@ Every key that holds an ID expires (PEXPIREAT) with the longest-lived ID it hold
 itself even when no daemon runs.
 ]]
 
-local LIBRARY_VERSION = '2'
+local LIBRARY_VERSION = '3'
 -- How every entry of the version this library reads starts: a 9-element msgpack array (0x99) whose first
 -- element, the version, is 1.
 local ENTRY_HEAD = '\153\001'
@@ -21,6 +21,62 @@ local MAX_LIFE_MS = 300000 -- Agora's five minutes: no entry may claim to live l
 local function now_ms()
   local t = redis.call('TIME')
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+
+--[[
+Arguments from any client, checked before anything is read or written: a function given keys that do not belong
+together, or an argument out of range, answers 'BAD_ARGUMENT ...' and changes nothing. These cost comparisons,
+never a command.
+]]
+
+-- A key's hash tag part ('PREFIX:{POOL}' or 'PREFIX:{acct:NAME}') and what follows it (':meta', ':q:room-1').
+-- Prefixes and names never hold braces (keys.py), so the first '}' closes the tag.
+local function key_parts(key)
+  local open_at = string.find(key, '{', 1, true)
+  local close_at = open_at and string.find(key, '}', open_at, true)
+  if not close_at then
+    return nil, nil
+  end
+  return string.sub(key, 1, close_at), string.sub(key, close_at + 1)
+end
+
+-- The queue key of a channel of the pool whose tag is `tag` ('' : the template pool's one queue), as keys.py
+-- builds it: '%' and ':' in the cname percent-encoded.
+local function queue_of(tag, cname)
+  if cname == '' then
+    return tag .. ':q'
+  end
+  return tag .. ':q:' .. string.gsub(cname, '[%%:]', { ['%'] = '%25', [':'] = '%3A' })
+end
+
+-- Nil when every key has the tag of keys[1] and the suffix `rests[i]` asks for ('' skips a key the caller
+-- checks itself, such as a queue); else the error reply naming the first key that does not fit.
+local function check_keys(keys, rests)
+  local tag = key_parts(keys[1] or '')
+  if not tag then
+    return redis.error_reply('BAD_ARGUMENT KEYS[1] is not a ridpool key (no {hash tag})')
+  end
+  for i, rest in ipairs(rests) do
+    local key = keys[i]
+    if key == nil then
+      return redis.error_reply('BAD_ARGUMENT expected ' .. #rests .. ' keys, got ' .. #keys)
+    end
+    local key_tag, key_rest = key_parts(key)
+    if key_tag ~= tag or (rest ~= '' and key_rest ~= rest) then
+      local want = rest ~= '' and (tag .. rest) or ('a key of ' .. tag)
+      return redis.error_reply('BAD_ARGUMENT KEYS[' .. i .. '] must be ' .. want)
+    end
+  end
+  return nil
+end
+
+-- A whole number from `low` to `high` (NaN, infinities and fractions fail), or nil.
+local function whole(text, low, high)
+  local n = tonumber(text)
+  if n == nil or n ~= n or n ~= math.floor(n) or n < low or n > high then
+    return nil
+  end
+  return n
 end
 
 -- Keep a zset's own expiry at its highest score (the longest-lived member), or drop it when empty.
