@@ -74,7 +74,7 @@ def test_the_cli_names_each_redis_error_with_its_own_exit_code(r: redis.Redis, r
         r.config_set("maxmemory", 0)
     assert (done.returncode, "out of memory" in done.stderr) == (8, True)
 
-    r.function_load(functions.LIBRARY.replace("local LIBRARY_VERSION = '2'", "local LIBRARY_VERSION = '99'"), True)
+    r.function_load(with_version("99"), True)
     done = ridpool(*pop, "--redis-url", redis_url)
     assert (done.returncode, "newer than this client" in done.stderr) == (10, True)
 
@@ -249,14 +249,24 @@ def _status(redis_url: str) -> str:
 # -- library versions -----------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("held", "outcome"), [(None, "loaded"), ("1", "loaded"), ("2", "kept"), ("99", "refused")])
+def with_version(version: str) -> str:
+    """The library as if it were another version."""
+    mine = f"local LIBRARY_VERSION = '{functions.LIBRARY_VERSION}'"
+    assert mine in functions.LIBRARY
+    return functions.LIBRARY.replace(mine, f"local LIBRARY_VERSION = '{version}'")
+
+
+CURRENT = str(functions.LIBRARY_VERSION)
+
+
+@pytest.mark.parametrize(("held", "outcome"), [(None, "loaded"), ("1", "loaded"), (CURRENT, "kept"), ("99", "refused")])
 def test_the_library_version_is_checked_once_per_client(r: redis.Redis, held: str | None, outcome: str) -> None:
     """Missing or older: loaded; the same: kept; newer: LibraryMismatch, and the newer copy left in place."""
     publish_pool(r, PREFIX, "web")
     if held is None:
         r.function_flush()
     else:
-        r.function_load(functions.LIBRARY.replace("LIBRARY_VERSION = '2'", f"LIBRARY_VERSION = '{held}'"), True)
+        r.function_load(with_version(held), True)
     r.config_resetstat()
     with PoolClient(redis.Redis(**_kwargs(r)), prefix=PREFIX) as client:
         if outcome == "refused":
@@ -268,7 +278,7 @@ def test_the_library_version_is_checked_once_per_client(r: redis.Redis, held: st
             client.stats("web")
             with pytest.raises(Exception, match="no entry"):
                 client.pop("web")
-    assert r.fcall("ridpool_version", 0) == b"2"
+    assert r.fcall("ridpool_version", 0) == CURRENT.encode()
     calls = r.info("commandstats")
     assert calls.get("cmdstat_function|load", {}).get("calls", 0) == (1 if outcome == "loaded" else 0)
     assert calls["cmdstat_fcall"]["calls"] == 3 + 1 + 1  # three pops, one version check, the check above
