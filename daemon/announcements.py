@@ -10,16 +10,18 @@ entries are not replaced. It runs from `at` to the end of the announcement (`at`
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 
-import redis.asyncio
 import structlog
 from ridpool import functions
 from ridpool.daemon import planner
-from ridpool.daemon.config import Config, PoolConfig
-from ridpool.keys import PoolKeys, pool_keys
+from ridpool.keys import PoolKeys
+
+if TYPE_CHECKING:
+    from ridpool.daemon.sources import SourceContext
 
 log = structlog.get_logger("ridpool.announcements")
 
@@ -56,32 +58,32 @@ def iso(ms: int) -> str:
 
 
 class Announcements:
-    """Asked by the refill every round for the demands of every pending announcement."""
+    """Every pending announcement of the `announced` pools as demands. A demand source (`daemon/sources.py`)."""
 
-    def __init__(self, client: redis.asyncio.Redis, config: Config, *, ahead_ms: int = RETIRE_AHEAD_MS) -> None:
-        self.redis = client
-        self.pools: list[PoolConfig] = [p for p in config.pools if p.announced]
-        self.keys: dict[str, PoolKeys] = {p.name: pool_keys(config.redis.key_prefix, p.name) for p in self.pools}
+    def __init__(self, context: SourceContext, *, ahead_ms: int = RETIRE_AHEAD_MS) -> None:
+        config = context.config
+        self.redis = context.redis
+        self.configs = {p.name: p for p in config.pools if p.announced}
+        self.keys: dict[str, PoolKeys] = {name: context.keys(name) for name in self.configs}
         self.ahead_ms = ahead_ms
-        standing = [planner.Demand(p.name, c, p.size, 0, None, "size") for p in config.pools for c in p.slots]
+        standing = [planner.Demand(p.name, None, p.size, 0, None, "size") for p in config.pools if p.slots]
         self.rate = planner.available_rate(
-            config.sustained_rate, standing, {p.name: p.max_age_ms for p in config.pools}
+            config.sustained_rate, standing, {p.name: p.max_age_ms for p in config.pools}, config.channels
         )
-        self.shown: dict[str, dict[str, str]] = {}  # what each pool's stats hash says of its announcements
+        self.pending: dict[str, list[planner.Demand]] = {}
+        self.shown: dict[str, dict[str, str]] = {}  # what the notes said at each pool's last refresh
 
-    async def demands(self, now_ms: int) -> list[planner.Demand]:
-        out: list[planner.Demand] = []
-        for pool in self.pools:
-            out += await self._pool(pool)
-        return out
+    @property
+    def pools(self) -> Sequence[str]:
+        return list(self.configs)
 
-    async def _pool(self, pool: PoolConfig) -> list[planner.Demand]:
-        keys = self.keys[pool.name]
+    async def refresh(self, pool: str, now_ms: int) -> None:
+        keys = self.keys[pool]
         _, pending = functions.parse_announcements(
             await functions.aexecute(self.redis, functions.announcements_call(keys))
         )
         cnames = [a.cname for a in pending]
-        now, states = 0, list[functions.ChannelState]()
+        now, states = now_ms, list[functions.ChannelState]()
         if cnames:
             call = functions.announced_call(keys, cnames, ahead_ms=self.ahead_ms)
             now, states = functions.parse_announced(cnames, await functions.aexecute(self.redis, call))
@@ -91,25 +93,26 @@ class Announcements:
             if a is None:
                 continue
             wanted = state.live + max(0, a.left)
-            demands.append(planner.Demand(pool.name, a.cname, wanted, a.at_ms, a.until_ms, f"announced {a.cname}"))
+            reason = f"announced {a.cname}"
+            # Not consumable: what it still lacks is counted in Redis (ridpool_add uses one up, a pop lowers the
+            # live count, and ridpool_reserve never leases more than it lacks), so `wanted` is already what is left.
+            demands.append(planner.Demand(pool, a.cname, wanted, a.at_ms, a.until_ms, reason))
             needs.append(Need(a.cname, a.at_ms, wanted - state.live))
-        await self._show(pool, keys, demands, at_risk(needs, now_ms=now, rate=self.rate), now)
-        return demands
-
-    async def _show(
-        self, pool: PoolConfig, keys: PoolKeys, demands: list[planner.Demand], late: list[str], now_ms: int
-    ) -> None:
-        """The pool's pending announcements, next deadline and those at risk, in its stats hash for `status`."""
-        upcoming = [d.at_ms for d in demands if d.at_ms > now_ms]
+        self.pending[pool] = demands
+        late = at_risk(needs, now_ms=now, rate=self.rate)
+        upcoming = [d.at_ms for d in demands if d.at_ms > now]
         fields = {
             "announced_pending": str(len(demands)),
             "announced_next": iso(min(upcoming)) if upcoming else "",
             "announced_at_risk": str(len(late)),
             "announced_at_risk_cnames": ",".join(late[:AT_RISK_SHOWN]),
         }
-        if self.shown.get(pool.name) == fields:
-            return
-        if late and self.shown.get(pool.name, {}).get("announced_at_risk_cnames") != fields["announced_at_risk_cnames"]:
-            log.warning("announce.at_risk", pool=pool.name, at_risk=len(late), cnames=late[:AT_RISK_SHOWN])
-        await self.redis.hset(keys.stats, mapping=fields)  # type: ignore[arg-type]
-        self.shown[pool.name] = fields
+        if late and self.shown.get(pool, {}).get("announced_at_risk_cnames") != fields["announced_at_risk_cnames"]:
+            log.warning("announce.at_risk", pool=pool, at_risk=len(late), cnames=late[:AT_RISK_SHOWN])
+        self.shown[pool] = fields
+
+    def demands(self, pool: str, now_ms: int) -> Sequence[planner.Demand]:
+        return self.pending.get(pool, [])
+
+    def notes(self, pool: str, now_ms: int) -> Mapping[str, str]:
+        return self.shown.get(pool, {})

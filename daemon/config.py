@@ -428,6 +428,11 @@ class Config(_Frozen):
         """Acquires per second the account's budget sustains (see budget.window_for)."""
         return self.account.window.sustained
 
+    @property
+    def channels(self) -> dict[str, int]:
+        """How many channels a pool-wide demand asks entries for, per pool: its named channels, else one queue."""
+        return {p.name: max(1, len(p.slots)) for p in self.pools}
+
     def settings(self) -> Settings:
         """What a starter's client needs of this config (`PoolClient.from_config` takes a Config too)."""
         pools = {p.name: PoolInfo(p.name, p.announced, p.scene) for p in self.pools}
@@ -568,21 +573,21 @@ def overlap_warnings(config: Config, now: datetime) -> tuple[str, ...]:
     """Warm-ups that fit alone but not together in the next week: the schedule must start acquiring for them
     before their entries could live until the instant. One warning per warm-up, at its first such instant."""
     max_age = {p.name: p.max_age_ms for p in config.pools}
-    standing = [planner.Demand(p.name, c or None, p.size, 0, None, "size") for p in config.pools for c in p.slots]
-    rate = planner.available_rate(config.sustained_rate, standing, max_age)
+    standing = [planner.Demand(p.name, None, p.size, 0, None, "size") for p in config.pools if p.slots]
+    rate = planner.available_rate(config.sustained_rate, standing, max_age, config.channels)
     demands = []
     tables: dict[str, WarmupConfig] = {}
     for i, pool in enumerate(config.pools):
-        for j, w in enumerate(pool.warmups):
+        for j, w in enumerate(pool.warmups if pool.slots else ()):
             tables[f"pools[{i}].warmups[{j}]"] = w
             spec = warmups.Warmup(pool.name, j, w.cron, w.timezone, w.size, w.duration)
             for at in spec.instants(now, now + OVERLAP_HORIZON, limit=2000):
                 at_ms = warmups.to_ms(at)
                 until = at_ms + round(w.duration * 1000)
-                where = f"pools[{i}].warmups[{j}]"
-                demands += [planner.Demand(pool.name, c or None, w.size, at_ms, until, where) for c in pool.slots]
+                demands.append(planner.Demand(pool.name, None, w.size, at_ms, until, f"pools[{i}].warmups[{j}]"))
     found: dict[str, str] = {}
-    for d, span in planner.shortfalls(planner.schedule(demands, rate=rate, max_age_ms=max_age)):
+    spans = planner.schedule(demands, rate=rate, max_age_ms=max_age, channels=config.channels)
+    for d, span in planner.shortfalls(spans):
         if d.source in found:
             continue
         w = tables[d.source]

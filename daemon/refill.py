@@ -4,33 +4,36 @@ Every decision that involves other replicas is made in Redis: a lease (`ridpool_
 acquire, so any number of replicas together never ask for more than a pool lacks; a failing pool is held with a
 shared key, so all replicas back off together. This module only applies the planner's choices.
 
-The loop is continuous (see `Daemon`): a round leases what the targets lack, up to each pool's in-flight cap,
-and the next round starts as soon as an acquire finishes (or after a tick), so the rate is set by the budget,
-not by rounds. The targets come from demand sources (standing sizes, warm-ups, learned demand, and any source
-added to `sources`), planned together by `planner.plan`; a source may name channels the config does not list.
+The loop is continuous (`Refiller.run`): a round asks every demand source (`daemon/sources.py`) for its demands,
+plans them together (`planner.plan`), and leases what the targets lack up to the replica's free acquire slots,
+without waiting for any: the next round starts as soon as an acquire finishes, at a source's instant, or after a
+tick, so the rate is set by the budget, not by rounds, and a pool that becomes short is leased for within a round
+whatever the others are doing. No source is known here by name: a source may name channels the config never
+listed, and a demand's `consumable` part is used up by pops in Redis (`ridpool_reserve`), whatever made it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import random
-import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
-from typing import Protocol
 
 import redis.asyncio
 import structlog
 from ridpool import functions
-from ridpool.daemon import planner
+from ridpool.daemon import planner, ticker
 from ridpool.daemon.agora import AcquireClient, AcquireError, Attempt, RateLimited
 from ridpool.daemon.clock import ServerClock
 from ridpool.daemon.config import Config, PoolConfig
+from ridpool.daemon.health import PoolDamage, RedisHealth
 from ridpool.daemon.limiter import Budget
 from ridpool.daemon.metrics import ERROR_FIELD, Metrics
-from ridpool.daemon.warmups import from_ms
+from ridpool.daemon.publish import Publisher
+from ridpool.daemon.sources import DemandSource, queue_cname
 from ridpool.entry import Entry
 from ridpool.errors import PoolUnavailable, RedisRefused, RidpoolError
 from ridpool.functions import AddResult, Lease
@@ -38,11 +41,6 @@ from ridpool.keys import PoolKeys, pool_keys
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay, wait_exponential
 
 log = structlog.get_logger("ridpool.refill")
-
-
-def queue_cname(pool: PoolConfig, slot: str) -> str | None:
-    """Template pools keep one queue; named channels one queue each."""
-    return None if pool.is_template else slot
 
 
 def _log_failure(event: str, pool: PoolConfig, exc: AcquireError, **fields: object) -> None:
@@ -53,21 +51,15 @@ def _log_failure(event: str, pool: PoolConfig, exc: AcquireError, **fields: obje
     )
 
 
-class DemandSource(Protocol):
-    """Anything that makes pools want entries: asked every round for its demands at a server instant."""
-
-    async def demands(self, now_ms: int) -> list[planner.Demand]: ...
+class SourceFailed(RidpoolError):
+    """A demand source could not read what a pool needs: that pool is skipped this round."""
 
 
-class Standing:
-    """The standing size of every configured channel, for ever."""
-
-    def __init__(self, pools: Sequence[PoolConfig]) -> None:
-        self.list = [planner.Demand(p.name, queue_cname(p, c), p.size, 0, None, "size") for p in pools for c in p.slots]
-
-    async def demands(self, now_ms: int) -> list[planner.Demand]:
-        return self.list
-
+# How long before a consumable window begins its baseline is taken (the loop wakes for it): pops in this sliver
+# count against the window, which errs towards acquiring too little rather than twice for one start.
+BASELINE_EARLY_MS = 100
+# A window's baseline is kept this long after the window began: windows last at most a day (config rule).
+BASELINE_KEPT_MS = 86_400_000 + 3_600_000
 
 # Agora's latency before any acquire was seen: high, so that the first in-flight caps err towards keeping the
 # budget busy. Every acquire then moves the estimate a fifth of the way to what it measured.
@@ -83,90 +75,87 @@ class Refiller:
         budget: Budget,
         clock: ServerClock,
         *,
+        sources: Sequence[DemandSource],
+        health: RedisHealth,
+        damage: PoolDamage,
+        publisher: Publisher,
         replica_id: str,
         lease_seconds: float,
+        tick: float,
+        renew_every: float,
         rng: random.Random | None = None,
         metrics: Metrics | None = None,
-        sources: Sequence[DemandSource] = (),
-        next_instant: Callable[[str, int], int | None] | None = None,
     ) -> None:
         self.redis = client
         self.config = config
         self.metrics = metrics or Metrics()
         self.pools = {p.name: p for p in config.pools}
         self.max_age_ms = {p.name: p.max_age_ms for p in config.pools}
-        self.sources: list[DemandSource] = [Standing(config.pools), *sources]
+        self.channels = config.channels
+        self.sources = list(sources)
         self.keys: dict[str, PoolKeys] = {p.name: pool_keys(config.redis.key_prefix, p.name) for p in config.pools}
         self.acquirer = acquirer
         self.budget = budget
         self.clock = clock
+        self.health = health
+        self.damage = damage
+        self.publisher = publisher
         self.replica_id = replica_id
         self.lease_ms = round(lease_seconds * 1000)
+        self.tick = tick
+        self.renew_every = renew_every
         self.rng = rng or random.Random()
-        self.in_flight = asyncio.Semaphore(config.agora.max_in_flight)
+        self.max_in_flight = config.agora.max_in_flight  # this replica's concurrent acquires
         self.tasks: set[asyncio.Task[None]] = set()
         self.leases: dict[str, PoolKeys] = {}  # token -> its pool: the leases this replica holds and renews
         self.stopping = False
         self.wake = asyncio.Event()  # set when an acquire ends: the next round may lease again
         self.latency = FIRST_LATENCY
-        self.targets: dict[planner.SlotKey, planner.Target] = {}  # the last round's plan
-        self.next_instant = next_instant  # a pool's next warm-up instant (server ms), for status
-        self.published: dict[str, tuple[int, str, str]] = {}  # what each pool's stats hash says of its target
+        self.demands: list[planner.Demand] = []  # the last round's demands, as what is left of them
+        self.targets: dict[planner.SlotKey, planner.Target] = {}  # the last round's plan, per slot
+        self.baseline: dict[tuple[str, int], int] = {}  # (pool, window start) -> the pool's pops then
+        self.published: dict[str, dict[str, str]] = {}  # what each pool's stats hash says of its plan
         self.logged: dict[str, str] = {}  # the last reason logged per pool
-        self.damaged: dict[str, str] = {}  # pool -> why its keys cannot be used; skipped until they can
-        self.failed_now: set[str] = set()  # pools damaged during the current round
-        # This round's warm-up part of each slot's target and the pool's pops when it was planned: pops made while
-        # the round leases use it up in Redis (ridpool_reserve), so a popped warm-up entry is never acquired again.
-        self.consuming: dict[planner.SlotKey, tuple[int, int]] = {}
+        publisher.listeners.append(self.published.clear)  # metadata rewritten: write the target fields again
 
-    # -- one round -----------------------------------------------------------------------------------------
+    @property
+    def in_flight(self) -> int:
+        """Acquires this replica has running."""
+        return len(self.tasks)
 
-    async def plan(self) -> dict[planner.SlotKey, planner.Target]:
-        """Every slot's target now, from all sources planned together."""
-        await self.clock.sync(self.redis)
-        now = self.clock.server_ms(time.monotonic())
-        demands = [d for source in self.sources for d in await source.demands(now)]
-        rate = planner.available_rate(self.config.sustained_rate, demands, self.max_age_ms)
-        self.targets = planner.plan(
-            [d for d in demands if d.pool in self.pools], now_ms=now, rate=rate, max_age_ms=self.max_age_ms
+    # -- the loop ------------------------------------------------------------------------------------------
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Rounds back to back until `stop` (or `stop()`): each after an acquire ends, at a source's instant, or
+        after a tick; the leases in use are renewed every `renew_every`."""
+        renewing = asyncio.create_task(
+            ticker.every(self.renew_every, functools.partial(self.health.guarded, "renew", self.renew), stop=stop)
         )
-        await self._publish_targets(now)
-        return self.targets
+        try:
+            while not stop.is_set() and not self.stopping:
+                await self.health.guarded("refill", self._round)
+                await self.idle(self._wait())
+        finally:
+            renewing.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await renewing
 
-    async def _publish_targets(self, now_ms: int) -> None:
-        """Each pool's target now, why, and its next warm-up, in its stats hash (written when they change)."""
-        totals: dict[str, list[tuple[int, str]]] = {name: [] for name in self.pools}
-        for (pool, _), target in self.targets.items():
-            totals[pool].append((target.count, target.reason))
-        changed = {}
-        for pool, parts in totals.items():
-            count = sum(n for n, _ in parts)
-            reason = max(parts, key=lambda p: p[0])[1] if parts else "size 0"
-            at = self.next_instant(pool, now_ms) if self.next_instant else None
-            state = (count, reason, "" if at is None else from_ms(at).isoformat(timespec="seconds"))
-            if self.published.get(pool) != state:
-                changed[pool] = state
-            why = reason.split(" +")[0]  # what raises it, not by how much (a ramp changes that every round)
-            if self.logged.get(pool) != why:
-                self.logged[pool] = why
-                log.info("refill.target", pool=pool, target=count, reason=reason, next_warmup=state[2])
-        if not changed:
-            return
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for pool, (count, reason, at_text) in changed.items():
-                mapping = {"target": count, "target_reason": reason, "next_warmup": at_text}
-                pipe.hset(self.keys[pool].stats, mapping=mapping)  # type: ignore[arg-type]
-            replies = await pipe.execute(raise_on_error=False)
-        for (pool, state), reply in zip(changed.items(), replies, strict=True):
-            if isinstance(reply, redis.ResponseError):
-                # A damaged stats key stops only its own pool, as in the rest of the round.
-                await self.mark_damaged(pool, functions.refused(reply, f"pool {pool!r}"))
-            else:
-                self.published[pool] = state
+    async def _round(self) -> None:
+        await self.publisher.ensure()  # a Redis that restarted empty lost the metadata: before pops meet it
+        await self.round()
 
-    def cap(self, pool: PoolConfig) -> int:
-        """The pool's in-flight cap across replicas: configured, or derived from the budget and the latency."""
-        return pool.max_in_flight or planner.in_flight_cap(self.config.sustained_rate, self.latency)
+    def _wait(self) -> float:
+        """Until the next round: a tick, or less when a consumable window begins sooner (its baseline is taken
+        at its start, see `_baselines`)."""
+        if self.clock.offset_ms is None:
+            return self.tick
+        now = self.clock.now_ms()
+        starts = [
+            d.at_ms - BASELINE_EARLY_MS
+            for d in self.demands
+            if d.consumable and d.until_ms is not None and d.at_ms - BASELINE_EARLY_MS > now
+        ]
+        return min([self.tick, *((at - now) / 1000 for at in starts)])
 
     async def idle(self, timeout: float) -> None:
         """Wait until an acquire ends or `timeout` seconds pass."""
@@ -174,59 +163,176 @@ class Refiller:
             await asyncio.wait_for(self.wake.wait(), max(0.0, timeout))
         self.wake.clear()
 
+    # -- one round -----------------------------------------------------------------------------------------
+
+    async def plan(self, pops: Mapping[str, int] | None = None) -> dict[planner.SlotKey, planner.Target]:
+        """Every slot's target now, from all sources planned together; `pops`: each pool's pops counter, read
+        before (the round reads it first; by itself, plan reads it now)."""
+        await self.clock.sync(self.redis)
+        now = self.clock.now_ms()
+        pops = await self._pops(set(self.pools)) if pops is None else pops
+        demands = [d for d in await self._demands(now) if d.pool in self.pools]
+        popped = await self._baselines(demands, pops, now)
+        self.demands = planner.left(demands, popped, now_ms=now, channels=self.channels)
+        rate = planner.available_rate(self.config.sustained_rate, self.demands, self.max_age_ms, self.channels)
+        self.targets = planner.plan(
+            self.demands, now_ms=now, rate=rate, max_age_ms=self.max_age_ms, channels=self.channels
+        )
+        await self._publish_targets(now)
+        return self.targets
+
+    async def _baselines(
+        self, demands: Sequence[planner.Demand], pops: Mapping[str, int], now_ms: int
+    ) -> dict[tuple[str, int], int]:
+        """The pool's pops since each consumable window began, from its baseline: the pool's pops counter at the
+        window's start, recorded once in Redis (HSETNX: the first replica's stays) and read once per replica.
+
+        The hash holds only the windows that may still run (one day at most, the longest window), however often
+        a window recurs."""
+        popped: dict[tuple[str, int], int] = {}
+        wanted = {(d.pool, d.at_ms) for d in planner.running_consumable(demands, now_ms, BASELINE_EARLY_MS)}
+        for pool, at in sorted(wanted):
+            if pool not in pops:
+                continue  # its counter is unreadable (a damaged stats key): the round skips the pool
+            if (pool, at) not in self.baseline:
+                keys = self.keys[pool]
+                with functions.reaching(self.redis):
+                    async with self.redis.pipeline(transaction=True) as pipe:
+                        pipe.hsetnx(keys.baselines, str(at), pops[pool])
+                        pipe.hget(keys.baselines, str(at))
+                        pipe.hkeys(keys.baselines)
+                        pipe.pexpireat(keys.baselines, at + BASELINE_KEPT_MS, gt=True)
+                        pipe.pexpireat(keys.baselines, at + BASELINE_KEPT_MS, nx=True)
+                        _, base, fields, _, _ = await pipe.execute()
+                    stale = [f for f in fields if int(f) + BASELINE_KEPT_MS < now_ms]
+                    if stale:
+                        await self.redis.hdel(keys.baselines, *stale)
+                self.baseline[(pool, at)] = int(base)
+            popped[(pool, at)] = max(0, pops[pool] - self.baseline[(pool, at)])
+        self.baseline = {k: v for k, v in self.baseline.items() if k[1] + BASELINE_KEPT_MS >= now_ms}
+        return popped
+
+    async def _demands(self, now_ms: int) -> list[planner.Demand]:
+        """What every source asks for now; a source that fails for a pool fails that pool only (skipped this
+        round, logged once per change of its error), the other pools go on."""
+        out: list[planner.Demand] = []
+        for source in self.sources:
+            for pool in source.pools:
+                if pool not in self.pools or pool in self.damage:
+                    continue
+                try:
+                    await source.refresh(pool, now_ms)
+                except RedisRefused as exc:
+                    await self.damage.mark(pool, exc)
+                    continue
+                except PoolUnavailable:
+                    raise
+                except Exception as exc:  # the source's own failure: its pool's alone
+                    why = f"{type(source).__name__}: {type(exc).__name__}: {exc}"
+                    await self.damage.mark(pool, SourceFailed(why), event="refill.source_failed")
+                    continue
+                out += source.demands(pool, now_ms)
+        return out
+
+    def slots(self, pool: str) -> dict[str | None, planner.Target]:
+        """Each queue of the pool with its target: every configured channel gets the pool-wide target, and any
+        channel a demand names gets its own on top."""
+        config = self.pools[pool]
+        every = self.targets.get((pool, None))
+        out: dict[str | None, planner.Target] = {}
+        if every is not None:
+            for slot in config.slots:
+                out[queue_cname(config, slot)] = every
+        for (name, cname), target in self.targets.items():
+            if name == pool and cname is not None:
+                base = out.get(cname)
+                out[cname] = target if base is None else _add(base, target)
+        return out
+
+    async def _publish_targets(self, now_ms: int) -> None:
+        """Each pool's target now, why, and what its sources want shown, in its stats hash (when they change)."""
+        changed: dict[str, dict[str, str]] = {}
+        for pool in self.pools:
+            parts = self.slots(pool)
+            count = sum(t.count for t in parts.values())
+            reason = max(parts.values(), key=lambda t: t.count).reason if parts else "size 0"
+            fields = {"target": str(count), "target_reason": reason}
+            for source in self.sources:
+                if pool in source.pools:
+                    fields.update(source.notes(pool, now_ms))
+            if self.published.get(pool) != fields:
+                changed[pool] = fields
+            why = reason.split(" +")[0]  # what raises it, not by how much (a ramp changes that every round)
+            if self.logged.get(pool) != why:
+                self.logged[pool] = why
+                log.info(
+                    "refill.target", pool=pool, target=count, reason=reason, next_warmup=fields.get("next_warmup", "")
+                )
+        if not changed:
+            return
+        with functions.reaching(self.redis):
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for pool, fields in changed.items():
+                    pipe.hset(self.keys[pool].stats, mapping=fields)  # type: ignore[arg-type]
+                replies = await pipe.execute(raise_on_error=False)
+        for (pool, fields), reply in zip(changed.items(), replies, strict=True):
+            if isinstance(reply, redis.ResponseError):
+                # A damaged stats key stops only its own pool, as in the rest of the round.
+                await self.damage.mark(pool, functions.refused(reply, f"pool {pool!r}"))
+            else:
+                self.published[pool] = fields
+
+    def cap(self, pool: PoolConfig) -> int:
+        """The pool's in-flight cap across replicas: configured, or derived from the budget and the latency."""
+        return pool.max_in_flight or planner.in_flight_cap(self.config.sustained_rate, self.latency)
+
     async def round(self) -> int:
-        """Lease and start acquires until every slot is full or leased; returns the acquires started."""
-        self.failed_now.clear()
+        """Lease and start acquires for what the slots lack, up to this replica's free acquire slots; returns the
+        acquires started. Never waits for an acquire: what is left is leased by the next round."""
+        self.damage.begin_round()
         # Read before planning: a pop made between the two then counts twice (too few acquired for one round,
-        # corrected by the next), never not at all (a popped warm-up entry acquired again).
-        pops = await self._pops({p.name for p in self.pools.values() if p.warmups})
-        slots = await self._slots(await self.plan(), pops)
+        # corrected by the next), never not at all (a popped entry of a consumable demand acquired again).
+        pops = await self._pops(set(self.pools))
+        await self.plan(pops)
+        slots = await self._sweep_all()
         started = 0
-        while not self.stopping:
+        while not self.stopping and len(self.tasks) < self.max_in_flight:
             slot = planner.next_slot(slots)
             if slot is None:
                 break
-            await self.in_flight.acquire()
-            if self.stopping:
-                self.in_flight.release()
-                break
             try:
-                leases = await self._reserve(slot)
+                leases = await self._reserve(slot, pops)
             except RedisRefused as exc:
                 leases = []
-                await self.mark_damaged(slot.pool, exc)
-            except BaseException:
-                self.in_flight.release()
-                raise
+                await self.damage.mark(slot.pool, exc)
             i = slots.index(slot)
             if not leases:
                 # Full, leased by other replicas, or held after failures: nothing more for it this round.
-                self.in_flight.release()
                 slots[i] = replace(slot, target=0)
                 continue
             slots[i] = replace(slot, pending=slot.pending + 1)
             self._spawn(self.pools[slot.pool], slot.cname or "", leases[0])
             started += 1
-        for pool in set(self.damaged) - self.failed_now:
-            self.mark_sound(pool)
+        self.damage.end_round()
         return started
 
-    async def _slots(self, targets: dict[planner.SlotKey, planner.Target], pops: dict[str, int]) -> list[planner.Slot]:
+    async def _sweep_all(self) -> list[planner.Slot]:
         slots = []
-        self.consuming.clear()
-        for (pool, cname), target in targets.items():
-            if target.count <= 0 or pool in self.failed_now:
+        for pool in self.pools:
+            if pool in self.damage:
                 continue
-            if pool in pops and target.consumable > 0:
-                self.consuming[(pool, cname)] = (target.consumable, pops[pool])
-            try:
-                slots.append(await self._sweep(pool, cname, target.count))
-            except RedisRefused as exc:
-                await self.mark_damaged(pool, exc)  # skipped this round; the other pools go on
+            for cname, target in self.slots(pool).items():
+                if target.count <= 0:
+                    continue
+                try:
+                    slots.append(await self._sweep(pool, cname, target))
+                except RedisRefused as exc:
+                    await self.damage.mark(pool, exc)  # skipped this round; the other pools go on
+                    break
         return slots
 
     async def _pops(self, pools: set[str]) -> dict[str, int]:
-        """Each pool's pops counter now: the round's warm-up targets are planned against it."""
+        """Each pool's pops counter now: the round's consumable targets are planned against it."""
         if not pools:
             return {}
         names = sorted(pools)
@@ -241,41 +347,22 @@ class Refiller:
             if r is None or (isinstance(r, bytes | str) and r.isdigit())
         }
 
-    async def _sweep(self, pool: str, cname: str | None, target: int) -> planner.Slot:
+    async def _sweep(self, pool: str, cname: str | None, target: planner.Target) -> planner.Slot:
         call = functions.sweep_call(self.keys[pool], cname)
         state = functions.parse_sweep(await functions.aexecute(self.redis, call))
         if state.dropped:
             # Redis serves a data set other than the one these entries were stored in (a restart from RDB/AOF,
             # a failover): they may have been popped in the history it lost, so they were dropped.
             log.warning("refill.queue_dropped", pool=pool, cname=cname, dropped=state.dropped)
-        return planner.Slot(pool, cname, target, state.live)
+        return planner.Slot(pool, cname, target.count, state.live, consumable=target.consumable)
 
-    # -- damaged pools -------------------------------------------------------------------------------------
-
-    async def mark_damaged(self, pool: str, exc: RidpoolError) -> None:
-        """A pool whose keys Redis refuses (wrong type, permission, ...) is in error and skipped; others go on.
-
-        Logged once per cause, and written to the pool's stats (state `error`) when that key itself is usable.
-        """
-        message = str(exc)
-        self.failed_now.add(pool)
-        if self.damaged.get(pool) != message:
-            log.error("refill.pool_damaged", pool=pool, kind=type(exc).__name__, error=message)
-        self.damaged[pool] = message
-        with contextlib.suppress(RidpoolError, redis.RedisError), functions.reaching(self.redis):
-            await self.redis.hset(self.keys[pool].stats, mapping={"state": "error", "last_error": message[:500]})
-
-    def mark_sound(self, pool: str) -> None:
-        if self.damaged.pop(pool, None) is not None:
-            log.info("refill.pool_recovered", pool=pool)
-
-    async def _reserve(self, slot: planner.Slot) -> list[Lease]:
+    async def _reserve(self, slot: planner.Slot, pops: Mapping[str, int]) -> list[Lease]:
         pool = self.pools[slot.pool]
         candidates: list[int] = []
         if pool.uid_range is not None:
             lo, hi = pool.uid_range
             candidates = [self.rng.randint(lo, hi) for _ in range(8)]
-        consumable, pops_seen = self.consuming.get((slot.pool, slot.cname), (0, 0))
+        seen = pops.get(slot.pool)
         call = functions.reserve_call(
             self.keys[pool.name],
             queue_cname=slot.cname,
@@ -285,9 +372,8 @@ class Refiller:
             lease_ms=self.lease_ms,
             token_base=f"{self.replica_id}:{uuid.uuid4().hex[:12]}",
             uid_candidates=candidates,
-            announced=pool.announced,
-            consumable=consumable,
-            pops_seen=pops_seen,
+            consumable=slot.consumable if seen is not None else 0,
+            pops_seen=seen or 0,
         )
         return functions.parse_reserve(await functions.aexecute(self.redis, call))
 
@@ -307,7 +393,7 @@ class Refiller:
 
         async def take() -> None:
             await self._take(pool)
-            granted_at[0] = time.monotonic()
+            granted_at[0] = self.clock.monotonic()
 
         try:
             try:
@@ -324,11 +410,11 @@ class Refiller:
                 await self._failed(pool, keys, lease, exc)
                 return
             self.budget.succeeded()
-            self.latency += LATENCY_WEIGHT * (time.monotonic() - granted_at[0] - self.latency)
+            self.latency += LATENCY_WEIGHT * (self.clock.monotonic() - granted_at[0] - self.latency)
             entry = got.entry(pool, cname, uid, self.clock.server_ms(got.sent_at))
             await self._store(pool, keys, entry, lease, queue_cname(pool, slot))
         except RedisRefused as exc:
-            await self.mark_damaged(pool.name, exc)  # the lease lapses by itself
+            await self.damage.mark(pool.name, exc)  # the lease lapses by itself
         except (PoolUnavailable, redis.RedisError) as exc:
             # The lease lapses by itself; an acquired ID that could not be stored is lost, never half-written.
             log.warning("refill.redis_unavailable", pool=pool.name, error=str(exc))
@@ -339,13 +425,11 @@ class Refiller:
             raise
         finally:
             self.leases.pop(lease.token, None)
-            self.in_flight.release()
+            self.tasks.discard(asyncio.current_task())
             self.wake.set()
 
     async def _store(self, pool: PoolConfig, keys: PoolKeys, entry: Entry, lease: Lease, cname: str | None) -> None:
-        call = functions.add_call(
-            keys, entry, queue_cname=cname, lease=lease.token, uid=lease.uid, announced=pool.announced
-        )
+        call = functions.add_call(keys, entry, queue_cname=cname, lease=lease.token, uid=lease.uid)
         # Redis may blink between acquire and store: the add is idempotent, so retry while the entry lives.
         retrying = AsyncRetrying(
             stop=stop_after_delay(min(30.0, pool.max_age)),
@@ -366,9 +450,9 @@ class Refiller:
         )
 
     async def _take(self, pool: PoolConfig) -> None:
-        started = time.monotonic()
+        started = self.clock.monotonic()
         await self.budget.take()
-        self.metrics.budget_wait.labels(pool.name).observe(time.monotonic() - started)
+        self.metrics.budget_wait.labels(pool.name).observe(self.clock.monotonic() - started)
 
     async def _attempted(self, pool: PoolConfig, keys: PoolKeys, cname: str, attempt: Attempt) -> None:
         """Every HTTP attempt: timed; a failed one counted in `errors` (and `errors:<kind>`), retried or not."""
@@ -414,13 +498,14 @@ class Refiller:
         """
         if not self.leases:
             return 0
-        deadline = self.clock.server_ms(time.monotonic()) + self.lease_ms
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for token, keys in list(self.leases.items()):
-                pipe.zadd(keys.inflight, {token: deadline}, xx=True, gt=True)
-            for keys in {k.inflight: k for k in self.leases.values()}.values():
-                pipe.pexpireat(keys.inflight, deadline, gt=True)
-            await pipe.execute()
+        deadline = self.clock.now_ms() + self.lease_ms
+        with functions.reaching(self.redis):
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for token, keys in list(self.leases.items()):
+                    pipe.zadd(keys.inflight, {token: deadline}, xx=True, gt=True)
+                for keys in {k.inflight: k for k in self.leases.values()}.values():
+                    pipe.pexpireat(keys.inflight, deadline, gt=True)
+                await pipe.execute()
         return len(self.leases)
 
     # -- shutdown ------------------------------------------------------------------------------------------
@@ -428,6 +513,7 @@ class Refiller:
     async def stop(self, grace: float) -> int:
         """Start no new acquire; give those in flight `grace` seconds, then abandon them. Returns how many."""
         self.stopping = True
+        self.wake.set()
         if not self.tasks:
             return 0
         _, pending = await asyncio.wait(set(self.tasks), timeout=grace)
@@ -436,3 +522,9 @@ class Refiller:
         if pending:
             await asyncio.wait(pending, timeout=1.0)
         return len(pending)
+
+
+def _add(a: planner.Target, b: planner.Target) -> planner.Target:
+    """Two targets of one channel together (the pool's and the channel's own)."""
+    reason = a.reason if a.count >= b.count else b.reason
+    return planner.Target(a.count + b.count, reason, a.consumable + b.consumable)

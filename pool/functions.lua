@@ -72,7 +72,7 @@ end
 
 -- A whole number from `low` to `high` (NaN, infinities and fractions fail), or nil.
 local function whole(text, low, high)
-  local n = tonumber(text)
+  local n = text and tonumber(text)
   if n == nil or n ~= n or n ~= math.floor(n) or n < low or n > high then
     return nil
   end
@@ -301,34 +301,44 @@ end
 --[[
 ridpool_add: store one acquired entry, once; release the lease it was acquired under.
 KEYS[1] stats     KEYS[2] ledger    KEYS[3] queue    KEYS[4] ready    KEYS[5] inflight    KEYS[6] uids
-KEYS[7] meta
-KEYS[8] ann:left  (optional) PREFIX:{POOL}:ann:left: an entry for an announced channel uses up one of its count
+KEYS[7] meta      KEYS[8] quota     PREFIX:{POOL}:ann:left: a channel with a field there (what its announcement
+                                    still lacks) uses one of it up
 ARGV[1] entry     msgpack entry (see the top of this file); its expiresAt is ARGV[3]
 ARGV[2] resourceId
 ARGV[3] expires_at_ms  server time at which the entry stops being offered
 ARGV[4] lease token ('' for none)
 ARGV[5] uid to hold in the uids zset until the entry expires ('' when the pool's uid is fixed)
 ARGV[6] slot      the queue's channel as written ('' for a template pool): names its data-set mark, and the
-                  announced channel whose count the entry uses up (with KEYS[8])
+                  channel whose quota the entry uses up
 Reply: 'ADDED'; 'EXISTS' (this very entry is already queued: a retried add); 'REFUSED' (the ID was added
 before and popped or replaced: never offered twice); 'EXPIRED' (already past its time: not stored).
+Errors: 'BAD_ARGUMENT ...' (keys of another pool or channel, no resourceId, an expiry out of range).
 A queue filled in another data set (a restore, a failover) is dropped before the entry joins it.
 ]]
 local function add(keys, args)
+  local bad = check_keys(keys, { ':stats', ':ledger', '', '', ':inflight', ':uids', ':meta', ':ann:left' })
+  local slot = args[6] or ''
+  local tag = key_parts(keys[1])
+  if not bad and (keys[3] ~= queue_of(tag, slot) or keys[4] ~= keys[3] .. ':ready') then
+    bad = redis.error_reply('BAD_ARGUMENT KEYS[3] and KEYS[4] must be the queue of slot ' .. slot .. ' and its :ready')
+  end
+  if bad then
+    return bad
+  end
   local stats, ledger, queue, ready, inflight, uids = keys[1], keys[2], keys[3], keys[4], keys[5], keys[6]
-  local entry, rid, token, uid = args[1], args[2], args[4], args[5]
-  local expires_at = tonumber(args[3])
-  if rid == '' or expires_at == nil then
+  local entry, rid, token, uid = args[1], args[2], args[4] or '', args[5] or ''
+  local expires_at = whole(args[3], 0, 1e15)
+  if not entry or not rid or rid == '' or expires_at == nil then
     return redis.error_reply('BAD_ARGUMENT an entry needs a resourceId and an expiry')
   end
   local now = now_ms()
-  if token ~= '' then
-    redis.call('ZREM', inflight, token)
-  end
   if expires_at - now > MAX_LIFE_MS then
     return redis.error_reply('BAD_ARGUMENT an entry cannot live more than five minutes')
   end
-  check_data_set(keys[7], stats, queue, ready, 'e:' .. args[6])
+  if token ~= '' then
+    redis.call('ZREM', inflight, token)
+  end
+  check_data_set(keys[7], stats, queue, ready, 'e:' .. slot)
   local digest = redis.sha1hex(rid)
   redis.call('ZREMRANGEBYSCORE', ledger, '-inf', now)
   if redis.call('ZSCORE', ledger, digest) then
@@ -351,8 +361,8 @@ local function add(keys, args)
     expire_with_top(uids)
   end
   redis.call('HINCRBY', stats, 'added', 1)
-  if keys[8] and redis.call('HEXISTS', keys[8], args[6]) == 1 then
-    redis.call('HINCRBY', keys[8], args[6], -1)
+  if redis.call('HGET', keys[8], slot) then
+    redis.call('HINCRBY', keys[8], slot, -1)
   end
   -- Wake one waiting pop. Never more tokens than queued entries: a waiter woken for nothing loops anyway
   -- (see the README), but an idle pool does not pile up stale tokens.
@@ -374,35 +384,51 @@ end
 
 --[[
 ridpool_reserve: lease acquires for one channel of a pool, up to what it lacks, so that replicas never overfill.
-KEYS[1] queue     KEYS[2] inflight    KEYS[3] uids    KEYS[4] hold (set while the pool backs off)
-KEYS[5] stats     (read only with a consumable target, see ARGV[2])
-KEYS[6] ann:left  (optional) for an announced channel: leases never exceed what its announcement still lacks
+KEYS[1] queue     the channel's queue (PREFIX:{POOL}:q, or :q:<encoded cname> for the slot in ARGV[1])
+KEYS[2] inflight  KEYS[3] uids    KEYS[4] hold (set while the pool backs off)    KEYS[5] stats
+KEYS[6] quota     PREFIX:{POOL}:ann:left: a channel with a field there (what its announcement still lacks) never
+                  gets more leases than that field says
 ARGV[1] slot         the channel ('' for a template pool); leases are counted per slot and capped per pool
-ARGV[2] target       entries to keep ready in this slot: 'T', or 'T/C/P' when C of the T are a warm-up's, which
-                     pops use up: the pool's pops since the caller read P come off them (the caller's plan may
-                     predate pops made since, and popped warm-up entries must not be acquired again)
-ARGV[3] cap          acquires in flight for the whole pool, across replicas
-ARGV[4] want         the most leases this caller takes now
-ARGV[5] lease_ms     how long a lease holds; a crashed replica's leases lapse after it
-ARGV[6] token_base   unique per call; tokens are token_base:i (a re-sent call gets its own leases back)
-ARGV[7..] uid candidates, tried in order, for a uid_range pool (none for a fixed uid)
+ARGV[2] target       entries to keep ready in this slot
+ARGV[3] consumable   of the target, how many pops use up (a warm-up's, an announcement's): the pool's pops since
+                     the caller read ARGV[4] come off them (the caller's plan may predate pops made since, and a
+                     popped entry of such a demand must not be acquired again)
+ARGV[4] pops_seen    the pool's `pops` counter when the caller planned
+ARGV[5] cap          acquires in flight for the whole pool, across replicas
+ARGV[6] want         the most leases this caller takes now
+ARGV[7] lease_ms     how long a lease holds; a crashed replica's leases lapse after it
+ARGV[8] token_base   unique per call; tokens are token_base:i (a re-sent call gets its own leases back)
+ARGV[9..] uid candidates, tried in order, for a uid_range pool (none for a fixed uid)
 Reply: a flat array of token, uid pairs (uid '' for a fixed-uid pool); empty when nothing is needed or the
 pool is held.
+Errors: 'BAD_ARGUMENT ...' (keys of another pool or channel, a number out of range).
 A lease token is '<token_base>:<i>\t<uid>\t<slot>' (the slot last: a web label may hold anything but a tab).
 ]]
 local function reserve(keys, args)
+  local bad = check_keys(keys, { '', ':inflight', ':uids', ':hold', ':stats', ':ann:left' })
+  local slot = args[1] or ''
+  local tag = key_parts(keys[1])
+  if not bad and keys[1] ~= queue_of(tag, slot) then
+    bad = redis.error_reply('BAD_ARGUMENT KEYS[1] must be the queue of slot ' .. slot)
+  end
+  if bad then
+    return bad
+  end
+  local target, consumable, seen = whole(args[2], 0, 1e9), whole(args[3], 0, 1e9), whole(args[4], 0, 1e15)
+  local cap, want, lease = whole(args[5], 0, 1e6), whole(args[6], 0, 1e6), whole(args[7], 1, MAX_LIFE_MS)
+  if not (target and consumable and seen and cap and want and lease and args[8]) then
+    return redis.error_reply('BAD_ARGUMENT reserve takes slot, target, consumable, pops_seen, cap, want, lease_ms, '
+      .. 'token_base as whole numbers in range')
+  end
   local queue, inflight, uids = keys[1], keys[2], keys[3]
   if redis.call('EXISTS', keys[4]) == 1 then
     return {}
   end
-  local slot = args[1]
-  local target, cap, want, lease = tonumber(args[2]), tonumber(args[3]), tonumber(args[4]), tonumber(args[5])
-  local whole, consumable, seen = string.match(args[2], '^(%d+)/(%d+)/(%d+)$')
-  if whole then
-    local popped = tonumber(redis.call('HGET', keys[5], 'pops') or '0') - tonumber(seen)
-    target = tonumber(whole) - math.max(0, math.min(tonumber(consumable), popped))
+  if consumable > 0 then
+    local popped = tonumber(redis.call('HGET', keys[5], 'pops') or '0') - seen
+    target = target - math.max(0, math.min(consumable, popped))
   end
-  local base = args[6]
+  local base = args[8]
   local now = now_ms()
   purge_dead(queue, now)
   redis.call('ZREMRANGEBYSCORE', inflight, '-inf', now)
@@ -427,18 +453,19 @@ local function reserve(keys, args)
     return again
   end
   local n = math.min(target - redis.call('ZCARD', queue) - mine, cap - #leases, want)
-  if keys[6] then
-    -- An announced channel: never more than its announcement still lacks (a plan made before a pop is stale).
-    n = math.min(n, tonumber(redis.call('HGET', keys[6], slot) or '0') - mine)
+  local quota = redis.call('HGET', keys[6], slot)
+  if quota then
+    -- Never more than the channel's announcement still lacks (a plan made before a pop is stale).
+    n = math.min(n, tonumber(quota) - mine)
   end
   local out = {}
   if n <= 0 then
     return out
   end
-  local candidate = 7
+  local candidate = 9
   for i = 1, n do
     local uid = ''
-    if #args >= 7 then
+    if #args >= 9 then
       while args[candidate] and redis.call('ZSCORE', uids, args[candidate]) do
         candidate = candidate + 1
       end
@@ -455,7 +482,7 @@ local function reserve(keys, args)
     out[#out + 1] = uid
   end
   expire_with_top(inflight)
-  if #args >= 7 then
+  if #args >= 9 then
     expire_with_top(uids)
   end
   return out

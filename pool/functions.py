@@ -109,10 +109,7 @@ class AddResult(enum.Enum):
     EXPIRED = "EXPIRED"  # past its time already: not stored
 
 
-def add_call(
-    keys: PoolKeys, entry: Entry, *, queue_cname: str | None, lease: str = "", uid: str = "", announced: bool = False
-) -> Call:
-    """`announced`: the entry was acquired for an announcement of its channel, which it uses up one of."""
+def add_call(keys: PoolKeys, entry: Entry, *, queue_cname: str | None, lease: str = "", uid: str = "") -> Call:
     return Call(
         "ridpool_add",
         (
@@ -123,7 +120,7 @@ def add_call(
             keys.inflight,
             keys.uids,
             keys.meta,
-            *((keys.announced_left,) if announced else ()),
+            keys.announced_left,
         ),
         (encode(entry), entry.resource_id, entry.expires_at_ms, lease, uid, queue_cname or ""),
     )
@@ -154,24 +151,15 @@ def reserve_call(
     lease_ms: int,
     token_base: str,
     uid_candidates: Sequence[int] = (),
-    announced: bool = False,
     consumable: int = 0,
     pops_seen: int = 0,
 ) -> Call:
-    """`announced`: the channel is an announced one; its announcement's count caps the leases. `consumable`: how
-    many of `target` a warm-up wants, which the pool's pops since `pops_seen` use up."""
-    target_arg: Arg = f"{target}/{consumable}/{pops_seen}" if consumable > 0 else target
+    """`consumable`: how many of `target` pops use up (a warm-up's, an announcement's); the pool's pops since
+    `pops_seen` come off them."""
     return Call(
         "ridpool_reserve",
-        (
-            keys.queue(queue_cname),
-            keys.inflight,
-            keys.uids,
-            keys.hold,
-            keys.stats,
-            *((keys.announced_left,) if announced else ()),
-        ),
-        (queue_cname or "", target_arg, cap, want, lease_ms, token_base, *uid_candidates),
+        (keys.queue(queue_cname), keys.inflight, keys.uids, keys.hold, keys.stats, keys.announced_left),
+        (queue_cname or "", target, consumable, pops_seen, cap, want, lease_ms, token_base, *uid_candidates),
     )
 
 

@@ -20,7 +20,7 @@ else: the daemon, the clients, the tests and the docs all go through these funct
                                            server ms its announcement ends, `at` + grace); holds no ID
     PREFIX:{POOL}:ann:at            zset   the same channels scored by `at`, the server ms they are to be ready
     PREFIX:{POOL}:ann:left          hash   cname -> entries still to acquire for its announcement
-    PREFIX:{POOL}:warmups           hash   warm-up instant (server ms) -> the pool's pops counter at it
+    PREFIX:{POOL}:baselines         hash   a consumable window's start (server ms) -> the pool's pops counter then
     PREFIX:{POOL}:history           hash   per-minute demand counters (minute -> added pops misses expired)
     PREFIX:{acct:NAME}:rate         zset   the account's shared request log (sliding window)
     PREFIX:{acct:NAME}:cooldown     string set after a 429: every replica waits out its PTTL
@@ -106,8 +106,8 @@ class PoolKeys:
         return f"{self.tag}:ann:left"
 
     @property
-    def warmups(self) -> str:
-        return f"{self.tag}:warmups"
+    def baselines(self) -> str:
+        return f"{self.tag}:baselines"
 
     @property
     def history(self) -> str:

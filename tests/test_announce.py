@@ -43,7 +43,7 @@ def publish_announced(r: redis.Redis, prefix: str = PREFIX, *, scene: int = 0, g
 
 def store_for(r: redis.Redis, cname: str, *, life: float = 200.0) -> None:
     entry = make_entry(r, "classes", cname=cname, life=life)
-    call = functions.add_call(KEYS, entry, queue_cname=cname, announced=True)
+    call = functions.add_call(KEYS, entry, queue_cname=cname)
     assert functions.parse_add(functions.execute(r, call)).value == "ADDED"
 
 
@@ -269,7 +269,7 @@ def test_leases_for_an_announced_channel_never_exceed_what_it_lacks(r: redis.Red
 
     def reserve(base: str) -> list[functions.Lease]:
         call = functions.reserve_call(
-            KEYS, queue_cname="c1", target=5, cap=10, want=5, lease_ms=15_000, token_base=base, announced=True
+            KEYS, queue_cname="c1", target=5, cap=10, want=5, lease_ms=15_000, token_base=base
         )
         return functions.parse_reserve(functions.execute(r, call))
 

@@ -17,6 +17,8 @@ import redis.asyncio
 from ridpool import AsyncPoolClient, PoolEmpty, functions
 from ridpool.daemon import demand, planner
 from ridpool.daemon.planner import Demand
+from ridpool.daemon.service import Timing
+from ridpool.daemon.sources import SourceContext
 from ridpool.keys import pool_keys
 from ridpool.testing import Faults, Simulator
 from structlog.testing import capture_logs
@@ -151,10 +153,12 @@ async def test_learned_demand_reads_recorded_history_from_redis_and_logs_each_ra
     for weeks in (1, 2):
         r.hset(keys.history, str(minute - weeks * demand.WEEK), "40 40 0 0")
     client = redis.asyncio.Redis.from_url(redis_url)
-    source = demand.LearnedSource(client, config.pools, {"web": keys})
+    source = demand.LearnedSource(SourceContext(client, config, Timing()))
     with capture_logs() as logs:
-        found = await source.demands((minute - 3) * 60_000)
-        again = await source.demands((minute - 2) * 60_000)
+        await source.refresh("web", (minute - 3) * 60_000)
+        found = source.demands("web", (minute - 3) * 60_000)
+        await source.refresh("web", (minute - 2) * 60_000)
+        again = source.demands("web", (minute - 2) * 60_000)
     await client.aclose()
     assert [(d.count, d.at_ms) for d in found] == [(28, minute * 60_000)] and again == found
     assert [e["event"] for e in logs] == ["demand.learned"] and logs[0]["pool"] == "web"
