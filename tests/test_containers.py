@@ -1,5 +1,6 @@
 """The container setup, checked by reading it (no Docker engine here): docker-compose.yml, the Dockerfile,
-.dockerignore and the configs they mount. Every command must be one the CLI has, every path must exist."""
+.dockerignore, the pinned versions and the configs they mount. Every command must be one the CLI has, every path
+must exist, every package of the image must be pinned."""
 
 from __future__ import annotations
 
@@ -7,11 +8,14 @@ import re
 import subprocess
 import sys
 import tomllib
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
 from ridpool.cli import build_parser
 
 ROOT = Path(__file__).parent.parent
@@ -19,6 +23,7 @@ COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
 SERVICES: dict[str, Any] = COMPOSE["services"]
 DOCKERFILE = (ROOT / "Dockerfile").read_text()
 INSTRUCTIONS = [line.split(None, 1) for line in re.sub(r"\\\n\s*", " ", DOCKERFILE).splitlines() if line[:1].isalpha()]
+CONSTRAINTS = ROOT / "deploy" / "constraints-daemon.txt"
 DEMO_ENV = dict(
     line.split("=", 1) for line in (ROOT / "config/demo.env").read_text().splitlines() if line and line[0] != "#"
 )
@@ -102,6 +107,10 @@ def test_the_image_copies_what_exists_and_bakes_in_no_config() -> None:
     ignore = (ROOT / ".dockerignore").read_text().splitlines()
     assert "*" in ignore  # everything out, then only what the image needs back in
     assert {"!pyproject.toml", "!README.md", "!pool/", "!daemon/"} <= set(ignore)
+    included = {line[1:].rstrip("/") for line in ignore if line.startswith("!")}
+    for rest in instruction("COPY"):
+        *sources, _ = rest.split()
+        assert {source.rstrip("/") for source in sources} <= included, f"{rest}: kept out by .dockerignore"
 
 
 def test_the_healthcheck_probes_the_port_the_compose_configs_serve_metrics_on() -> None:
@@ -138,3 +147,51 @@ def test_the_demo_env_gives_the_daemon_and_the_simulator_the_same_demo_credentia
         environment = SERVICES[name]["environment"]
         assert interpolate(environment["AGORA_CUSTOMER_ID"], DEMO_ENV) == "demo-customer"
         assert len(interpolate(environment["AGORA_CUSTOMER_SECRET"], DEMO_ENV)) >= 16
+
+
+# -- pinned Python packages -------------------------------------------------------------------------------------
+
+
+def pins() -> dict[str, str]:
+    lines = [line for line in CONSTRAINTS.read_text().splitlines() if line and not line.startswith("#")]
+    found = {}
+    for line in lines:
+        name, sep, version = line.partition("==")
+        assert sep and re.fullmatch(r"[\w.]+", version), f"not pinned to one version: {line}"
+        found[canonicalize_name(name)] = version
+    return found
+
+
+def image_dependencies() -> dict[str, list[Requirement]]:
+    """What `pip install '.[daemon]'` installs, walked through the installed packages' metadata (markers for this
+    Python, which the image's matches): name -> the requirements that bring it."""
+    seen: dict[str, list[Requirement]] = {}
+    todo = [("ridpool", {"daemon"})]
+    while todo:
+        name, extras = todo.pop()
+        for text in metadata.requires(name) or []:
+            requirement = Requirement(text)
+            if requirement.marker and not any(requirement.marker.evaluate({"extra": e}) for e in extras or {""}):
+                continue
+            key = canonicalize_name(requirement.name)
+            if key == "ridpool":
+                continue
+            if key not in seen:
+                todo.append((requirement.name, set(requirement.extras)))
+            seen.setdefault(key, []).append(requirement)
+    return seen
+
+
+def test_every_python_package_of_the_image_is_pinned_to_an_exact_version() -> None:
+    """Each package the daemon extra brings, however deep, has a `==` line in deploy/constraints-daemon.txt, at a
+    version each requirement on it allows; the Dockerfile installs with `-c` that file."""
+    pinned = pins()
+    needed = image_dependencies()
+    assert {"httpx", "redis", "hiredis", "pydantic", "pydantic-core", "structlog"} <= set(needed)
+    missing = sorted(set(needed) - set(pinned))
+    assert not missing, f"not pinned in {CONSTRAINTS.name}: {missing} (regenerate it, see its header)"
+    for name, requirements in needed.items():
+        for requirement in requirements:
+            assert requirement.specifier.contains(pinned[name], prereleases=True), f"{requirement} vs {pinned[name]}"
+    [install] = [rest for rest in instruction("RUN") if "pip install" in rest]
+    assert f"-c {CONSTRAINTS.relative_to(ROOT)} '.[daemon]'" in install
