@@ -1,0 +1,212 @@
+"""The deployment files, checked with the real validators: the systemd unit (systemd-analyze) and the Kubernetes
+manifests (the Kubernetes schemas, `ridpool check-config` on the ConfigMap's config)."""
+
+from __future__ import annotations
+
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+import tomllib
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import kubernetes_validate
+import pytest
+import yaml
+from kubernetes_validate.utils import all_versions
+from ridpool.cli import build_parser
+
+from tests.test_containers import check_config
+
+ROOT = Path(__file__).parent.parent
+DEPLOY = ROOT / "deploy"
+UNIT = DEPLOY / "systemd" / "ridpool.service"
+ENV_EXAMPLE = DEPLOY / "systemd" / "ridpool.env.example"
+KUBE = DEPLOY / "kubernetes"
+SECRETS = {"AGORA_CUSTOMER_ID", "AGORA_CUSTOMER_SECRET", "RIDPOOL_REDIS_PASSWORD"}
+CONFIG_PATH = "/etc/ridpool/ridpool.toml"
+
+
+# -- systemd ------------------------------------------------------------------------------------------------
+
+
+def unit() -> dict[str, dict[str, list[str]]]:
+    """The unit's directives by section; a directive may be given more than once."""
+    sections: dict[str, dict[str, list[str]]] = defaultdict(lambda: defaultdict(list))
+    section = ""
+    for line in UNIT.read_text().splitlines():
+        if line.startswith("["):
+            section = line.strip("[]")
+        elif line and not line.startswith("#"):
+            key, _, value = line.partition("=")
+            sections[section][key].append(value)
+    return sections
+
+
+def test_the_unit_runs_the_daemon_on_the_documented_config_and_reloads_with_sighup() -> None:
+    """ExecStart is `ridpool run -c /etc/ridpool/ridpool.toml` (parsed by the CLI); reload sends SIGHUP; the
+    secrets come from the environment file, whose example holds exactly the three secrets."""
+    service = unit()["Service"]
+    [start] = service["ExecStart"]
+    program, *args = shlex.split(start)
+    assert Path(program).name == "ridpool" and args == ["run", "-c", CONFIG_PATH]
+    assert build_parser().parse_args(args).command == "run"
+    assert service["ExecReload"] == ["/bin/kill -HUP $MAINPID"]
+    assert service["EnvironmentFile"] == ["/etc/ridpool/ridpool.env"]
+    lines = [line for line in ENV_EXAMPLE.read_text().splitlines() if line and not line.startswith("#")]
+    assert {line.split("=", 1)[0] for line in lines} == SECRETS and len(lines) == 3
+
+
+def test_the_unit_is_hardened_and_restarts_on_failure_within_limits() -> None:
+    """No capabilities, no privilege gain, a read-only system, three address families; a bounded restart policy
+    that leaves an invalid config (exit 2) alone."""
+    sections = unit()
+    service = sections["Service"]
+    for key, value in {
+        "NoNewPrivileges": "yes",
+        "ProtectSystem": "strict",
+        "ProtectHome": "yes",
+        "PrivateTmp": "yes",
+        "DynamicUser": "yes",
+        "CapabilityBoundingSet": "",
+        "RestrictAddressFamilies": "AF_INET AF_INET6 AF_UNIX",
+        "Restart": "on-failure",
+        "RestartPreventExitStatus": "2",
+    }.items():
+        assert service[key] == [value], key
+    assert 1 <= int(service["RestartSec"][0]) <= 30
+    assert int(sections["Unit"]["StartLimitBurst"][0]) >= 3 and int(sections["Unit"]["StartLimitIntervalSec"][0])
+
+
+def installed_unit(tmp_path: Path) -> Path:
+    """The unit with its ExecStart pointing at this venv's ridpool: systemd-analyze checks the program exists."""
+    if shutil.which("systemd-analyze") is None:
+        pytest.skip("systemd-analyze is not installed (Debian: systemd)")
+    ridpool = Path(sys.executable).parent / "ridpool"
+    copy = tmp_path / "ridpool.service"
+    copy.write_text(UNIT.read_text().replace("/opt/ridpool/bin/ridpool", str(ridpool)))
+    return copy
+
+
+def test_systemd_analyze_verify_accepts_the_unit_without_a_warning(tmp_path: Path) -> None:
+    """`systemd-analyze verify` exits 0 and prints nothing (an unknown or misspelled directive is a warning)."""
+    done = subprocess.run(
+        ["systemd-analyze", "verify", str(installed_unit(tmp_path))],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0 and not done.stdout + done.stderr, done.stdout + done.stderr
+
+
+def test_systemd_analyze_security_rates_the_unit_ok(tmp_path: Path) -> None:
+    """The exposure `systemd-analyze security` computes offline is 2.0 or less (of 10; "OK" or better)."""
+    done = subprocess.run(
+        ["systemd-analyze", "security", "--offline=yes", "--threshold=20", str(installed_unit(tmp_path))],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout[-600:] + done.stderr
+
+
+# -- Kubernetes ---------------------------------------------------------------------------------------------
+
+
+def manifests() -> dict[str, dict[str, Any]]:
+    found = {}
+    for path in sorted(KUBE.glob("*.yaml")):
+        [doc] = list(yaml.safe_load_all(path.read_text()))
+        found[doc["kind"]] = doc
+    return found
+
+
+@pytest.mark.parametrize("path", sorted(KUBE.glob("*.yaml")), ids=lambda p: p.name)
+def test_each_manifest_is_valid_against_every_kubernetes_schema_shipped(path: Path) -> None:
+    """Strict validation (no unknown field) against each Kubernetes version kubernetes-validate has schemas for."""
+    [doc] = list(yaml.safe_load_all(path.read_text()))
+    versions = sorted(set(all_versions()), key=lambda v: tuple(map(int, v.split("."))))
+    assert len(versions) >= 3
+    for version in versions:
+        kubernetes_validate.validate(doc, version, strict=True)
+
+
+def test_the_validator_refuses_a_misspelled_field() -> None:
+    """The schemas are really applied: a probe spelt `readinesProbe` fails validation."""
+    deployment = manifests()["Deployment"]
+    container = deployment["spec"]["template"]["spec"]["containers"][0]
+    container["readinesProbe"] = container.pop("readinessProbe")
+    with pytest.raises(kubernetes_validate.ValidationError, match="readinesProbe"):
+        kubernetes_validate.validate(deployment, max(all_versions()), strict=True)
+
+
+def test_the_configmaps_config_passes_check_config_and_serves_metrics_on_every_interface(tmp_path: Path) -> None:
+    """`ridpool check-config` exits 0 on the embedded config; it opens port 9464 on 0.0.0.0 for the probes."""
+    text = manifests()["ConfigMap"]["data"]["ridpool.toml"]
+    config = tmp_path / "ridpool.toml"
+    config.write_text(text)
+    done = check_config(config)
+    assert done.returncode == 0, done.stderr
+    assert tomllib.loads(text)["metrics"] == {"port": 9464, "address": "0.0.0.0"}
+
+
+def test_the_deployment_runs_two_replicas_of_the_daemon_on_the_configmap() -> None:
+    """2 replicas of `ridpool run -c /etc/ridpool/ridpool.toml` (parsed by the CLI), the path being the
+    ConfigMap's key in its mount; the image is the one compose builds."""
+    kinds = manifests()
+    spec = kinds["Deployment"]["spec"]
+    pod = spec["template"]["spec"]
+    [container] = pod["containers"]
+    assert spec["replicas"] == 2 and container["command"] == ["ridpool"]
+    assert build_parser().parse_args(container["args"]).command == "run"
+    assert container["args"][-2:] == ["-c", CONFIG_PATH]
+    [mount] = container["volumeMounts"]
+    [volume] = [v for v in pod["volumes"] if v["name"] == mount["name"]]
+    assert volume["configMap"]["name"] == kinds["ConfigMap"]["metadata"]["name"]
+    assert f"{mount['mountPath']}/ridpool.toml" == CONFIG_PATH and "ridpool.toml" in kinds["ConfigMap"]["data"]
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    assert container["image"] == compose["services"]["ridpool"]["image"]
+
+
+def test_the_probes_ask_healthz_on_the_metrics_port() -> None:
+    """Liveness and readiness are HTTP GETs of /healthz on the container port 9464."""
+    [container] = manifests()["Deployment"]["spec"]["template"]["spec"]["containers"]
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    for probe in ("livenessProbe", "readinessProbe"):
+        get = container[probe]["httpGet"]
+        assert get["path"] == "/healthz" and ports.get(get["port"], get["port"]) == 9464, probe
+
+
+def test_the_credentials_come_from_the_secret_and_the_pod_is_locked_down() -> None:
+    """The three secrets are env vars from one Secret; non-root (the image's uid), read-only root, no
+    capabilities; requests and limits set."""
+    pod = manifests()["Deployment"]["spec"]["template"]["spec"]
+    [container] = pod["containers"]
+    refs = {e["name"]: e["valueFrom"]["secretKeyRef"] for e in container["env"]}
+    assert set(refs) == SECRETS and all(ref["key"] == name for name, ref in refs.items())
+    assert len({ref["name"] for ref in refs.values()}) == 1
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    uid = re.search(r"^USER (\d+)", (ROOT / "Dockerfile").read_text(), re.M)
+    assert uid and pod["securityContext"]["runAsUser"] == int(uid[1])
+    security = container["securityContext"]
+    assert security["readOnlyRootFilesystem"] is True and security["allowPrivilegeEscalation"] is False
+    assert security["capabilities"]["drop"] == ["ALL"]
+    assert {"cpu", "memory"} <= set(container["resources"]["requests"]) and container["resources"]["limits"]
+
+
+def test_the_disruption_budget_and_the_service_select_the_deployments_pods() -> None:
+    """The PodDisruptionBudget keeps at least one of the 2 replicas; the Service targets their metrics port."""
+    kinds = manifests()
+    labels = kinds["Deployment"]["spec"]["template"]["metadata"]["labels"]
+    assert kinds["Deployment"]["spec"]["selector"]["matchLabels"].items() <= labels.items()
+    budget = kinds["PodDisruptionBudget"]["spec"]
+    assert budget["selector"]["matchLabels"].items() <= labels.items()
+    assert 1 <= budget["minAvailable"] < kinds["Deployment"]["spec"]["replicas"]
+    service = kinds["Service"]["spec"]
+    assert service["selector"].items() <= labels.items()
+    assert [p["targetPort"] for p in service["ports"]] == ["metrics"]
