@@ -1,8 +1,10 @@
-"""The deployment files, checked with the real validators: the systemd unit (systemd-analyze) and the Kubernetes
-manifests (the Kubernetes schemas, `ridpool check-config` on the ConfigMap's config)."""
+"""The deployment files, checked with the real validators: the systemd unit (systemd-analyze), the Kubernetes
+manifests (the Kubernetes schemas, `ridpool check-config` on the ConfigMap's config), the alert rules (promtool)
+and the Grafana dashboard's windows."""
 
 from __future__ import annotations
 
+import json
 import re
 import shlex
 import shutil
@@ -18,6 +20,7 @@ import pytest
 import yaml
 from kubernetes_validate.utils import all_versions
 from ridpool.cli import build_parser
+from ridpool.daemon.metrics import NAMES
 
 from tests.test_containers import check_config
 
@@ -26,8 +29,13 @@ DEPLOY = ROOT / "deploy"
 UNIT = DEPLOY / "systemd" / "ridpool.service"
 ENV_EXAMPLE = DEPLOY / "systemd" / "ridpool.env.example"
 KUBE = DEPLOY / "kubernetes"
+RULES = DEPLOY / "prometheus" / "ridpool-alerts.yml"
+RULE_TESTS = DEPLOY / "prometheus" / "ridpool-alerts.test.yml"
+DASHBOARD = ROOT / "docs" / "grafana-dashboard.json"
 SECRETS = {"AGORA_CUSTOMER_ID", "AGORA_CUSTOMER_SECRET", "RIDPOOL_REDIS_PASSWORD"}
 CONFIG_PATH = "/etc/ridpool/ridpool.toml"
+# Exported by each replica for itself; every other series is pool-wide, the same on every replica.
+PER_REPLICA = {"ridpool_redis_up", "ridpool_acquire_duration_seconds", "ridpool_budget_wait_seconds"}
 
 
 # -- systemd ------------------------------------------------------------------------------------------------
@@ -210,3 +218,82 @@ def test_the_disruption_budget_and_the_service_select_the_deployments_pods() -> 
     service = kinds["Service"]["spec"]
     assert service["selector"].items() <= labels.items()
     assert [p["targetPort"] for p in service["ports"]] == ["metrics"]
+
+
+# -- Prometheus and Grafana ----------------------------------------------------------------------------------
+
+
+def promtool(*args: str) -> subprocess.CompletedProcess[str]:
+    if shutil.which("promtool") is None:
+        pytest.skip("promtool is not installed (Debian: apt-get install prometheus; `./dev test` does as root)")
+    return subprocess.run(["promtool", *args], capture_output=True, text=True, timeout=120, cwd=ROOT, check=False)
+
+
+def alerts() -> dict[str, dict[str, Any]]:
+    return {rule["alert"]: rule for group in yaml.safe_load(RULES.read_text())["groups"] for rule in group["rules"]}
+
+
+def test_promtool_check_rules_accepts_the_alert_rules() -> None:
+    """`promtool check rules` parses every expression and template of deploy/prometheus/ridpool-alerts.yml."""
+    done = promtool("check", "rules", str(RULES))
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_promtool_test_rules_passes_the_alerts_unit_tests() -> None:
+    """`promtool test rules`: each alert fires on its input series, and stays silent on the others."""
+    done = promtool("test", "rules", str(RULE_TESTS))
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_every_alert_has_a_case_firing_and_one_not() -> None:
+    """The unit tests expect each alert firing at some time and not firing at another."""
+    cases: dict[str, set[bool]] = defaultdict(set)
+    for test in yaml.safe_load(RULE_TESTS.read_text())["tests"]:
+        for case in test["alert_rule_test"]:
+            cases[case["alertname"]].add(bool(case["exp_alerts"]))
+    assert {name: {True, False} for name in alerts()} == dict(cases)
+
+
+def test_the_rules_cover_the_documented_conditions_on_exported_metrics_aggregated_with_max() -> None:
+    """Error and conflict states, misses, waste, 429s, no replica, Redis down; each names exported metrics;
+    pool-wide series are aggregated with `max by (pool)`, never summed."""
+    rules = alerts()
+    exprs = {name: " ".join(rule["expr"].split()) for name, rule in rules.items()}
+    assert 'ridpool_pool_state{state="error"}' in exprs["RidpoolPoolError"]
+    assert 'ridpool_pool_state{state="conflict"}' in exprs["RidpoolPoolConflict"]
+    assert "ridpool_misses_total" in exprs["RidpoolMissesGrowing"]
+    waste = set(re.findall(r"ridpool_\w+", exprs["RidpoolWasteHigh"]))
+    assert {"ridpool_expired_unused_total", "ridpool_acquires_total"} <= waste
+    assert "ridpool_agora_rate_limited_total" in exprs["RidpoolRateLimited"]
+    assert exprs["RidpoolNoLiveReplica"] == "absent(ridpool_redis_up)"
+    assert exprs["RidpoolRedisDown"] == "ridpool_redis_up == 0"
+    for name, expr in exprs.items():
+        named = set(re.findall(r"\bridpool_[a-z_]+", expr))
+        assert named and named <= set(NAMES), f"{name}: {named - set(NAMES)}"
+        assert not re.search(r"\bsum\b", expr), name
+        for metric in named - PER_REPLICA:
+            assert re.search(rf"max by \(pool\) \((\w+\()?{metric}\b", expr), f"{name}: {metric} not max by (pool)"
+        assert rules[name]["labels"]["severity"] in ("warning", "critical")
+
+
+def dashboard_exprs() -> list[str]:
+    dashboard = json.loads(DASHBOARD.read_text())
+    return [t["expr"] for panel in dashboard["panels"] for t in panel.get("targets", [])]
+
+
+def test_the_dashboards_windows_are_all_rate_interval() -> None:
+    """No fixed `[1m]` or `[5m]`: every range is `$__rate_interval`, so panels fill at 30-60 s scrapes too."""
+    ranges = [r for expr in dashboard_exprs() for r in re.findall(r"\[([^\]]*)\]", expr)]
+    assert ranges and set(ranges) == {"$__rate_interval"}
+
+
+def test_every_dashboard_expression_is_promql_that_promtool_accepts(tmp_path: Path) -> None:
+    """Each expression, with Grafana's `$__rate_interval` at 1m, passes `promtool check rules` as a recording rule."""
+    rules = [
+        {"record": f"ridpool:dashboard_{i}", "expr": e.replace("$__rate_interval", "1m")}
+        for i, e in enumerate(dashboard_exprs())
+    ]
+    path = tmp_path / "dashboard-rules.yml"
+    path.write_text(yaml.safe_dump({"groups": [{"name": "dashboard", "rules": rules}]}))
+    done = promtool("check", "rules", str(path))
+    assert done.returncode == 0, done.stdout + done.stderr
