@@ -1,9 +1,10 @@
-"""The deployment files, checked with the real validators: the systemd unit (systemd-analyze), the Kubernetes
-manifests (the Kubernetes schemas, `ridpool check-config` on the ConfigMap's config), the alert rules (promtool)
-and the Grafana dashboard's windows."""
+"""The deployment files, checked with the real validators: the README's "Deploying" section (its paths exist, its
+`ridpool` commands parse), the systemd unit (systemd-analyze), the Kubernetes manifests (the Kubernetes schemas,
+`ridpool check-config` on the ConfigMap's config), the alert rules (promtool) and the Grafana dashboard's windows."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import re
 import shlex
@@ -36,6 +37,83 @@ SECRETS = {"AGORA_CUSTOMER_ID", "AGORA_CUSTOMER_SECRET", "RIDPOOL_REDIS_PASSWORD
 CONFIG_PATH = "/etc/ridpool/ridpool.toml"
 # Exported by each replica for itself; every other series is pool-wide, the same on every replica.
 PER_REPLICA = {"ridpool_redis_up", "ridpool_acquire_duration_seconds", "ridpool_budget_wait_seconds"}
+
+
+def deploy_section() -> str:
+    """The README's "Deploying" subsection of "Operations", up to the next heading of its level or above."""
+    text = (ROOT / "README.md").read_text()
+    match = re.search(r"^### Deploying\n(.*?)(?=^#{2,3} )", text, re.M | re.S)
+    assert match, 'the README has no "### Deploying" section'
+    return match[1]
+
+
+def code_of(section: str) -> list[str]:
+    """Every line of the section's code blocks, and every inline code span outside them."""
+    blocks = re.findall(r"^```\w*\n(.*?)^```", section, re.M | re.S)
+    prose = re.sub(r"^```\w*\n.*?^```", "", section, flags=re.M | re.S)
+    lines = [line for block in blocks for line in block.splitlines()]
+    return lines + re.findall(r"`([^`\n]+)`", prose)
+
+
+def commands_of(snippet: str) -> list[list[str]]:
+    """The shell commands of one line of code: split at && ; | and at a comment, each as its words."""
+    words = shlex.split(snippet, comments=True)
+    commands: list[list[str]] = [[]]
+    for word in words:
+        if word in ("&&", "||", ";", "|"):
+            commands.append([])
+        else:
+            commands[-1].append(word)
+    return [c for c in commands if c]
+
+
+def ridpool_commands(section: str) -> list[list[str]]:
+    """Each `ridpool ...` command the section shows (also as /opt/ridpool/bin/ridpool), as its arguments."""
+    found = []
+    for snippet in code_of(section):
+        if "ridpool " not in snippet:
+            continue
+        for command in commands_of(snippet):
+            words = list(itertools.dropwhile(lambda w: re.fullmatch(r"\w+=.*", w), command))  # VAR=value first
+            if len(words) > 1 and Path(words[0]).name == "ridpool":
+                found.append(words[1:])
+    return found
+
+
+def repo_paths(section: str) -> set[str]:
+    """Relative paths the section names: any word of its code with a slash (not a URL), and the repo's root files."""
+    words = {w.strip("\"',;:()") for snippet in code_of(section) for w in re.split(r"[\s=]+", snippet)}
+    paths = {w for w in words if "/" in w and "://" not in w and not w.startswith(("/", "$", "<", "-"))}
+    return paths | {w for w in words if re.fullmatch(r"Dockerfile|\.dockerignore|[\w-]+\.ya?ml", w)}
+
+
+def test_the_deploy_section_names_only_paths_that_exist() -> None:
+    """Every file or folder the "Deploying" section names is in the repository."""
+    paths = repo_paths(deploy_section())
+    assert {"deploy/systemd/ridpool.service", "deploy/kubernetes/", "examples/go/main.go"} <= paths
+    missing = sorted(p for p in paths if not (ROOT / p).exists())
+    assert not missing, f"the README names files that do not exist: {missing}"
+
+
+def test_the_deploy_sections_host_paths_are_the_ones_the_files_use() -> None:
+    """Each /etc/ridpool path and the venv's ridpool the section names are ones a unit, manifest or compose file
+    uses."""
+    files = " ".join(p.read_text() for p in [*DEPLOY.rglob("*.y*ml"), UNIT, ROOT / "docker-compose.yml"])
+    named = set(re.findall(r"/etc/ridpool[\w./-]*|/opt/ridpool/bin/ridpool", deploy_section()))
+    assert {CONFIG_PATH, "/etc/ridpool/ridpool.env", "/opt/ridpool/bin/ridpool"} <= named
+    assert not {p for p in named if p.rstrip("/.") not in files}
+
+
+def test_every_ridpool_command_of_the_deploy_section_parses_with_the_cli() -> None:
+    """Each `ridpool ...` command shown (FILE for a path) is one the real argparse parser accepts."""
+    parser = build_parser()
+    commands = ridpool_commands(deploy_section())
+    assert {"run", "check-config", "status"} <= {c[0] for c in commands}
+    for args in commands:
+        try:
+            parser.parse_args(args)
+        except SystemExit:
+            pytest.fail(f"the README shows a command the CLI refuses: ridpool {shlex.join(args)}")
 
 
 # -- systemd ------------------------------------------------------------------------------------------------
