@@ -26,9 +26,10 @@ class ServerClock:
         self.offset_ms: float | None = None
 
     async def sync(self, client: redis.asyncio.Redis) -> None:
+        sent = self.monotonic()
         with functions.reaching(client):
             seconds, micros = await client.time()
-        self.offset_ms = seconds * 1000 + micros / 1000 - self.monotonic() * 1000
+        self.offset_ms = seconds * 1000 + micros / 1000 - sent * 1000
 
     def server_ms(self, monotonic: float) -> int:
         """Server time (ms) at the given monotonic instant; needs one sync first."""

@@ -122,7 +122,7 @@ class LearnedSource:
     def pools(self) -> Sequence[str]:
         return list(self.configs)
 
-    async def refresh(self, pool: str, now_ms: int) -> None:
+    async def refresh(self, pool: str, now_ms: int, changed: frozenset[str]) -> None:
         minute = now_ms // self.step_ms
         if self.found.get(pool, (-1, []))[0] == minute:
             return

@@ -1,5 +1,6 @@
-"""Refill planning as pure functions of counts and clocks: how many entries each channel should hold now, which
-channel gets the next lease, how many acquires may be in flight, and how long a pool is held after failures.
+"""Refill planning as pure functions of counts and clocks: how many entries each channel should hold now, what
+is left of a window pops have used, how many acquires may be in flight, and how long a pool is held after
+failures.
 Table-tested; the refill loop only applies them.
 
 Demands. Everything that makes a pool want entries is a `Demand` for one (pool, channel), or for every channel
@@ -58,6 +59,9 @@ class Demand:
     until_ms: int | None
     source: str  # why, as `status` shows it: "size", "warmup 0 9 * * 1-5 at 2026-11-26T09:00:00+01:00", ...
     consumable: bool = False  # pops use it up: a popped entry is not acquired again for it
+    # `count` is on top of the channel's live entries: what is still to acquire for it (a source that keeps its
+    # own accounting, as announcements do, says what is left to acquire rather than a level to hold)
+    beyond_live: bool = False
 
     def width(self, channels: Mapping[str, int]) -> int:
         """How many channels it asks entries for."""
@@ -75,6 +79,7 @@ class Target:
     count: int
     reason: str
     consumable: int = 0  # of `count`, what consumable demands want: the pool's pops use it up (ridpool_reserve)
+    beyond_live: bool = False  # `count` is on top of the channel's live entries (see Demand.beyond_live)
 
 
 @dataclass(frozen=True, slots=True)
@@ -161,6 +166,7 @@ def plan(
     spans = schedule(timed, rate=rate, max_age_ms=max_age_ms, lead_ms=lead_ms, channels=channels)
     counts: dict[SlotKey, int] = defaultdict(int)
     consumable: dict[SlotKey, int] = defaultdict(int)
+    beyond: set[SlotKey] = set()
     reasons: dict[SlotKey, list[tuple[int, str]]] = defaultdict(list)
     for d in demands:
         if d.until_ms is None or d.at_ms <= now_ms < d.until_ms:
@@ -172,9 +178,11 @@ def plan(
         counts[d.slot] += n
         if d.consumable:
             consumable[d.slot] += n
+        if d.beyond_live:
+            beyond.add(d.slot)
         if n > 0 or d.until_ms is None:
             reasons[d.slot].append((n, d.source))
-    return {slot: Target(counts[slot], _reason(reasons[slot]), consumable[slot]) for slot in counts}
+    return {slot: Target(counts[slot], _reason(reasons[slot]), consumable[slot], slot in beyond) for slot in counts}
 
 
 def running_consumable(demands: Iterable[Demand], now_ms: int, early_ms: int = 0) -> list[Demand]:
@@ -247,34 +255,6 @@ def in_flight_cap(rate: float, latency: float, *, low: int = 2, high: int = 64) 
     if not math.isfinite(latency) or latency < 0:
         latency = 1.0
     return max(low, min(high, math.ceil(rate * (latency + 0.5)) + 1))
-
-
-@dataclass(frozen=True, slots=True)
-class Slot:
-    """One channel of one pool as the lease loop sees it."""
-
-    pool: str
-    cname: str | None  # None: a template pool's single queue
-    target: int
-    live: int  # entries stored and not past their time
-    pending: int = 0  # leases this replica took in the current round
-    consumable: int = 0  # of `target`, what pops use up (see Target)
-
-    @property
-    def fill(self) -> float:
-        return (self.live + self.pending) / self.target if self.target else 1.0
-
-    @property
-    def needs(self) -> int:
-        return max(0, self.target - self.live - self.pending)
-
-
-def next_slot(slots: Iterable[Slot]) -> Slot | None:
-    """The emptiest slot (relative to its target) that still lacks entries; ties go to the larger deficit."""
-    wanting = [s for s in slots if s.needs > 0]
-    if not wanting:
-        return None
-    return min(wanting, key=lambda s: (s.fill, -s.needs, s.pool, s.cname or ""))
 
 
 def hold_for(consecutive_failures: int) -> float:

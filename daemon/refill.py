@@ -6,10 +6,15 @@ shared key, so all replicas back off together. This module only applies the plan
 
 The loop is continuous (`Refiller.run`): a round asks every demand source (`daemon/sources.py`) for its demands,
 plans them together (`planner.plan`), and leases what the targets lack up to the replica's free acquire slots,
-without waiting for any: the next round starts as soon as an acquire finishes, at a source's instant, or after a
-tick, so the rate is set by the budget, not by rounds, and a pool that becomes short is leased for within a round
-whatever the others are doing. No source is known here by name: a source may name channels the config never
-listed, and a demand's `consumable` part is used up by pops in Redis (`ridpool_reserve`), whatever made it.
+without waiting for any: the next round starts as soon as an acquire finishes, when a channel's oldest entry is
+due to expire or a consumable window begins, or after a tick, so the rate is set by the budget, not by rounds, and
+a pool that becomes short is leased for within a round whatever the others are doing.
+
+A round costs what changed, not what is stored (`daemon/model.py` keeps what this replica knows of every channel
+between rounds): one pipelined look at every pool's counters, one `ridpool_sweep` per pool of named or announced
+channels (which reads the pool's change feed: the channels popped or announced since), sweeps of only the
+channels that changed or whose oldest entry expired, and one batched `ridpool_reserve` per pool with something to
+lease. No source is known here by name.
 """
 
 from __future__ import annotations
@@ -19,8 +24,8 @@ import contextlib
 import functools
 import random
 import uuid
+from collections import defaultdict
 from collections.abc import Mapping, Sequence
-from dataclasses import replace
 
 import redis.asyncio
 import structlog
@@ -32,11 +37,12 @@ from ridpool.daemon.config import Config, PoolConfig
 from ridpool.daemon.health import PoolDamage, RedisHealth
 from ridpool.daemon.limiter import Budget
 from ridpool.daemon.metrics import ERROR_FIELD, Metrics
+from ridpool.daemon.model import Model, Slot, Want
 from ridpool.daemon.publish import Publisher
 from ridpool.daemon.sources import DemandSource, queue_cname
 from ridpool.entry import Entry
 from ridpool.errors import PoolUnavailable, RedisRefused, RidpoolError
-from ridpool.functions import AddResult, Lease
+from ridpool.functions import CHUNK, AddResult, Lease
 from ridpool.keys import PoolKeys, pool_keys
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay, wait_exponential
 
@@ -60,10 +66,29 @@ class SourceFailed(RidpoolError):
 BASELINE_EARLY_MS = 100
 # A window's baseline is kept this long after the window began: windows last at most a day (config rule).
 BASELINE_KEPT_MS = 86_400_000 + 3_600_000
+# An entry of a pending announcement with less life than this is retired and acquired again: enough for a
+# replacement to be acquired and stored before it dies, and for a starter's min_ttl of a few seconds.
+RETIRE_AHEAD_MS = 10_000
+# The change feed keeps a minute: a replica that has not read it for longer looks at every channel again.
+FEED_KEEP_MS = 60_000
+# A channel another replica leased for (or whose lease was refused) is asked about again this much later.
+LATER_MS = 1_000
+# Channels swept in one round at most (at start-up a pool of many channels is swept over several rounds).
+SWEEP_PER_ROUND = 5 * CHUNK
+# Every channel is looked at again this often, whatever the change feed says (a queue deleted by hand).
+FULL_LOOK_MS = 600_000
+
+# Server time is read again this often (the offset to the monotonic clock drifts by microseconds a second).
+CLOCK_SYNC_S = 1.0
 
 # Agora's latency before any acquire was seen: high, so that the first in-flight caps err towards keeping the
 # budget busy. Every acquire then moves the estimate a fifth of the way to what it measured.
 FIRST_LATENCY, LATENCY_WEIGHT = 1.0, 0.2
+
+
+def config_slots(pool: PoolConfig) -> tuple[Slot, ...]:
+    """The queues a pool-wide demand is for: the template pool's one queue, or each configured channel."""
+    return tuple(queue_cname(pool, c) for c in pool.slots)
 
 
 class Refiller:
@@ -111,23 +136,34 @@ class Refiller:
         self.stopping = False
         self.wake = asyncio.Event()  # set when an acquire ends: the next round may lease again
         self.latency = FIRST_LATENCY
+        self.synced = 0.0  # monotonic time server time was last read
+        self.model = Model({p.name: config_slots(p) for p in config.pools})
         self.demands: list[planner.Demand] = []  # the last round's demands, as what is left of them
         self.targets: dict[planner.SlotKey, planner.Target] = {}  # the last round's plan, per slot
         self.baseline: dict[tuple[str, int], int] = {}  # (pool, window start) -> the pool's pops then
         self.published: dict[str, dict[str, str]] = {}  # what each pool's stats hash says of its plan
         self.logged: dict[str, str] = {}  # the last reason logged per pool
-        publisher.listeners.append(self.published.clear)  # metadata rewritten: write the target fields again
+        self.changed: dict[str, set[str]] = {}  # per pool, the channels the change feed named this round
+        # Metadata rewritten (a Redis that lost it, a changed config): write the target fields again, and look at
+        # every channel again (the queues may be gone too).
+        publisher.listeners.append(self.published.clear)
+        publisher.listeners.append(self.resync)
 
     @property
     def in_flight(self) -> int:
         """Acquires this replica has running."""
         return len(self.tasks)
 
+    def resync(self) -> None:
+        """Look at every channel of every pool again (Redis lost or replaced what this replica knew)."""
+        for pool in self.pools:
+            self.model.resync(pool)
+
     # -- the loop ------------------------------------------------------------------------------------------
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Rounds back to back until `stop` (or `stop()`): each after an acquire ends, at a source's instant, or
-        after a tick; the leases in use are renewed every `renew_every`."""
+        """Rounds back to back until `stop` (or `stop()`): each after an acquire ends, when a channel is due, at
+        a consumable window's start, or after a tick; the leases in use are renewed every `renew_every`."""
         renewing = asyncio.create_task(
             ticker.every(self.renew_every, functools.partial(self.health.guarded, "renew", self.renew), stop=stop)
         )
@@ -141,12 +177,13 @@ class Refiller:
                 await renewing
 
     async def _round(self) -> None:
-        await self.publisher.ensure()  # a Redis that restarted empty lost the metadata: before pops meet it
+        if await self.publisher.ensure():  # a Redis that restarted empty lost the metadata: before pops meet it
+            self.resync()
         await self.round()
 
     def _wait(self) -> float:
-        """Until the next round: a tick, or less when a consumable window begins sooner (its baseline is taken
-        at its start, see `_baselines`)."""
+        """Until the next round: a tick, or less when a channel is due or a consumable window begins sooner (its
+        baseline is taken at its start, see `_baselines`)."""
         if self.clock.offset_ms is None:
             return self.tick
         now = self.clock.now_ms()
@@ -155,7 +192,8 @@ class Refiller:
             for d in self.demands
             if d.consumable and d.until_ms is not None and d.at_ms - BASELINE_EARLY_MS > now
         ]
-        return min([self.tick, *((at - now) / 1000 for at in starts)])
+        due = self.model.next_due_ms()
+        return min([self.tick, *((at - now) / 1000 for at in [*starts, *([due] if due is not None else [])])])
 
     async def idle(self, timeout: float) -> None:
         """Wait until an acquire ends or `timeout` seconds pass."""
@@ -165,12 +203,124 @@ class Refiller:
 
     # -- one round -----------------------------------------------------------------------------------------
 
+    async def round(self) -> int:
+        """Look at what changed, plan, and lease what the channels lack up to this replica's free acquire slots;
+        returns the acquires started. Never waits for an acquire: what is left is leased by the next round."""
+        self.damage.begin_round()
+        # Read before planning: a pop made between the two then counts twice (too few acquired for one round,
+        # corrected by the next), never not at all (a popped entry of a consumable demand acquired again).
+        pops = await self._look()
+        await self._sweep()  # what changed: the feed, the channels due, a template pool's queue
+        await self.plan(pops)  # the sources hear what the feed said
+        await self._sweep_unknown()  # channels with a target never looked at (new, or after a resync)
+        started = await self._lease(pops)
+        self.damage.end_round()
+        return started
+
+    async def _look(self) -> dict[str, int]:
+        """Every pool's pops counter, in one round trip; server time again when the last reading is old."""
+        if self.clock.offset_ms is None or self.clock.monotonic() - self.synced >= CLOCK_SYNC_S:
+            await self.clock.sync(self.redis)
+            self.synced = self.clock.monotonic()
+        names = list(self.pools)
+        with functions.reaching(self.redis):
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for name in names:
+                    pipe.hget(self.keys[name].stats, "pops")
+                replies = await pipe.execute(raise_on_error=False)
+        return {
+            n: int(r or 0)
+            for n, r in zip(names, replies, strict=True)
+            if r is None or (isinstance(r, bytes | str) and r.isdigit())
+        }
+
+    async def _sweep(self) -> None:
+        """Bring the model up to date with what changed: each pool's change feed (and the channels it names), the
+        channels whose oldest entry expired, a template pool's one queue (every round: the cheapest look there
+        is); and every channel every FULL_LOOK_MS, so that a queue deleted by hand is noticed."""
+        now = self.clock.now_ms()
+        due = self.model.due_slots(now + RETIRE_AHEAD_MS)
+        self.changed = {}
+        for name, pool in self.pools.items():
+            if name in self.damage:
+                continue
+            model = self.model.pools[name]
+            if now - model.looked_ms >= FULL_LOOK_MS:
+                self.model.resync(name)
+                model.looked_ms = now
+            wanted = list(dict.fromkeys([*due.get(name, []), *([None] if pool.is_template else [])]))
+            try:
+                changed = await self._sweep_pool(pool, wanted, feed=not pool.is_template)
+                if changed:
+                    self.changed[name] = changed
+                    again = [c for c in changed if c not in wanted]
+                    if again:
+                        await self._sweep_pool(pool, again, feed=False)
+            except RedisRefused as exc:
+                await self.damage.mark(name, exc)  # skipped this round; the other pools go on
+
+    async def _sweep_unknown(self) -> None:
+        """The channels with a target this replica has not looked at yet, SWEEP_PER_ROUND at most a round (a pool
+        of many channels is looked at over a few rounds after a start)."""
+        budget = SWEEP_PER_ROUND
+        for name, pool in self.pools.items():
+            if name in self.damage or budget <= 0:
+                continue
+            wanted = self.model.unknown(name)[:budget]
+            if not wanted:
+                continue
+            budget -= len(wanted)
+            try:
+                await self._sweep_pool(pool, wanted, feed=False)
+            except RedisRefused as exc:
+                await self.damage.mark(name, exc)
+
+    async def _sweep_pool(self, pool: PoolConfig, slots: Sequence[Slot], *, feed: bool) -> set[str]:
+        """One pool's sweep calls: its change feed since this replica's mark (when `feed`), and the slots asked
+        about, CHUNK at a time. Returns the channels the feed named."""
+        model = self.model.pools[pool.name]
+        ahead = RETIRE_AHEAD_MS if pool.announced else 0
+        changed: set[str] = set()
+        pending, reading = list(slots), feed
+        while True:
+            chunk, pending = pending[:CHUNK], pending[CHUNK:]
+            call = functions.sweep_call(
+                self.keys[pool.name],
+                chunk,
+                since_ms=max(model.since_ms, 0) if reading else -1,
+                retire_ms=ahead,
+                keep_ms=FEED_KEEP_MS,
+            )
+            swept = functions.parse_sweep(await functions.aexecute(self.redis, call))
+            if swept.data_set != model.data_set:
+                if model.data_set:
+                    # Another Redis process serves the data now (a restore, a failover): what this replica knew
+                    # of the queues is of the old one. The sweeps drop what cannot be trusted; look again.
+                    log.info("refill.data_set_changed", pool=pool.name)
+                    self.model.resync(pool.name)
+                model.data_set = swept.data_set
+            if reading:
+                if model.since_ms < swept.now_ms - FEED_KEEP_MS:
+                    # Never read, or not for longer than the feed keeps: what it said meanwhile may be lost.
+                    self.model.resync(pool.name)
+                changed.update(c for c, _ in swept.changed)
+                model.since_ms = max(score for _, score in swept.changed) if swept.changed else swept.now_ms
+                reading = swept.more  # more of the feed to read: go round again
+            for slot, state in zip(chunk, swept.states, strict=True):
+                if state.dropped:
+                    # Redis serves a data set other than the one these entries were stored in (a restart from
+                    # RDB/AOF, a failover): they may have been popped in the history it lost, so they were dropped.
+                    log.warning("refill.queue_dropped", pool=pool.name, cname=slot, dropped=state.dropped)
+                self.model.swept(pool.name, slot, state.live, state.oldest_expires_at_ms, due_ahead_ms=ahead)
+            if not pending and not reading:
+                return changed
+
     async def plan(self, pops: Mapping[str, int] | None = None) -> dict[planner.SlotKey, planner.Target]:
         """Every slot's target now, from all sources planned together; `pops`: each pool's pops counter, read
         before (the round reads it first; by itself, plan reads it now)."""
-        await self.clock.sync(self.redis)
+        if pops is None:
+            pops = await self._look()
         now = self.clock.now_ms()
-        pops = await self._pops(set(self.pools)) if pops is None else pops
         demands = [d for d in await self._demands(now) if d.pool in self.pools]
         popped = await self._baselines(demands, pops, now)
         self.demands = planner.left(demands, popped, now_ms=now, channels=self.channels)
@@ -178,8 +328,37 @@ class Refiller:
         self.targets = planner.plan(
             self.demands, now_ms=now, rate=rate, max_age_ms=self.max_age_ms, channels=self.channels
         )
+        own: dict[str, dict[Slot, planner.Target]] = defaultdict(dict)
+        for (pool, cname), target in self.targets.items():
+            if cname is not None:
+                own[pool][cname] = target
+        for pool in self.pools:
+            every = self.targets.get((pool, None), planner.Target(0, "size 0"))
+            self.model.set_targets(pool, every, own.get(pool, {}))
         await self._publish_targets(now)
         return self.targets
+
+    async def _demands(self, now_ms: int) -> list[planner.Demand]:
+        """What every source asks for now; a source that fails for a pool fails that pool only (skipped this
+        round, logged once per change of its error), the other pools go on."""
+        out: list[planner.Demand] = []
+        for source in self.sources:
+            for pool in source.pools:
+                if pool not in self.pools or pool in self.damage:
+                    continue
+                try:
+                    await source.refresh(pool, now_ms, frozenset(self.changed.get(pool, ())))
+                except RedisRefused as exc:
+                    await self.damage.mark(pool, exc)
+                    continue
+                except PoolUnavailable:
+                    raise
+                except Exception as exc:  # the source's own failure: its pool's alone
+                    why = f"{type(source).__name__}: {type(exc).__name__}: {exc}"
+                    await self.damage.mark(pool, SourceFailed(why), event="refill.source_failed")
+                    continue
+                out += source.demands(pool, now_ms)
+        return out
 
     async def _baselines(
         self, demands: Sequence[planner.Demand], pops: Mapping[str, int], now_ms: int
@@ -212,50 +391,22 @@ class Refiller:
         self.baseline = {k: v for k, v in self.baseline.items() if k[1] + BASELINE_KEPT_MS >= now_ms}
         return popped
 
-    async def _demands(self, now_ms: int) -> list[planner.Demand]:
-        """What every source asks for now; a source that fails for a pool fails that pool only (skipped this
-        round, logged once per change of its error), the other pools go on."""
-        out: list[planner.Demand] = []
-        for source in self.sources:
-            for pool in source.pools:
-                if pool not in self.pools or pool in self.damage:
-                    continue
-                try:
-                    await source.refresh(pool, now_ms)
-                except RedisRefused as exc:
-                    await self.damage.mark(pool, exc)
-                    continue
-                except PoolUnavailable:
-                    raise
-                except Exception as exc:  # the source's own failure: its pool's alone
-                    why = f"{type(source).__name__}: {type(exc).__name__}: {exc}"
-                    await self.damage.mark(pool, SourceFailed(why), event="refill.source_failed")
-                    continue
-                out += source.demands(pool, now_ms)
-        return out
-
-    def slots(self, pool: str) -> dict[str | None, planner.Target]:
-        """Each queue of the pool with its target: every configured channel gets the pool-wide target, and any
-        channel a demand names gets its own on top."""
-        config = self.pools[pool]
-        every = self.targets.get((pool, None))
-        out: dict[str | None, planner.Target] = {}
-        if every is not None:
-            for slot in config.slots:
-                out[queue_cname(config, slot)] = every
-        for (name, cname), target in self.targets.items():
-            if name == pool and cname is not None:
-                base = out.get(cname)
-                out[cname] = target if base is None else _add(base, target)
-        return out
+    def total(self, pool: str) -> tuple[int, str]:
+        """The pool's target now, all channels together, and why (the largest reason)."""
+        model = self.model.pools[pool]
+        count = model.every.count * len(model.config_slots)
+        parts = [(model.every.count, model.every.reason)] if model.config_slots else []
+        for slot, own in model.own.items():
+            n = own.count + (self.model.channel(pool, slot).live if own.beyond_live else 0)
+            count += n
+            parts.append((n, own.reason))
+        return count, max(parts, key=lambda p: p[0])[1] if parts else "size 0"
 
     async def _publish_targets(self, now_ms: int) -> None:
         """Each pool's target now, why, and what its sources want shown, in its stats hash (when they change)."""
         changed: dict[str, dict[str, str]] = {}
         for pool in self.pools:
-            parts = self.slots(pool)
-            count = sum(t.count for t in parts.values())
-            reason = max(parts.values(), key=lambda t: t.count).reason if parts else "size 0"
+            count, reason = self.total(pool)
             fields = {"target": str(count), "target_reason": reason}
             for source in self.sources:
                 if pool in source.pools:
@@ -286,98 +437,84 @@ class Refiller:
         """The pool's in-flight cap across replicas: configured, or derived from the budget and the latency."""
         return pool.max_in_flight or planner.in_flight_cap(self.config.sustained_rate, self.latency)
 
-    async def round(self) -> int:
-        """Lease and start acquires for what the slots lack, up to this replica's free acquire slots; returns the
-        acquires started. Never waits for an acquire: what is left is leased by the next round."""
-        self.damage.begin_round()
-        # Read before planning: a pop made between the two then counts twice (too few acquired for one round,
-        # corrected by the next), never not at all (a popped entry of a consumable demand acquired again).
-        pops = await self._pops(set(self.pools))
-        await self.plan(pops)
-        slots = await self._sweep_all()
-        started = 0
-        while not self.stopping and len(self.tasks) < self.max_in_flight:
-            slot = planner.next_slot(slots)
-            if slot is None:
-                break
-            try:
-                leases = await self._reserve(slot, pops)
-            except RedisRefused as exc:
-                leases = []
-                await self.damage.mark(slot.pool, exc)
-            i = slots.index(slot)
-            if not leases:
-                # Full, leased by other replicas, or held after failures: nothing more for it this round.
-                slots[i] = replace(slot, target=0)
+    async def _lease(self, pops: Mapping[str, int]) -> int:
+        """Lease for the channels that lack the most, up to this replica's free acquire slots: one batched
+        ridpool_reserve per pool; what Redis refuses is weighed again later, never retried at once."""
+        now = self.clock.now_ms()
+        self.model.wake(now)
+        free = self.max_in_flight - len(self.tasks)
+        if free <= 0 or self.stopping:
+            return 0
+        wants, order = self.model.wants(free, now)
+        by_pool: dict[str, list[Want]] = defaultdict(list)
+        for want in wants:
+            by_pool[want.pool].append(want)
+        granted: dict[tuple[str, Slot], list[Lease]] = {}
+        for name, asked in by_pool.items():
+            pool = self.pools[name]
+            if name in self.damage:
                 continue
-            slots[i] = replace(slot, pending=slot.pending + 1)
-            self._spawn(self.pools[slot.pool], slot.cname or "", leases[0])
-            started += 1
-        self.damage.end_round()
+            for i in range(0, len(asked), CHUNK):
+                chunk = asked[i : i + CHUNK]
+                try:
+                    reserved = await self._reserve(pool, chunk, pops.get(name))
+                except RedisRefused as exc:
+                    await self.damage.mark(name, exc)
+                    break
+                granted.update(self._granted(pool, chunk, reserved, now))
+        # Acquires start in the order the leases were chosen (emptiest first, one at a time), so the budget serves
+        # the channels side by side.
+        started = 0
+        for name, slot in order:
+            leases = granted.get((name, slot))
+            if leases:
+                self._spawn(self.pools[name], slot, leases.pop(0))
+                started += 1
         return started
 
-    async def _sweep_all(self) -> list[planner.Slot]:
-        slots = []
-        for pool in self.pools:
-            if pool in self.damage:
-                continue
-            for cname, target in self.slots(pool).items():
-                if target.count <= 0:
-                    continue
-                try:
-                    slots.append(await self._sweep(pool, cname, target))
-                except RedisRefused as exc:
-                    await self.damage.mark(pool, exc)  # skipped this round; the other pools go on
-                    break
-        return slots
-
-    async def _pops(self, pools: set[str]) -> dict[str, int]:
-        """Each pool's pops counter now: the round's consumable targets are planned against it."""
-        if not pools:
-            return {}
-        names = sorted(pools)
-        with functions.reaching(self.redis):
-            async with self.redis.pipeline(transaction=False) as pipe:
-                for name in names:
-                    pipe.hget(self.keys[name].stats, "pops")
-                replies = await pipe.execute(raise_on_error=False)
-        return {
-            n: int(r or 0)
-            for n, r in zip(names, replies, strict=True)
-            if r is None or (isinstance(r, bytes | str) and r.isdigit())
-        }
-
-    async def _sweep(self, pool: str, cname: str | None, target: planner.Target) -> planner.Slot:
-        call = functions.sweep_call(self.keys[pool], cname)
-        state = functions.parse_sweep(await functions.aexecute(self.redis, call))
-        if state.dropped:
-            # Redis serves a data set other than the one these entries were stored in (a restart from RDB/AOF,
-            # a failover): they may have been popped in the history it lost, so they were dropped.
-            log.warning("refill.queue_dropped", pool=pool, cname=cname, dropped=state.dropped)
-        return planner.Slot(pool, cname, target.count, state.live, consumable=target.consumable)
-
-    async def _reserve(self, slot: planner.Slot, pops: Mapping[str, int]) -> list[Lease]:
-        pool = self.pools[slot.pool]
+    async def _reserve(self, pool: PoolConfig, wants: Sequence[Want], pops: int | None) -> functions.Reserved:
         candidates: list[int] = []
         if pool.uid_range is not None:
             lo, hi = pool.uid_range
-            candidates = [self.rng.randint(lo, hi) for _ in range(8)]
-        seen = pops.get(slot.pool)
+            candidates = [self.rng.randint(lo, hi) for _ in range(2 * sum(w.want for w in wants) + 6)]
         call = functions.reserve_call(
             self.keys[pool.name],
-            queue_cname=slot.cname,
-            target=slot.target,
+            [functions.Want(w.slot, w.target, w.consumable if pops is not None else 0, w.want) for w in wants],
             cap=self.cap(pool),
-            want=1,
             lease_ms=self.lease_ms,
             token_base=f"{self.replica_id}:{uuid.uuid4().hex[:12]}",
+            pops_seen=pops or 0,
             uid_candidates=candidates,
-            consumable=slot.consumable if seen is not None else 0,
-            pops_seen=seen or 0,
         )
         return functions.parse_reserve(await functions.aexecute(self.redis, call))
 
-    def _spawn(self, pool: PoolConfig, slot: str, lease: Lease) -> None:
+    def _granted(
+        self, pool: PoolConfig, wants: Sequence[Want], reserved: functions.Reserved, now_ms: int
+    ) -> dict[tuple[str, Slot], list[Lease]]:
+        """The leases granted per channel (their acquires are started by the caller); every channel asked about
+        is weighed again with what Redis said."""
+        model = self.model.pools[pool.name]
+        if reserved.status in ("HELD", "CAP"):
+            # Held after failures, or the pool's acquires in flight (all replicas) at its cap: ask again after a
+            # moment, or as soon as one of this replica's acquires for it ends.
+            model.blocked_until = now_ms + LATER_MS
+        out: dict[tuple[str, Slot], list[Lease]] = {}
+        for want, granted in zip(wants, reserved.slots, strict=False):
+            channel = self.model.channel(pool.name, want.slot)
+            channel.live = granted.live
+            channel.pending += len(granted.leases)
+            out[(pool.name, want.slot)] = list(granted.leases)
+            short = self.model.needs(pool.name, want.slot) > 0
+            if len(granted.leases) < want.want and reserved.status == "OK" and short:
+                # Another replica leases for it, or its announcement lacks no more: ask again later.
+                self.model.later_at(pool.name, want.slot, now_ms + LATER_MS)
+            else:
+                self.model.evaluate(pool.name, want.slot)
+        for want in wants[len(reserved.slots) :]:  # HELD: nothing was said of them
+            self.model.evaluate(pool.name, want.slot)
+        return out
+
+    def _spawn(self, pool: PoolConfig, slot: Slot, lease: Lease) -> None:
         self.leases[lease.token] = self.keys[pool.name]
         task = asyncio.create_task(self._acquire(pool, slot, lease), name=f"acquire:{pool.name}")
         self.tasks.add(task)
@@ -385,9 +522,9 @@ class Refiller:
 
     # -- one acquire ---------------------------------------------------------------------------------------
 
-    async def _acquire(self, pool: PoolConfig, slot: str, lease: Lease) -> None:
+    async def _acquire(self, pool: PoolConfig, slot: Slot, lease: Lease) -> None:
         keys = self.keys[pool.name]
-        cname = pool.expand_cname() if pool.is_template else slot
+        cname = pool.expand_cname() if slot is None else slot
         uid = lease.uid or str(pool.uid)
         granted_at = [0.0]
 
@@ -412,7 +549,8 @@ class Refiller:
             self.budget.succeeded()
             self.latency += LATENCY_WEIGHT * (self.clock.monotonic() - granted_at[0] - self.latency)
             entry = got.entry(pool, cname, uid, self.clock.server_ms(got.sent_at))
-            await self._store(pool, keys, entry, lease, queue_cname(pool, slot))
+            if await self._store(pool, keys, entry, lease, slot) is AddResult.ADDED:
+                self.model.stored(pool.name, slot, entry.expires_at_ms, due_ahead_ms=RETIRE_AHEAD_MS * pool.announced)
         except RedisRefused as exc:
             await self.damage.mark(pool.name, exc)  # the lease lapses by itself
         except (PoolUnavailable, redis.RedisError) as exc:
@@ -426,9 +564,15 @@ class Refiller:
         finally:
             self.leases.pop(lease.token, None)
             self.tasks.discard(asyncio.current_task())
+            channel = self.model.channel(pool.name, slot)
+            channel.pending = max(0, channel.pending - 1)
+            self.model.pools[pool.name].blocked_until = 0  # one of its leases is free: its cap may allow another
+            self.model.evaluate(pool.name, slot)
             self.wake.set()
 
-    async def _store(self, pool: PoolConfig, keys: PoolKeys, entry: Entry, lease: Lease, cname: str | None) -> None:
+    async def _store(
+        self, pool: PoolConfig, keys: PoolKeys, entry: Entry, lease: Lease, cname: str | None
+    ) -> AddResult:
         call = functions.add_call(keys, entry, queue_cname=cname, lease=lease.token, uid=lease.uid)
         # Redis may blink between acquire and store: the add is idempotent, so retry while the entry lives.
         retrying = AsyncRetrying(
@@ -448,6 +592,7 @@ class Refiller:
         log.info(
             event, pool=pool.name, cname=entry.cname, uid=entry.uid, result=result.value, request_id=entry.request_id
         )
+        return result
 
     async def _take(self, pool: PoolConfig) -> None:
         started = self.clock.monotonic()
@@ -522,9 +667,3 @@ class Refiller:
         if pending:
             await asyncio.wait(pending, timeout=1.0)
         return len(pending)
-
-
-def _add(a: planner.Target, b: planner.Target) -> planner.Target:
-    """Two targets of one channel together (the pool's and the channel's own)."""
-    reason = a.reason if a.count >= b.count else b.reason
-    return planner.Target(a.count + b.count, reason, a.consumable + b.consumable)

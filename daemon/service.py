@@ -25,7 +25,7 @@ from typing import Any
 import httpx
 import redis.asyncio
 import structlog
-from ridpool import functions
+from ridpool import functions, stats
 from ridpool import keys as keyspace
 from ridpool.aio import AsyncPoolClient
 from ridpool.daemon import ticker
@@ -35,9 +35,9 @@ from ridpool.daemon.config import Config, Credentials
 from ridpool.daemon.health import PoolDamage, RedisHealth
 from ridpool.daemon.limiter import Budget
 from ridpool.daemon.metrics import Metrics, MetricsServer, Snapshot, pool_target
-from ridpool.daemon.publish import Publisher
+from ridpool.daemon.publish import Publisher, meta_of
 from ridpool.daemon.refill import Refiller
-from ridpool.daemon.sources import STANDARD, SourceContext, SourceFactory, queue_cname
+from ridpool.daemon.sources import STANDARD, SourceContext, SourceFactory
 from ridpool.errors import EvictionRisk, PoolUnavailable, RidpoolError
 from ridpool.stats import PoolStats
 from ridpool.version import installed
@@ -57,7 +57,9 @@ class Timing:
     grace: float = 3.0  # at shutdown, how long in-flight acquires may still finish
     backoff_scale: float = 1.0  # scales Agora's 1 s / 3 s / 6 s retry backoff
     redis_backoff_cap: float = 8.0  # longest pause between attempts to reach a Redis that is down
-    lease: float = 15.0  # how long a lease holds unless renewed (every heartbeat): a dead replica's lapse after it
+    # How long a lease holds unless renewed (every heartbeat): a replica that stops heart-beating (killed, cut off
+    # from Redis) has its leases stop counting within a few heartbeats, and its peers refill what it held.
+    lease: float = 5.0
     observe: float = 5.0  # between two looks at every pool's state, for /metrics and the `pool.summary` events
     sample: float = 15.0  # between attempts to write a step of demand history (one replica writes each step)
     history_step: float = 60.0  # one step of demand history
@@ -107,7 +109,6 @@ class Daemon:
         self.publisher = Publisher(
             self.redis,
             config,
-            self.clock,
             self.damage,
             replica_id=self.replica_id,
             live_ms=round(self.timing.publish * 3 * 1000),  # another replica's counts as live for three intervals
@@ -162,13 +163,11 @@ class Daemon:
 
     async def sample(self) -> None:
         """One step of every pool's demand history (the first replica in a step writes it)."""
-        with functions.reaching(self.redis):
-            for pool in self.config.pools:
-                queues = [queue_cname(pool, c) for c in pool.slots]
-                call = functions.sample_call(
-                    self.keys[pool.name], queues, step_ms=self.step_ms, retention_ms=HISTORY_RETENTION_MS
-                )
-                await functions.aexecute(self.redis, call)
+        for pool in self.config.pools:
+            keys = self.keys[pool.name]
+            live = await functions.arun(self.redis, stats.live(keys, meta_of(pool).mode))
+            call = functions.sample_call(keys, step_ms=self.step_ms, retention_ms=HISTORY_RETENTION_MS, live=live)
+            await functions.aexecute(self.redis, call)
 
     async def check_eviction(self) -> None:
         """Refuse (EvictionRisk) a Redis that may evict keys, unless [redis] allow_eviction; then warn instead."""

@@ -2,8 +2,9 @@
 
 A source gives the planner and the refill what they need, and nothing else reaches into it:
 
-- `refresh(pool, now_ms)`: read what it needs from Redis for one pool (only what can have changed); a failure
-  is that pool's alone (the refill skips it this round, logging once per change), the other pools go on;
+- `refresh(pool, now_ms, changed)`: read what it needs from Redis for one pool, only what can have changed
+  (`changed`: the channels the pool's change feed named since the last round, announcements among them); a
+  failure is that pool's alone (the refill skips it this round, logging once per change), the others go on;
 - `demands(pool, now_ms)`: what is due and when (`planner.Demand`s): how many entries, from when until when,
   and whether pops use it up (`consumable`). For a consumable demand the refill works out what is left of its
   window itself: the pool's pops since the window began (its baseline, taken in Redis at the instant and shared
@@ -41,7 +42,7 @@ class DemandSource(Protocol):
     def pools(self) -> Sequence[str]:
         """The pools it makes demands for (refresh and demands are asked for these only)."""
 
-    async def refresh(self, pool: str, now_ms: int) -> None: ...
+    async def refresh(self, pool: str, now_ms: int, changed: frozenset[str]) -> None: ...
 
     def demands(self, pool: str, now_ms: int) -> Sequence[Demand]: ...
 
@@ -78,7 +79,7 @@ class Standing:
     def pools(self) -> Sequence[str]:
         return list(self.each)
 
-    async def refresh(self, pool: str, now_ms: int) -> None:
+    async def refresh(self, pool: str, now_ms: int, changed: frozenset[str]) -> None:
         return None
 
     def demands(self, pool: str, now_ms: int) -> Sequence[Demand]:

@@ -177,7 +177,7 @@ class WarmupSource:
         later = [at for _, at in found if at > now_ms]
         return min(later) if later else upcoming if upcoming and upcoming > now_ms else None
 
-    async def refresh(self, pool: str, now_ms: int) -> None:
+    async def refresh(self, pool: str, now_ms: int, changed: frozenset[str]) -> None:
         return None  # everything it needs is in the config: instants are computed, not read
 
     def demands(self, pool: str, now_ms: int) -> Sequence[Demand]:

@@ -20,6 +20,10 @@ else: the daemon, the clients, the tests and the docs all go through these funct
                                            server ms its announcement ends, `at` + grace); holds no ID
     PREFIX:{POOL}:ann:at            zset   the same channels scored by `at`, the server ms they are to be ready
     PREFIX:{POOL}:ann:left          hash   cname -> entries still to acquire for its announcement
+    PREFIX:{POOL}:ann:queues        zset   announced channels whose queue may hold entries (score: expiry of the
+                                           newest); holds no ID
+    PREFIX:{POOL}:changes           zset   the daemon's change feed: channel -> server ms of its last pop or
+                                           announcement (named and announced pools); holds no ID, trimmed
     PREFIX:{POOL}:baselines         hash   a consumable window's start (server ms) -> the pool's pops counter then
     PREFIX:{POOL}:history           hash   per-minute demand counters (minute -> added pops misses expired)
     PREFIX:{acct:NAME}:rate         zset   the account's shared request log (sliding window)
@@ -104,6 +108,14 @@ class PoolKeys:
     @property
     def announced_left(self) -> str:
         return f"{self.tag}:ann:left"
+
+    @property
+    def announced_queues(self) -> str:
+        return f"{self.tag}:ann:queues"
+
+    @property
+    def changes(self) -> str:
+        return f"{self.tag}:changes"
 
     @property
     def baselines(self) -> str:

@@ -12,7 +12,6 @@ import time
 import uuid
 from collections.abc import Callable
 from datetime import datetime
-from typing import Any
 
 from ridpool import channels, functions, stats
 from ridpool.entry import Entry
@@ -79,9 +78,7 @@ def report(keys: PoolKeys, entry: Entry, *, ok: bool, code: int | str | None) ->
 
 
 def pool_stats(keys: PoolKeys) -> Plan[stats.PoolStats]:
-    first: list[Any] = yield list(stats.first_round(keys))
-    second: list[Any] = yield list(stats.second_round(keys, first))
-    return stats.build(keys, first, second)
+    return (yield from stats.read(keys))
 
 
 def pools(registry: str) -> Plan[list[str]]:
@@ -116,10 +113,6 @@ def announce(keys: PoolKeys, cname: str, at: datetime | float, count: int) -> Pl
     if scene is not None and (why := channels.problem(cname, int(scene))):
         raise InvalidArgument(f"pool {keys.pool!r}: cname {cname!r} {why}")
     return functions.parse_announce(cname, (yield from functions.fcall(call)))
-
-
-def announcements(keys: PoolKeys) -> Plan[tuple[int, list[functions.Announcement]]]:
-    return functions.parse_announcements((yield from functions.fcall(functions.announcements_call(keys))))
 
 
 def take(keys: AccountKeys, *, limit: int, window_ms: int) -> Plan[float]:

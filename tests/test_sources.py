@@ -31,7 +31,7 @@ class Calendar:
     def pools(self) -> Sequence[str]:
         return [self.pool]
 
-    async def refresh(self, pool: str, now_ms: int) -> None:
+    async def refresh(self, pool: str, now_ms: int, changed: frozenset[str]) -> None:
         self.asked.append(now_ms)
 
     def demands(self, pool: str, now_ms: int) -> Sequence[Demand]:
@@ -56,7 +56,7 @@ class Broken:
     def pools(self) -> Sequence[str]:
         return [self.pool]
 
-    async def refresh(self, pool: str, now_ms: int) -> None:
+    async def refresh(self, pool: str, now_ms: int, changed: frozenset[str]) -> None:
         self.tries += 1
         raise RuntimeError("the calendar service is down")
 

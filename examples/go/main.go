@@ -29,7 +29,7 @@ const (
 )
 
 // Keys of one pool, as pool/keys.py names them: a named channel's queue has `%` and `:` percent-encoded.
-type Keys struct{ Meta, Stats, Starts, Queue, Ready string }
+type Keys struct{ Meta, Stats, Starts, Ann, Changes, Queue, Ready string }
 
 func poolKeys(prefix, pool, cname string) Keys {
 	tag := fmt.Sprintf("%s:{%s}", prefix, pool)
@@ -37,7 +37,7 @@ func poolKeys(prefix, pool, cname string) Keys {
 	if cname != "" {
 		queue += ":" + strings.NewReplacer("%", "%25", ":", "%3A").Replace(cname)
 	}
-	return Keys{tag + ":meta", tag + ":stats", tag + ":starts", queue, queue + ":ready"}
+	return Keys{tag + ":meta", tag + ":stats", tag + ":starts", tag + ":ann", tag + ":changes", queue, queue + ":ready"}
 }
 
 // Entry is what ridpool_pop replies, as field/value pairs.
@@ -53,8 +53,8 @@ func pop(conn redis.Conn, keys Keys, cname string, minTTL, wait time.Duration) (
 	for {
 		last := !time.Now().Before(deadline)
 		miss := map[bool]string{true: "1", false: "0"}[last]
-		reply, err := redis.Values(conn.Do("FCALL", "ridpool_pop", 3, keys.Meta, keys.Stats, keys.Queue,
-			cname, minTTL.Milliseconds(), miss))
+		reply, err := redis.Values(conn.Do("FCALL", "ridpool_pop", 5, keys.Meta, keys.Stats, keys.Queue,
+			keys.Ann, keys.Changes, cname, minTTL.Milliseconds(), miss))
 		if err != nil && err != redis.ErrNil {
 			return nil, err
 		}

@@ -17,7 +17,15 @@ const WAIT_MS = 2_000;
 function poolKeys(prefix, pool, cname) {
   const tag = `${prefix}:{${pool}}`;
   const queue = cname ? `${tag}:q:${cname.replaceAll("%", "%25").replaceAll(":", "%3A")}` : `${tag}:q`;
-  return { meta: `${tag}:meta`, stats: `${tag}:stats`, starts: `${tag}:starts`, queue, ready: `${queue}:ready` };
+  return {
+    meta: `${tag}:meta`,
+    stats: `${tag}:stats`,
+    starts: `${tag}:starts`,
+    ann: `${tag}:ann`,
+    changes: `${tag}:changes`,
+    queue,
+    ready: `${queue}:ready`,
+  };
 }
 
 // FCALL ridpool_pop; between tries, BLPOP on the ready list (a token wakes us, it reserves nothing). Only the
@@ -26,8 +34,8 @@ async function pop(redis, keys, cname, minTtlMs, waitMs) {
   const deadline = Date.now() + waitMs;
   for (;;) {
     const last = Date.now() >= deadline;
-    const args = [keys.meta, keys.stats, keys.queue, cname, String(minTtlMs), last ? "1" : "0"];
-    const reply = await redis.sendCommand(["FCALL", "ridpool_pop", "3", ...args]);
+    const args = [keys.meta, keys.stats, keys.queue, keys.ann, keys.changes, cname, String(minTtlMs), last ? "1" : "0"];
+    const reply = await redis.sendCommand(["FCALL", "ridpool_pop", "5", ...args]);
     if (reply !== null) {
       const entry = {};
       for (let i = 0; i < reply.length; i += 2) entry[reply[i]] = reply[i + 1];
