@@ -54,6 +54,7 @@ class PoolModel:
     blocked_until: int = 0  # the pool's cap was reached, or it is held: no lease asked before then
     data_set: str = ""  # the Redis process its queues were last seen in (another: a restore, a failover)
     looked_ms: int = 0  # when every channel was last looked at (resync)
+    unseen: set[Slot] = field(default_factory=set)  # channels with a target not looked at since the last resync
 
 
 class Model:
@@ -76,9 +77,7 @@ class Model:
 
     def unknown(self, pool: str) -> list[Slot]:
         """Channels of the pool with a target that were never swept (at start, after a resync, new ones)."""
-        model = self.pools[pool]
-        wanted = [*model.config_slots, *model.own] if model.every.count > 0 else list(model.own)
-        return [s for s in dict.fromkeys(wanted) if not self.channel(pool, s).known]
+        return sorted(self.pools[pool].unseen, key=lambda s: (s is not None, s or ""))
 
     def resync(self, pool: str) -> None:
         """Forget what is known of the pool's channels (Redis lost or replaced them): each is swept again."""
@@ -87,11 +86,13 @@ class Model:
             channel.known = False
             channel.version += 1
         model.since_ms, model.pops, model.blocked_until = -1, None, 0
+        model.unseen = set(model.own) | (set(model.config_slots) if model.every.count > 0 else set())
 
     def swept(self, pool: str, slot: Slot, live: int, oldest_ms: int | None, *, due_ahead_ms: int = 0) -> None:
         """What a sweep (or a reserve) found in a channel's queue."""
         channel = self.channel(pool, slot)
         channel.live, channel.oldest_ms, channel.known = live, oldest_ms, True
+        self.pools[pool].unseen.discard(slot)
         if oldest_ms is not None:
             heapq.heappush(self.due, (oldest_ms - due_ahead_ms, pool, _key(slot)))
         self.evaluate(pool, slot)
@@ -120,11 +121,15 @@ class Model:
         model = self.pools[pool]
         changed: list[Slot] = []
         if every != model.every:
+            if every.count > 0 and model.every.count <= 0:
+                model.unseen.update(s for s in model.config_slots if not self.channel(pool, s).known)
             model.every = every
             changed += model.config_slots
         for slot in set(model.own) | set(own):
             if model.own.get(slot) != own.get(slot):
                 changed.append(slot)
+                if slot in own and not self.channel(pool, slot).known:
+                    model.unseen.add(slot)
         model.own = own
         for slot in dict.fromkeys(changed):
             self.evaluate(pool, slot)

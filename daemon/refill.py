@@ -450,18 +450,25 @@ class Refiller:
         for want in wants:
             by_pool[want.pool].append(want)
         granted: dict[tuple[str, Slot], list[Lease]] = {}
-        for name, asked in by_pool.items():
-            pool = self.pools[name]
-            if name in self.damage:
-                continue
-            for i in range(0, len(asked), CHUNK):
-                chunk = asked[i : i + CHUNK]
-                try:
-                    reserved = await self._reserve(pool, chunk, pops.get(name))
-                except RedisRefused as exc:
-                    await self.damage.mark(name, exc)
-                    break
-                granted.update(self._granted(pool, chunk, reserved, now))
+        answered: set[tuple[str, Slot]] = set()
+        try:
+            for name, asked in by_pool.items():
+                if name in self.damage:
+                    continue
+                for i in range(0, len(asked), CHUNK):
+                    chunk = asked[i : i + CHUNK]
+                    try:
+                        reserved = await self._reserve(self.pools[name], chunk, pops.get(name))
+                    except RedisRefused as exc:
+                        await self.damage.mark(name, exc)
+                        break
+                    granted.update(self._granted(self.pools[name], chunk, reserved, now))
+                    answered.update((name, w.slot) for w in chunk)
+        finally:
+            # A want Redis did not answer (a damaged pool, Redis down) is weighed again, never forgotten.
+            for want in wants:
+                if (want.pool, want.slot) not in answered:
+                    self.model.evaluate(want.pool, want.slot)
         # Acquires start in the order the leases were chosen (emptiest first, one at a time), so the budget serves
         # the channels side by side.
         started = 0
@@ -573,7 +580,7 @@ class Refiller:
     async def _store(
         self, pool: PoolConfig, keys: PoolKeys, entry: Entry, lease: Lease, cname: str | None
     ) -> AddResult:
-        call = functions.add_call(keys, entry, queue_cname=cname, lease=lease.token, uid=lease.uid)
+        call = functions.add_call(keys, entry, queue_cname=cname, lease=lease.token, uid=lease.uid, acquired=True)
         # Redis may blink between acquire and store: the add is idempotent, so retry while the entry lives.
         retrying = AsyncRetrying(
             stop=stop_after_delay(min(30.0, pool.max_age)),
@@ -584,10 +591,6 @@ class Refiller:
         async for attempt in retrying:
             with attempt:
                 result = functions.parse_add(await functions.aexecute(self.redis, call))
-        async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.hincrby(keys.stats, "acquires", 1)
-            pipe.hset(keys.stats, mapping={"state": "ok", "failures": 0})
-            await pipe.execute()
         event = "refill.stored" if result in (AddResult.ADDED, AddResult.EXISTS) else "refill.not_stored"
         log.info(
             event, pool=pool.name, cname=entry.cname, uid=entry.uid, result=result.value, request_id=entry.request_id

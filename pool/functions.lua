@@ -329,6 +329,8 @@ ARGV[4] lease token ('' for none)
 ARGV[5] uid to hold in the uids zset until the entry expires ('' when the pool's uid is fixed)
 ARGV[6] slot      the queue's channel as written ('' for a template pool): names its data-set mark, and the
                   channel whose quota the entry uses up
+ARGV[7] acquired  '1' when the daemon stores what its acquire brought: the pool's `acquires` counts it, and its
+                  state is `ok` again with no failures in a row, whatever the reply ('' or '0' otherwise)
 Reply: 'ADDED'; 'EXISTS' (this very entry is already queued: a retried add); 'REFUSED' (the ID was added
 before and popped or replaced: never offered twice); 'EXPIRED' (already past its time: not stored).
 Errors: 'BAD_ARGUMENT ...' (keys of another pool or channel, no resourceId, an expiry out of range).
@@ -359,11 +361,19 @@ local function add(keys, args)
   if token ~= '' then
     redis.call('ZREM', inflight, token)
   end
+  if args[7] == '1' then
+    -- Counted once per acquire: a retried add of the very same entry (EXISTS, below) takes this back.
+    redis.call('HINCRBY', stats, 'acquires', 1)
+    redis.call('HSET', stats, 'state', 'ok', 'failures', 0)
+  end
   check_data_set(keys[7], stats, queue, ready, 'e:' .. slot)
   local digest = redis.sha1hex(rid)
   redis.call('ZREMRANGEBYSCORE', ledger, '-inf', now)
   if redis.call('ZSCORE', ledger, digest) then
     if redis.call('ZSCORE', queue, entry) then
+      if args[7] == '1' then
+        redis.call('HINCRBY', stats, 'acquires', -1)
+      end
       return 'EXISTS'
     end
     redis.call('HINCRBY', stats, 'refused', 1)

@@ -109,7 +109,10 @@ class AddResult(enum.Enum):
     EXPIRED = "EXPIRED"  # past its time already: not stored
 
 
-def add_call(keys: PoolKeys, entry: Entry, *, queue_cname: str | None, lease: str = "", uid: str = "") -> Call:
+def add_call(
+    keys: PoolKeys, entry: Entry, *, queue_cname: str | None, lease: str = "", uid: str = "", acquired: bool = False
+) -> Call:
+    """`acquired`: the daemon stores what its acquire brought (counted in `acquires`, the pool's state ok)."""
     return Call(
         "ridpool_add",
         (
@@ -124,7 +127,7 @@ def add_call(keys: PoolKeys, entry: Entry, *, queue_cname: str | None, lease: st
             keys.announced_queues,
             keys.changes,
         ),
-        (encode(entry), entry.resource_id, entry.expires_at_ms, lease, uid, queue_cname or ""),
+        (encode(entry), entry.resource_id, entry.expires_at_ms, lease, uid, queue_cname or "", "1" if acquired else ""),
     )
 
 
