@@ -250,11 +250,12 @@ def in_flight_cap(rate: float, latency: float, *, low: int = 2, high: int = 64) 
     """Acquires a pool may have in flight when none is configured: enough to keep the whole budget busy.
 
     A lease is held while its acquire waits for a grant and while Agora answers, so the budget is kept busy by
-    about rate x (latency + the wait for a grant); half a second of grant wait covers one replica's queue.
+    about rate x (latency + the wait for a grant); half a second of grant wait covers one replica's queue. Bounded
+    by `high`, or by two seconds of the budget when that is more (a raised quota is not capped by a fixed number).
     """
     if not math.isfinite(latency) or latency < 0:
         latency = 1.0
-    return max(low, min(high, math.ceil(rate * (latency + 0.5)) + 1))
+    return max(low, min(max(high, math.ceil(2 * rate)), math.ceil(rate * (latency + 0.5)) + 1))
 
 
 def hold_for(consecutive_failures: int) -> float:

@@ -130,7 +130,7 @@ class Refiller:
         self.tick = tick
         self.renew_every = renew_every
         self.rng = rng or random.Random()
-        self.max_in_flight = config.agora.max_in_flight  # this replica's concurrent acquires
+        self.max_in_flight = config.agora.in_flight  # this replica's concurrent acquires
         self.tasks: set[asyncio.Task[None]] = set()
         self.leases: dict[str, PoolKeys] = {}  # token -> its pool: the leases this replica holds and renews
         self.stopping = False

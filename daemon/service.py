@@ -60,7 +60,7 @@ class Timing:
     # How long a lease holds unless renewed (every heartbeat): a replica that stops heart-beating (killed, cut off
     # from Redis) has its leases stop counting within a few heartbeats, and its peers refill what it held.
     lease: float = 5.0
-    observe: float = 5.0  # between two looks at every pool's state, for /metrics and the `pool.summary` events
+    observe: float = 3600.0  # the longest interval between two looks at every pool's state (tests shrink it)
     sample: float = 15.0  # between attempts to write a step of demand history (one replica writes each step)
     history_step: float = 60.0  # one step of demand history
     warmup_shift: float = 0.0  # seconds added to server time to compute warm-up instants (tests move them near)
@@ -87,7 +87,7 @@ class Daemon:
         self.redis = config.redis.target().aconnect(health_check_interval=30)
         self.http = http or httpx.AsyncClient(
             timeout=httpx.Timeout(config.agora.timeout, connect=min(5.0, config.agora.timeout)),
-            limits=httpx.Limits(max_connections=config.agora.max_in_flight * 2, keepalive_expiry=30),
+            limits=httpx.Limits(max_connections=config.agora.in_flight * 2, keepalive_expiry=30),
         )
         self.clock = clock or ServerClock()
         self.metrics = Metrics()
@@ -250,8 +250,9 @@ class Daemon:
             ("heartbeat", self.heartbeat, self.timing.heartbeat),
             ("sample", self.sample, self.timing.sample),
         ]
-        if self.config.metrics is not None or self.config.logs.summary_interval:
-            jobs.append(("observe", self.observe, self.timing.observe))
+        every = observe_interval(self.config, self.timing)
+        if every is not None:
+            jobs.append(("observe", self.observe, every))
         tickers = [
             asyncio.create_task(
                 ticker.every(every, functools.partial(self.health.guarded, name, job), stop=stop), name=name
@@ -289,6 +290,15 @@ class Daemon:
         except (redis.RedisError, RidpoolError, TimeoutError):
             return
         await self.publisher.release()
+
+
+def observe_interval(config: Config, timing: Timing) -> float | None:
+    """How often the pools' state is read: as often as its readers need it (/metrics at its `refresh`, the
+    `pool.summary` events at `logs.summary_interval`); None: nobody reads it."""
+    wanted = [config.metrics.refresh] if config.metrics is not None else []
+    if config.logs.summary_interval:
+        wanted.append(config.logs.summary_interval)
+    return min(timing.observe, *wanted) if wanted else None
 
 
 def summary(stats: PoolStats) -> dict[str, object]:
