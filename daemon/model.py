@@ -50,7 +50,8 @@ class PoolModel:
     every: Target = field(default_factory=lambda: Target(0, ""))  # what each configured channel wants
     own: dict[Slot, Target] = field(default_factory=dict)  # what named channels want on top (announced ones)
     since_ms: int = -1  # the change feed read up to here (-1: not yet: look at every channel)
-    pops: int | None = None  # the pool's pops counter when last read
+    seen_at_since: set[str] = field(default_factory=set)  # feed entries scored since_ms already read (it is read
+    # from since_ms on, inclusive: a change in the same millisecond after the read is not missed)
     blocked_until: int = 0  # the pool's cap was reached, or it is held: no lease asked before then
     data_set: str = ""  # the Redis process its queues were last seen in (another: a restore, a failover)
     looked_ms: int = 0  # when every channel was last looked at (resync)
@@ -85,24 +86,29 @@ class Model:
         for channel in model.channels.values():
             channel.known = False
             channel.version += 1
-        model.since_ms, model.pops, model.blocked_until = -1, None, 0
+        model.since_ms, model.blocked_until = -1, 0
         model.unseen = set(model.own) | (set(model.config_slots) if model.every.count > 0 else set())
 
-    def swept(self, pool: str, slot: Slot, live: int, oldest_ms: int | None, *, due_ahead_ms: int = 0) -> None:
-        """What a sweep (or a reserve) found in a channel's queue."""
+    def swept(
+        self, pool: str, slot: Slot, live: int, oldest_ms: int | None, *, due_ahead_ms: int = 0, was_due: bool = False
+    ) -> None:
+        """What a sweep found in a channel's queue. Its next due time is pushed when its oldest entry is another
+        one than before, or when it was swept because due (its oldest still there: looked at a little early)."""
         channel = self.channel(pool, slot)
+        moved = oldest_ms != channel.oldest_ms or not channel.known or was_due
         channel.live, channel.oldest_ms, channel.known = live, oldest_ms, True
         self.pools[pool].unseen.discard(slot)
-        if oldest_ms is not None:
+        if oldest_ms is not None and moved:
             heapq.heappush(self.due, (oldest_ms - due_ahead_ms, pool, _key(slot)))
         self.evaluate(pool, slot)
 
     def due_slots(self, now_ms: int) -> dict[str, list[Slot]]:
-        """Channels whose oldest entry expired (or is about to retire) by now, per pool."""
+        """Channels whose oldest entry expired (or is to be retired) by `now_ms`, per pool."""
         out: dict[str, list[Slot]] = {}
         while self.due and self.due[0][0] <= now_ms:
             _, pool, key = heapq.heappop(self.due)
-            if pool in self.pools:
+            model = self.pools.get(pool)
+            if model is not None:
                 out.setdefault(pool, []).append(_slot(key))
         return {pool: list(dict.fromkeys(slots)) for pool, slots in out.items()}
 

@@ -136,7 +136,7 @@ class Refiller:
         self.stopping = False
         self.wake = asyncio.Event()  # set when an acquire ends: the next round may lease again
         self.latency = FIRST_LATENCY
-        self.synced = 0.0  # monotonic time server time was last read
+        self.synced = self.ensured = -CLOCK_SYNC_S  # monotonic times server time, the metadata were last looked at
         self.model = Model({p.name: config_slots(p) for p in config.pools})
         self.demands: list[planner.Demand] = []  # the last round's demands, as what is left of them
         self.targets: dict[planner.SlotKey, planner.Target] = {}  # the last round's plan, per slot
@@ -177,8 +177,12 @@ class Refiller:
                 await renewing
 
     async def _round(self) -> None:
-        if await self.publisher.ensure():  # a Redis that restarted empty lost the metadata: before pops meet it
-            self.resync()
+        # A Redis that restarted empty lost the metadata: put it back before pops meet UnknownPool (looked at once
+        # a second, like server time: a round after every acquire need not ask).
+        if self.clock.monotonic() - self.ensured >= CLOCK_SYNC_S:
+            self.ensured = self.clock.monotonic()
+            if await self.publisher.ensure():
+                self.resync()
         await self.round()
 
     def _wait(self) -> float:
@@ -236,10 +240,11 @@ class Refiller:
 
     async def _sweep(self) -> None:
         """Bring the model up to date with what changed: each pool's change feed (and the channels it names), the
-        channels whose oldest entry expired, a template pool's one queue (every round: the cheapest look there
-        is); and every channel every FULL_LOOK_MS, so that a queue deleted by hand is noticed."""
+        channels whose oldest entry expired, a template pool's one queue (every round: one small call per pool
+        tells its pops, and a queue deleted by hand, at once); and every channel every FULL_LOOK_MS, so that a
+        named channel's queue deleted by hand is noticed too."""
         now = self.clock.now_ms()
-        due = self.model.due_slots(now + RETIRE_AHEAD_MS)
+        due = self.model.due_slots(now)
         self.changed = {}
         for name, pool in self.pools.items():
             if name in self.damage:
@@ -250,7 +255,7 @@ class Refiller:
                 model.looked_ms = now
             wanted = list(dict.fromkeys([*due.get(name, []), *([None] if pool.is_template else [])]))
             try:
-                changed = await self._sweep_pool(pool, wanted, feed=not pool.is_template)
+                changed = await self._sweep_pool(pool, wanted, feed=not pool.is_template, due=set(due.get(name, [])))
                 if changed:
                     self.changed[name] = changed
                     again = [c for c in changed if c not in wanted]
@@ -275,7 +280,9 @@ class Refiller:
             except RedisRefused as exc:
                 await self.damage.mark(name, exc)
 
-    async def _sweep_pool(self, pool: PoolConfig, slots: Sequence[Slot], *, feed: bool) -> set[str]:
+    async def _sweep_pool(
+        self, pool: PoolConfig, slots: Sequence[Slot], *, feed: bool, due: set[Slot] | None = None
+    ) -> set[str]:
         """One pool's sweep calls: its change feed since this replica's mark (when `feed`), and the slots asked
         about, CHUNK at a time. Returns the channels the feed named."""
         model = self.model.pools[pool.name]
@@ -303,15 +310,31 @@ class Refiller:
                 if model.since_ms < swept.now_ms - FEED_KEEP_MS:
                     # Never read, or not for longer than the feed keeps: what it said meanwhile may be lost.
                     self.model.resync(pool.name)
-                changed.update(c for c, _ in swept.changed)
-                model.since_ms = max(score for _, score in swept.changed) if swept.changed else swept.now_ms
+                fresh = [(c, at) for c, at in swept.changed if at > model.since_ms or c not in model.seen_at_since]
+                changed.update(c for c, _ in fresh)
+                if not swept.changed:
+                    # Read up to now: anything written after this read is scored now or later.
+                    model.since_ms, model.seen_at_since = swept.now_ms, set()
+                else:
+                    top = max(at for _, at in swept.changed)
+                    if top > model.since_ms:
+                        model.since_ms, model.seen_at_since = top, {c for c, at in swept.changed if at == top}
+                    else:
+                        model.seen_at_since.update(c for c, at in swept.changed if at == top)
                 reading = swept.more  # more of the feed to read: go round again
             for slot, state in zip(chunk, swept.states, strict=True):
                 if state.dropped:
                     # Redis serves a data set other than the one these entries were stored in (a restart from
                     # RDB/AOF, a failover): they may have been popped in the history it lost, so they were dropped.
                     log.warning("refill.queue_dropped", pool=pool.name, cname=slot, dropped=state.dropped)
-                self.model.swept(pool.name, slot, state.live, state.oldest_expires_at_ms, due_ahead_ms=ahead)
+                self.model.swept(
+                    pool.name,
+                    slot,
+                    state.live,
+                    state.oldest_expires_at_ms,
+                    due_ahead_ms=ahead,
+                    was_due=due is not None and slot in due,
+                )
             if not pending and not reading:
                 return changed
 

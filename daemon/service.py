@@ -162,9 +162,16 @@ class Daemon:
                     log.info("pool.summary", **summary(stats))
 
     async def sample(self) -> None:
-        """One step of every pool's demand history (the first replica in a step writes it)."""
+        """One step of every pool's demand history (the first replica in a step writes it; the others, and this
+        one until the next step, only look at which step was written last)."""
+        await self.clock.sync(self.redis)
+        step = self.clock.now_ms() // self.step_ms
         for pool in self.config.pools:
             keys = self.keys[pool.name]
+            with functions.reaching(self.redis):
+                last = await self.redis.hget(keys.history, "last")
+            if last is not None and int(last) >= step:
+                continue  # written: counting the pool's queues again would be for nothing
             live = await functions.arun(self.redis, stats.live(keys, meta_of(pool).mode))
             call = functions.sample_call(keys, step_ms=self.step_ms, retention_ms=HISTORY_RETENTION_MS, live=live)
             await functions.aexecute(self.redis, call)

@@ -18,6 +18,45 @@ import threading
 from dataclasses import dataclass, field
 
 
+class Commands:
+    """Counts the commands a client sends (RESP arrays of bulk strings, the only form clients send), across
+    chunks: a command split over several reads counts once, when it is complete."""
+
+    def __init__(self) -> None:
+        self.buffer = b""
+        self.pos = 0  # where the command being read starts in `buffer`
+
+    def feed(self, chunk: bytes) -> int:
+        self.buffer = self.buffer[self.pos :] + chunk
+        self.pos, done = 0, 0
+        while True:
+            end = self._command_end(self.pos)
+            if end is None:
+                return done
+            self.pos, done = end, done + 1
+
+    def _line(self, at: int) -> tuple[bytes, int] | None:
+        nl = self.buffer.find(b"\r\n", at)
+        return None if nl < 0 else (self.buffer[at:nl], nl + 2)
+
+    def _command_end(self, at: int) -> int | None:
+        header = self._line(at)
+        if header is None:
+            return None
+        line, at = header
+        if not line.startswith(b"*"):  # an inline command (redis-cli, telnet): one line
+            return at
+        for _ in range(int(line[1:])):
+            size = self._line(at)
+            if size is None:
+                return None
+            length, at = int(size[0][1:]), size[1]
+            if len(self.buffer) < at + length + 2:
+                return None
+            at += length + 2
+        return at
+
+
 @dataclass(eq=False)
 class _Link:
     """One client connection and its upstream connection."""
@@ -26,6 +65,7 @@ class _Link:
     upstream: asyncio.StreamWriter
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
     hold_next_reply: float = 0.0  # seconds to hold the next reply on this connection
+    sent: Commands = field(default_factory=Commands)
 
     def abort(self) -> None:
         for writer in (self.client, self.upstream):
@@ -40,6 +80,7 @@ class Proxy:
         self.reply_delay = 0.0  # seconds each chunk from upstream is held before it is passed on
         self.cutting = False  # True: refuse service (new connections are closed at once)
         self.connections = 0  # client connections accepted so far
+        self.commands = 0  # commands clients sent through it so far (top-level: not what runs inside functions)
         self.hold_marker: bytes | None = None  # one-shot: hold the reply to the next request holding these bytes
         self.hold_seconds = 0.0
         self._links: set[_Link] = set()
@@ -148,6 +189,8 @@ class Proxy:
             while True:
                 chunk = await reader.read(65536)
                 due = asyncio.get_running_loop().time() + (self.reply_delay if delayed else 0.0)
+                if not delayed:
+                    self.commands += link.sent.feed(chunk)
                 if not delayed and self.hold_marker is not None and self.hold_marker in chunk:
                     self.hold_marker, link.hold_next_reply = None, self.hold_seconds
                 elif delayed and link.hold_next_reply:
