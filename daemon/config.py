@@ -510,18 +510,23 @@ def _warmup_problems(agora: AgoraSettings, pools: list[Mapping[str, Any]]) -> li
     standing = sum(channels * size * 1000 / max(1, age) for channels, size, age in shapes)
     rate = max(0.0, sustained * planner.HEADROOM - standing)
     problems: list[Problem] = []
-    for i, (p, (channels, _, age)) in enumerate(zip(pools, shapes, strict=True)):
-        largest = planner.largest_feasible(rate, age) // channels
+    for i, (p, (channels, size_each, age)) in enumerate(zip(pools, shapes, strict=True)):
+        # The start phase: the burst's starters go at the sustained rate, after the pool's standing entries.
+        ahead_ms = channels * size_each * 1000 / sustained
+        largest = planner.largest_feasible(rate, age, ahead_ms=ahead_ms) // channels
         tables = p.get("warmups")
         for j, w in enumerate(tables if isinstance(tables, list) else []):
             size = w.get("size") if isinstance(w, Mapping) else None
             if isinstance(size, int) and not isinstance(size, bool) and size > largest:
                 per = f" per channel x {channels} channels" if channels > 1 else ""
                 why = (
-                    f"{size}{per} cannot be ready at the instant: the budget plans warm-ups at "
-                    f"{rate:.2f}/s ({sustained:.2f}/s sustained x {planner.HEADROOM} less standing sizes), which "
-                    f"acquires at most {largest * channels} within max_age {_show(age / 1000)} s less "
-                    f"{(planner.LEAD_MS + planner.MARGIN_MS) / 1000:g} s lead; the largest feasible size is {largest}"
+                    f"{size}{per} cannot be served from the pool: the budget plans warm-ups at {rate:.2f}/s "
+                    f"({sustained:.2f}/s sustained x {planner.HEADROOM} less standing sizes) and its starters start "
+                    f"at {sustained:.2f}/s from the instant, in order, after the {round(channels * size_each)} "
+                    f"standing entries ({ahead_ms / 1000:.1f} s); the first entry acquired is started first, so every "
+                    f"entry is within max_age {_show(age / 1000)} s at its turn only up to {largest * channels} "
+                    f"({(planner.LEAD_MS + planner.MARGIN_MS + planner.LOOK_MS) / 1000:g} s lead, margin and "
+                    f"look-ahead); the largest feasible size is {largest}"
                 )
                 problems.append((("pools", i, "warmups", j, "size"), why, size))
     return problems
@@ -629,7 +634,14 @@ def overlap_warnings(config: Config, now: datetime) -> tuple[str, ...]:
                 until = at_ms + round(w.duration * 1000)
                 demands.append(planner.Demand(pool.name, None, w.size, at_ms, until, f"pools[{i}].warmups[{j}]"))
     found: dict[str, str] = {}
-    spans = planner.schedule(demands, rate=rate, max_age_ms=max_age, channels=config.channels)
+    spans = planner.schedule(
+        demands,
+        rate=rate,
+        max_age_ms=max_age,
+        channels=config.channels,
+        start_rate=config.sustained_rate,
+        standing=planner.standing_entries(standing, config.channels),
+    )
     for d, span in planner.shortfalls(spans):
         if d.source in found:
             continue

@@ -40,6 +40,9 @@ HEADROOM = 0.95
 LEAD_MS = 2000
 # Least life an entry must still have at the instant to count as ready for it.
 MARGIN_MS = 1000
+# How far ahead a ramp's target looks, for the acquires in flight (a grant's wait and Agora's answer): its
+# first acquire goes out this much before its span begins, so feasibility counts it in an entry's age.
+LOOK_MS = 1000
 
 SlotKey = tuple[str, str | None]  # (pool, cname); cname None: a template pool's single queue
 
@@ -111,6 +114,15 @@ def standing_rate(
     )
 
 
+def standing_entries(demands: Iterable[Demand], channels: Mapping[str, int] = NO_CHANNELS) -> dict[str, int]:
+    """Entries each pool keeps standing (all channels together): a burst's starters may pop those first."""
+    out: dict[str, int] = defaultdict(int)
+    for d in demands:
+        if d.until_ms is None:
+            out[d.pool] += d.count * d.width(channels)
+    return dict(out)
+
+
 def available_rate(
     sustained: float,
     demands: Iterable[Demand],
@@ -129,24 +141,53 @@ def schedule(
     max_age_ms: Mapping[str, int],
     lead_ms: int = LEAD_MS,
     channels: Mapping[str, int] = NO_CHANNELS,
+    start_rate: float | None = None,
+    standing: Mapping[str, int] = NO_CHANNELS,
+    look_ms: int = LOOK_MS,
 ) -> dict[Demand, Span]:
     """Earliest deadline first, as late as possible: the span of every timed demand (see the module docstring);
-    `channels` says how many channels a pool-wide demand (cname None) asks for."""
+    `channels` says how many channels a pool-wide demand (cname None) asks for.
+
+    With `start_rate` (the rate the starters' own `start` calls go at, ahead of any refill: the account's sustained
+    rate) the **start phase** is planned too: the N entries of a burst are started in order from its instant, one
+    each 1 / start_rate, and the budget is the starters' meanwhile, so an earlier burst's start phase is time no
+    acquire for a later one can use (the later one starts acquiring earlier by as much). An entry must still be
+    within max_age when its starter's turn comes: the first one acquired is started first, after the pool's
+    `standing` entries (which may be older: popped first), so a span may begin no earlier than the instant +
+    standing / start_rate + margin - max_age, and `look_ms` (the plan's look-ahead: a ramp's first acquire goes
+    out that much before its span begins) later still."""
     groups: dict[int, list[Demand]] = defaultdict(list)
     for d in demands:
         if d.count > 0 and d.until_ms is not None:
             groups[d.at_ms].append(d)
+    work = {at: sum(d.count * d.width(channels) for d in group) for at, group in groups.items()}
+    phases = sorted((at, at + n * 1000 / start_rate) for at, n in work.items()) if start_rate and start_rate > 0 else []
     spans: dict[Demand, Span] = {}
     cursor = math.inf
     for at in sorted(groups, reverse=True):
-        group = groups[at]
         end = min(at - lead_ms, cursor)
-        total = sum(d.count * d.width(channels) for d in group)
-        start = end - total * 1000 / rate if rate > 0 else -math.inf
+        need = work[at] * 1000 / rate if rate > 0 else math.inf
+        start = _back(end, need, [p for p in phases if p[0] < at])
         cursor = start
-        for d in group:
-            spans[d] = Span(start, end, d.at_ms + MARGIN_MS - max_age_ms[d.pool])
+        for d in groups[at]:
+            queued = standing.get(d.pool, 0) * 1000 / start_rate if start_rate and start_rate > 0 else 0.0
+            spans[d] = Span(start, end, d.at_ms + queued + MARGIN_MS + look_ms - max_age_ms[d.pool])
     return spans
+
+
+def _back(end: float, need: float, blocked: list[tuple[float, float]]) -> float:
+    """Where acquiring must begin to get `need` ms of budget before `end`, skipping the `blocked` intervals (the
+    start phases of earlier bursts, when the budget is the starters')."""
+    t, left = end, need
+    for b0, b1 in sorted(blocked, key=lambda b: b[1], reverse=True):
+        if b0 >= t:
+            continue
+        free = t - b1 if b1 < t else 0.0
+        if free >= left:
+            return t - left
+        left -= free
+        t = min(t, b0)
+    return t - left
 
 
 def plan(
@@ -156,14 +197,24 @@ def plan(
     rate: float,
     max_age_ms: Mapping[str, int],
     lead_ms: int = LEAD_MS,
-    ahead_ms: int = LEAD_MS,
+    ahead_ms: int = LOOK_MS,
     channels: Mapping[str, int] = NO_CHANNELS,
+    start_rate: float | None = None,
 ) -> dict[SlotKey, Target]:
     """Every slot's target now: standing sizes and running windows in full, plus the ramps of what is due. A slot
     (pool, None) is what every channel of the pool wants; (pool, cname) what that channel wants besides."""
     demands = list(demands)
     timed = [d for d in demands if d.at_ms > now_ms]
-    spans = schedule(timed, rate=rate, max_age_ms=max_age_ms, lead_ms=lead_ms, channels=channels)
+    spans = schedule(
+        timed,
+        rate=rate,
+        max_age_ms=max_age_ms,
+        lead_ms=lead_ms,
+        channels=channels,
+        start_rate=start_rate,
+        standing=standing_entries(demands, channels),
+        look_ms=ahead_ms,
+    )
     counts: dict[SlotKey, int] = defaultdict(int)
     consumable: dict[SlotKey, int] = defaultdict(int)
     beyond: set[SlotKey] = set()
@@ -241,9 +292,15 @@ def shortfalls(spans: Mapping[Demand, Span]) -> list[tuple[Demand, Span]]:
     return sorted(((d, s) for d, s in spans.items() if not s.feasible), key=lambda p: (p[0].at_ms, p[0].pool))
 
 
-def largest_feasible(rate: float, max_age_ms: int, lead_ms: int = LEAD_MS) -> int:
-    """The most entries one burst alone can have ready at its instant: (rate) x (max_age - lead - margin)."""
-    return max(0, math.floor(rate * (max_age_ms - lead_ms - MARGIN_MS) / 1000))
+def largest_feasible(
+    rate: float, max_age_ms: int, lead_ms: int = LEAD_MS, ahead_ms: float = 0.0, look_ms: int = LOOK_MS
+) -> int:
+    """The most entries one burst alone can have ready at its instant and still within max_age at its starter's
+    turn: (rate) x (max_age - lead - margin - look - ahead), `ahead` the time its starters first spend on the
+    pool's standing entries (standing / start rate), `look` the plan's look-ahead. Its first entry is acquired
+    N / rate + lead + look before the instant and started first; the later ones are younger at acquire and started
+    later, no older at their turn."""
+    return max(0, math.floor(rate * (max_age_ms - lead_ms - MARGIN_MS - look_ms - ahead_ms) / 1000))
 
 
 def in_flight_cap(rate: float, latency: float, *, low: int = 2, high: int = 64) -> int:

@@ -141,6 +141,7 @@ class Refiller:
         self.demands: list[planner.Demand] = []  # the last round's demands, as what is left of them
         self.targets: dict[planner.SlotKey, planner.Target] = {}  # the last round's plan, per slot
         self.baseline: dict[tuple[str, int], int] = {}  # (pool, window start) -> the pool's pops then
+        self.phases: dict[tuple[str, int], int] = {}  # (pool, burst instant) -> when its start phase ends
         self.published: dict[str, dict[str, str]] = {}  # what each pool's stats hash says of its plan
         self.logged: dict[str, str] = {}  # the last reason logged per pool
         self.changed: dict[str, set[str]] = {}  # per pool, the channels the change feed named this round
@@ -286,7 +287,7 @@ class Refiller:
         """One pool's sweep calls: its change feed since this replica's mark (when `feed`), and the slots asked
         about, CHUNK at a time. Returns the channels the feed named."""
         model = self.model.pools[pool.name]
-        ahead = RETIRE_AHEAD_MS if pool.announced else 0
+        ahead = RETIRE_AHEAD_MS if pool.announced and not self.starting(pool.name, self.clock.now_ms()) else 0
         changed: set[str] = set()
         pending, reading = list(slots), feed
         while True:
@@ -347,9 +348,15 @@ class Refiller:
         demands = [d for d in await self._demands(now) if d.pool in self.pools]
         popped = await self._baselines(demands, pops, now)
         self.demands = planner.left(demands, popped, now_ms=now, channels=self.channels)
+        self._remember_start_phases(now)
         rate = planner.available_rate(self.config.sustained_rate, self.demands, self.max_age_ms, self.channels)
         self.targets = planner.plan(
-            self.demands, now_ms=now, rate=rate, max_age_ms=self.max_age_ms, channels=self.channels
+            self.demands,
+            now_ms=now,
+            rate=rate,
+            max_age_ms=self.max_age_ms,
+            channels=self.channels,
+            start_rate=self.config.sustained_rate,
         )
         own: dict[str, dict[Slot, planner.Target]] = defaultdict(dict)
         for (pool, cname), target in self.targets.items():
@@ -360,6 +367,23 @@ class Refiller:
             self.model.set_targets(pool, every, own.get(pool, {}))
         await self._publish_targets(now)
         return self.targets
+
+    def _remember_start_phases(self, now_ms: int) -> None:
+        """Each pool's bursts still to come, as start phases: from the instant, the burst's entries are started in
+        order at the sustained rate (the budget is the starters'). Kept from before the instant (when the burst's
+        whole size is known) until the phase ends."""
+        work: dict[tuple[str, int], int] = defaultdict(int)
+        for d in self.demands:
+            if d.until_ms is not None and d.at_ms > now_ms:
+                work[(d.pool, d.at_ms)] += d.count * d.width(self.channels)
+        for (pool, at), n in work.items():
+            self.phases[(pool, at)] = at + round(n * 1000 / self.config.sustained_rate)
+        self.phases = {k: end for k, end in self.phases.items() if end > now_ms}
+
+    def starting(self, pool: str, now_ms: int) -> bool:
+        """Whether one of the pool's bursts is in its start phase: its entries will be reached in turn, so none is
+        retired to be acquired again meanwhile (that would take the starters' budget and waste the entry)."""
+        return any(p == pool and at <= now_ms < end for (p, at), end in self.phases.items())
 
     async def _demands(self, now_ms: int) -> list[planner.Demand]:
         """What every source asks for now; a source that fails for a pool fails that pool only (skipped this

@@ -578,11 +578,13 @@ ridpool_sweep: the daemon's one look at a pool per round: what changed in its ch
 change feed, written by pops and announcements), and the state of the channels it asks about (those changed,
 those whose oldest entry is due to expire, new ones). Its cost follows what changed, not what is stored.
 KEYS[1] meta   KEYS[2] stats   KEYS[3] changes   KEYS[4] ann   KEYS[5] quota (PREFIX:{POOL}:ann:left)
-KEYS[6..] per slot of ARGV[4..], in order: its queue and its wake-up list (two keys a slot)
+KEYS[6] ann:at
+KEYS[7..] per slot of ARGV[4..], in order: its queue and its wake-up list (two keys a slot)
 ARGV[1] since_ms   feed entries scored at or after this are returned (-1: none)
-ARGV[2] retire_ms  a slot with a quota (a pending announcement) retires entries that would expire within this,
-                   before its announcement ends, and gets one more to acquire for each (0: none); the slot goes
-                   into the feed
+ARGV[2] retire_ms  a slot with a quota (a pending announcement) retires entries that would expire within this
+                   and before its instant (they would die before their starter could come), or, from the instant
+                   on, before its announcement ends; it gets one more to acquire for each (0: none) and goes into
+                   the feed
 ARGV[3] keep_ms    the feed keeps entries this long (older ones are dropped; the key expires twice this after)
 ARGV[4..] the slots to sweep ('' for a template pool's queue), at most CHUNK
 Reply: {now ms, the data set's id (the serving process's run_id: another one means a restore or a failover),
@@ -592,24 +594,24 @@ another data set, entries retired}.
 Errors: 'BAD_ARGUMENT ...'.
 ]]
 local function sweep(keys, args)
-  local bad = check_keys(keys, { ':meta', ':stats', ':changes', ':ann', ':ann:left' })
+  local bad = check_keys(keys, { ':meta', ':stats', ':changes', ':ann', ':ann:left', ':ann:at' })
   if bad then
     return bad
   end
   local since, retire, keep = tonumber(args[1] or ''), whole(args[2], 0, MAX_LIFE_MS), whole(args[3], 1000, 86400000)
   local n = #args - 3
-  if since == nil or since ~= since or retire == nil or keep == nil or n > CHUNK or #keys ~= 5 + 2 * n then
+  if since == nil or since ~= since or retire == nil or keep == nil or n > CHUNK or #keys ~= 6 + 2 * n then
     return redis.error_reply('BAD_ARGUMENT sweep takes since_ms, retire_ms, keep_ms and at most ' .. CHUNK
       .. ' slots, each with its queue and wake-up list in KEYS')
   end
   local tag = key_parts(keys[1])
   for i = 1, n do
     local queue = queue_of(tag, args[3 + i])
-    if keys[4 + 2 * i] ~= queue or keys[5 + 2 * i] ~= queue .. ':ready' then
-      return redis.error_reply('BAD_ARGUMENT KEYS[' .. (4 + 2 * i) .. '] must be the queue of slot ' .. args[3 + i])
+    if keys[5 + 2 * i] ~= queue or keys[6 + 2 * i] ~= queue .. ':ready' then
+      return redis.error_reply('BAD_ARGUMENT KEYS[' .. (5 + 2 * i) .. '] must be the queue of slot ' .. args[3 + i])
     end
   end
-  local meta, stats, changes, ann, quota = keys[1], keys[2], keys[3], keys[4], keys[5]
+  local meta, stats, changes, ann, quota, ann_at = keys[1], keys[2], keys[3], keys[4], keys[5], keys[6]
   local now = now_ms()
   redis.call('ZREMRANGEBYSCORE', changes, '-inf', now - keep)
   local out = { now, instance(), 0, 0 }
@@ -623,14 +625,18 @@ local function sweep(keys, args)
     redis.call('PEXPIRE', changes, 2 * keep)
   end
   for i = 1, n do
-    local slot, queue, ready = args[3 + i], keys[4 + 2 * i], keys[5 + 2 * i]
+    local slot, queue, ready = args[3 + i], keys[5 + 2 * i], keys[6 + 2 * i]
     local dropped = check_data_set(meta, stats, queue, ready, 'e:' .. slot) or 0
     purge_dead(queue, now)
     local retired = 0
     if retire > 0 and redis.call('HGET', quota, slot) then
       local ends = tonumber(redis.call('ZSCORE', ann, slot) or '-1')
+      local at = tonumber(redis.call('ZSCORE', ann_at, slot) or '-1')
       if ends >= 0 then
-        retired = redis.call('ZREMRANGEBYSCORE', queue, '-inf', math.min(now + retire, ends))
+        -- Before the instant, only an entry that dies before it is of no use; from the instant on, its starter
+        -- may come any time until the announcement ends.
+        local upto = now < at and math.min(now + retire, at) or math.min(now + retire, ends)
+        retired = redis.call('ZREMRANGEBYSCORE', queue, '-inf', upto)
         if retired > 0 then
           expire_with_top(queue)
           redis.call('HINCRBY', quota, slot, retired)

@@ -245,7 +245,7 @@ def sweep_call(
     queues = [k for c in slots for k in (keys.queue(c), keys.ready(c))]
     return Call(
         "ridpool_sweep",
-        (keys.meta, keys.stats, keys.changes, keys.announced, keys.announced_left, *queues),
+        (keys.meta, keys.stats, keys.changes, keys.announced, keys.announced_left, keys.announced_at, *queues),
         (since_ms, retire_ms, keep_ms, *(c or "" for c in slots)),
     )
 

@@ -27,8 +27,8 @@ def burst(pool: str, n: int, at: int, duration: int = 300 * S, cname: str | None
     ("now", "want"),
     [
         (0, 20),  # long before the span: the standing size only
-        (100 * S - 2 * S - 10 * S - 2 * S - 1, 20),  # just before the ramp (less its look-ahead) begins
-        (100 * S - 2 * S - 5 * S - 2 * S, 20 + 50),  # half way through the 10 s span, with 2 s look-ahead
+        (100 * S - 2 * S - 10 * S - planner.LOOK_MS - 1, 20),  # just before the ramp (less its look-ahead) begins
+        (100 * S - 2 * S - 5 * S - planner.LOOK_MS, 20 + 50),  # half way through the 10 s span, with look-ahead
         (100 * S - 2 * S, 120),  # the span has ended: all of it, ready for the instant
         (100 * S, 20 + 100),  # the window runs: its count (what a source says is left of it)
         (400 * S, 20),  # the window is over: nothing more for it
@@ -44,7 +44,7 @@ def test_earliest_deadline_first_pushes_the_earlier_burst_back_so_the_later_one_
     """Two bursts 5 s apart that each need 10 s: the later gets the 10 s before it, the earlier the 10 s before."""
     first, second = burst("a", 100, 100 * S), burst("b", 100, 105 * S)
     spans = planner.schedule([first, second], rate=10, max_age_ms=AGE, lead_ms=0)
-    assert spans[second] == Span(95 * S, 105 * S, 105 * S + planner.MARGIN_MS - 270 * S)
+    assert spans[second] == Span(95 * S, 105 * S, 105 * S + planner.MARGIN_MS + planner.LOOK_MS - 270 * S)
     assert (spans[first].start_ms, spans[first].end_ms) == (85 * S, 95 * S)
 
 
@@ -57,17 +57,37 @@ def test_channels_due_together_share_one_span() -> None:
 
 @pytest.mark.parametrize(
     ("count", "feasible"),
-    [(2670 - 30, True), (2670 - 10, True), (2670 + 10, False)],
+    [(2660 - 30, True), (2660 - 10, True), (2660 + 10, False)],
 )
 def test_a_burst_that_would_need_acquiring_before_its_entries_could_live_is_a_shortfall(
     count: int, feasible: bool
 ) -> None:
-    """At 10/s with max_age 270 s, lead 2 s and 1 s margin, one burst can have at most 2670 ready."""
+    """At 10/s with max_age 270 s, lead 2 s, 1 s margin and the plan's 1 s look-ahead, one burst can have at most
+    2660 ready."""
     d = burst("a", count, 1000 * S)
     spans = planner.schedule([d], rate=10, max_age_ms=AGE)
     assert spans[d].feasible is feasible
     assert bool(planner.shortfalls(spans)) is not feasible
-    assert planner.largest_feasible(10, 270 * S) == 2670
+    assert planner.largest_feasible(10, 270 * S) == 2660
+
+
+def test_the_first_acquire_of_the_largest_feasible_burst_is_still_alive_at_its_instant() -> None:
+    """The ramp looks ahead (acquires in flight): its first acquire goes out before its span begins, and the
+    entry it brings must still have the margin left at the instant, for the largest burst the schedule accepts."""
+    at = 1000 * S
+    count = max(
+        n
+        for n in range(2500, 2800)
+        if planner.schedule([burst("a", n, at)], rate=10, max_age_ms=AGE)[burst("a", n, at)].feasible
+    )
+    assert count == planner.largest_feasible(10, 270 * S)
+    demands = [burst("a", count, at)]
+    first = next(
+        ms
+        for ms in range(at - 300 * S, at, 100)
+        if planner.plan(demands, now_ms=ms, rate=10, max_age_ms=AGE)[("a", None)].count > 0
+    )
+    assert first + 270 * S >= at + planner.MARGIN_MS
 
 
 def test_the_reason_names_what_raises_the_target_and_the_standing_size() -> None:
@@ -170,8 +190,12 @@ def test_check_config_lists_every_warmup_problem_with_the_largest_feasible_size(
     with pytest.raises(ConfigError) as caught:
         parse_config(data)
     problems = caught.value.problems
-    assert any(p.startswith("pools[0].warmups[0].size: 5000 cannot be ready") for p in problems)
-    largest = planner.largest_feasible((10 / 1.05) * planner.HEADROOM - 20 / 270, 270_000)
+    assert any(p.startswith("pools[0].warmups[0].size: 5000 cannot be served from the pool") for p in problems)
+    # The start phase: its starters first spend 20 / (10 / 1.05) s on the pool's 20 standing entries.
+    largest = planner.largest_feasible(
+        (10 / 1.05) * planner.HEADROOM - 20 / 270, 270_000, ahead_ms=20 * 1000 / (10 / 1.05)
+    )
+    assert any("its starters start at 9.52/s from the instant, in order" in p for p in problems)
     assert any(p.endswith(f"the largest feasible size is {largest}") for p in problems)
     assert any(p.startswith("pools[0].warmups[1].cron: must have 5 fields") for p in problems)
     assert any(p.startswith("pools[0].warmups[2].timezone: unknown time zone") for p in problems)
@@ -193,12 +217,14 @@ def test_a_feasible_warmup_loads_with_its_defaults() -> None:
 
 
 def test_overlapping_warmups_that_together_exceed_the_budget_get_a_warning_with_figures() -> None:
-    """Each fits alone; one minute apart they do not: the warning names the instant and the shortfall."""
+    """Each fits alone; one minute apart they do not (the first one's starters take the budget for 3.5 minutes,
+    when the second must acquire): each warning names the instant and the shortfall."""
     loaded = parse_config(config({"cron": "0 9 * * *", "size": 2000}, {"cron": "1 9 * * *", "size": 2000}))
     found = overlap_warnings(loaded, datetime(2026, 11, 25, tzinfo=UTC))
-    assert len(found) == 1
+    assert len(found) == 2
     assert found[0].startswith("pools[0].warmups[0] (0 9 * * *, UTC) at 2026-11-25T09:00:00+00:00: overlapping")
-    assert "entries short at" in found[0]
+    assert found[1].startswith("pools[0].warmups[1] (1 9 * * *, UTC) at 2026-11-25T09:01:00+00:00: overlapping")
+    assert all("entries short at" in f for f in found)
 
 
 # -- learned demand ------------------------------------------------------------------------------------------
@@ -301,3 +327,27 @@ def test_a_pool_of_several_channels_shares_its_pops_among_them() -> None:
     d = dataclasses.replace(burst("a", 10, 10 * S), consumable=True)
     [got] = planner.left([d], {("a", 10 * S): 30}, now_ms=11 * S, channels={"a": 4})
     assert got.count == 3
+
+
+def test_a_bursts_start_phase_is_budget_an_earlier_bursts_acquires_cannot_use() -> None:
+    """Two bursts of 100 at 10/s, 5 s apart: the later one's acquiring cannot use the 10 s the earlier one's starts
+    take from its instant, so it begins 10 s earlier than without the start phase."""
+    first, second = burst("a", 100, 100 * S), burst("b", 100, 105 * S)
+    plain = planner.schedule([first, second], rate=10, max_age_ms=AGE, lead_ms=0)
+    phased = planner.schedule([first, second], rate=10, max_age_ms=AGE, lead_ms=0, start_rate=10)
+    assert (plain[second].start_ms, plain[second].end_ms) == (95 * S, 105 * S)
+    # The earlier burst's starts run 100..110 s: the later one's 10 s of acquiring end at 105 s but skip 100..105.
+    assert (phased[second].start_ms, phased[second].end_ms) == (90 * S, 105 * S)
+    assert phased[first].end_ms == 90 * S
+
+
+@pytest.mark.parametrize(
+    ("standing", "count", "feasible"),
+    [(0, 2630, True), (200, 2630, False), (200, 2430, True)],  # 200 standing ahead: 20 s of starts first
+)
+def test_an_entry_must_be_within_max_age_at_its_starters_turn(standing: int, count: int, feasible: bool) -> None:
+    """The first entry acquired is started first, after the pool's standing entries: those starts count in its age."""
+    d = burst("a", count, 1000 * S)
+    spans = planner.schedule([d], rate=10, max_age_ms=AGE, start_rate=10, standing={"a": standing})
+    assert spans[d].feasible is feasible
+    assert planner.largest_feasible(10, 270 * S, ahead_ms=standing * 100) == 2660 - standing
