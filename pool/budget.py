@@ -21,6 +21,10 @@ from ridpool.keys import AccountKeys, account_keys
 
 NETWORK_JITTER = 0.05  # default seconds of bunching between two requests on their way to Agora (agora.jitter)
 DEFAULT_ACCOUNT = "default"
+# Default seconds a refill waits at most behind starters (agora.refill_max_wait): while starters' requests wait
+# for the budget, the refills of all replicas together still get one grant this often. About 2% of the default
+# sustained rate: a burst of starts ends at most ~1.02x later than with no refill at all.
+REFILL_MAX_WAIT = 5.0
 
 
 @dataclass(frozen=True, slots=True)
