@@ -788,15 +788,16 @@ local function take_refills(keys, args)
   drop_lapsed(turns, leases, math.floor(now / 1000))
   local free = next_free(rate, now, limit, window_us, spacing)
   if redis.call('EXISTS', turns) == 1 then
-    -- Starters wait: only the floor's grant, and only when it is due now.
+    -- Starters wait: only the floor's grant, once it is due (ask again then).
     local held = redis.call('PTTL', refilled)
     if held > 0 then
-      return {math.max(1, math.min(held, math.ceil((free - now + spacing) / 1000)))}
+      return {held}
     end
-    count, lead = 1, 0
+    count = 1
   end
   if free > now + lead then
-    return {math.max(1, math.ceil((free - now - lead) / 1000))}
+    -- Come back a little before the next free instant (rounded down), ahead of a starter told to come at it.
+    return {math.max(1, math.floor((free - now - lead) / 1000))}
   end
   local out = {0}
   local at = free
