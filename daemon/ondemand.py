@@ -14,7 +14,9 @@ import dataclasses
 import os
 import random
 import time
+from typing import Any
 
+import anyio.lowlevel
 import httpx
 import redis.asyncio
 import structlog
@@ -129,12 +131,24 @@ class OnDemand:
                 return uid
         raise PoolEmpty(f"pool {pool.name!r}: no free uid found in uid_range {lo}..{hi}")
 
+    async def warm(self) -> None:
+        """The HTTP stack's first request loads anyio's event-loop backend (~30 ms): load it now instead."""
+        await anyio.lowlevel.checkpoint()
+
     async def _still_fresh(self, request: httpx.Request) -> None:
-        """httpx's last step before a request goes out: a grant that went stale since it arrived (a busy process,
-        a slow connect) is not used, another turn is taken; a request left late would bunch with later grants."""
-        at = _GRANT.get()
-        if at is not None and not self.turns.fresh(at):
-            _GRANT.set(await self.turns.take())
+        """An attempt's request: checked again when httpcore is about to write its headers (its trace
+        extension), after the connection is made, so that nothing the process does after the grant (a connect, a
+        busy CPU) sends it late."""
+        if _GRANT.get() is not None:
+            request.extensions["trace"] = self._sending
+
+    async def _sending(self, event: str, info: dict[str, Any]) -> None:
+        # The last step before the request's bytes leave: a grant that went stale since it arrived is not used
+        # (a request left late would bunch with the grants after it), another turn is taken.
+        if event.endswith(".send_request_headers.started"):
+            at = _GRANT.get()
+            if at is not None and not self.turns.fresh(at):
+                _GRANT.set(await self.turns.take())
 
     async def aclose(self) -> None:
         await self.http.aclose()
