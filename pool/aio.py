@@ -67,6 +67,8 @@ class AsyncPoolClient:
         """See `PoolClient.warm`."""
         with contextlib.suppress(RidpoolError, redis.RedisError):
             await functions.acheck_library(self.redis)
+        if self.acquirer is not None:
+            await self.acquirer.warm()
 
     async def pop_or_acquire(
         self, pool: str, *, cname: str | None = None, min_ttl: float = 0.0, wait: float = 0.0

@@ -96,6 +96,9 @@ class SyncAcquirer:
     def acquire(self, pool: str, cname: str | None, *, granted_at: float | None = None) -> Entry:
         return self.loop.run(self.acquirer.acquire(pool, cname, granted_at=granted_at))
 
+    def warm(self) -> None:
+        self.loop.run(self.acquirer.warm())
+
     def close(self) -> None:
         async def close() -> None:
             await self.acquirer.aclose()
@@ -161,10 +164,12 @@ class PoolClient:
         return client
 
     def warm(self) -> None:
-        """Open a connection and check the function library now (best effort: a Redis that is down is met, and
-        reported, by the first real call instead)."""
+        """Open a connection and check the function library now, and load what the acquirer's first acquire would
+        (best effort: a Redis that is down is met, and reported, by the first real call instead)."""
         with contextlib.suppress(RidpoolError, redis.RedisError):
             functions.check_library(self.redis)
+        if self.acquirer is not None:
+            self.acquirer.warm()
 
     def pop(self, pool: str, *, cname: str | None = None, min_ttl: float = 0.0, wait: float = 0.0) -> Entry:
         """Take the oldest entry with at least `min_ttl` seconds left, waiting up to `wait` seconds for one.

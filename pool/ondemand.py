@@ -32,6 +32,9 @@ class Acquirer(Protocol):
         `granted_at`: when (time.monotonic) a starter's turn was granted for this acquire (start_slot's turn): its
         first attempt uses that grant while it is fresh; None: every attempt takes a turn of its own."""
 
+    async def warm(self) -> None:
+        """Load now what its first acquire would load (from_config calls it), so that the first costs what any does."""
+
     async def aclose(self) -> None:
         """Close its HTTP connections."""
 
