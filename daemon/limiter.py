@@ -24,6 +24,7 @@ re-implementing it. Ours is one Redis Function any client can call.
 from __future__ import annotations
 
 import asyncio
+import functools
 import math
 import random
 import time
@@ -174,9 +175,15 @@ class Turns(_Account):
     """A starter's turns at the account's budget, for an acquire on the spot (a starter's request, ahead of the
     refills): `plans.take`, the one every starter's client drives. Safe to share between tasks."""
 
+    @functools.cached_property
+    def trips(self) -> plans.RoundTrips:
+        """The fastest turn seen here: the yardstick of a late grant (see plans.take)."""
+        return plans.RoundTrips()
+
     async def take(self) -> float:
         """Wait for a turn; returns when its grant arrived (this clock)."""
-        return (await functions.arun(self.redis, plans.take(self.keys, self.window, clock=self.clock))).at
+        plan = plans.take(self.keys, self.window, trips=self.trips, clock=self.clock)
+        return (await functions.arun(self.redis, plan)).at
 
     def fresh(self, granted_at: float | None) -> bool:
         """Whether a grant that arrived at `granted_at` may still be used for a request sent now."""

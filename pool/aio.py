@@ -37,6 +37,7 @@ class AsyncPoolClient:
         self.acquirer = acquirer
         self.why_no_acquirer: RidpoolError | None = None
         self._slice = plans.wait_slice(socket_timeout(client))
+        self._trips = plans.RoundTrips()
 
     @classmethod
     def from_url(
@@ -100,7 +101,14 @@ class AsyncPoolClient:
     ) -> AsyncIterator[Entry]:
         """`async with aclient.start_slot("web") as entry: await start(...)`: see `PoolClient.start_slot`."""
         plan, turn = slot_plans(
-            self.prefix, self.account, pool, cname=cname, min_ttl=min_ttl, wait=wait, slice_seconds=self._slice
+            self.prefix,
+            self.account,
+            pool,
+            cname=cname,
+            min_ttl=min_ttl,
+            wait=wait,
+            slice_seconds=self._slice,
+            trips=self._trips,
         )
         slot = await functions.arun(self.redis, plan)
         entry = slot.entry
@@ -116,7 +124,8 @@ class AsyncPoolClient:
     async def take(self, *, rate: float | None = None, account: str | None = None) -> float:
         """See `PoolClient.take`."""
         chosen = budgets.resolve(self.account, rate=rate, name=account)
-        return (await functions.arun(self.redis, plans.take(chosen.keys(self.prefix), chosen.window))).waited
+        plan = plans.take(chosen.keys(self.prefix), chosen.window, trips=self._trips)
+        return (await functions.arun(self.redis, plan)).waited
 
     @contextlib.asynccontextmanager
     async def budget(self, *, rate: float | None = None, account: str | None = None) -> AsyncIterator[float]:

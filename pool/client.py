@@ -49,6 +49,7 @@ def slot_plans(
     min_ttl: float,
     wait: float,
     slice_seconds: float,
+    trips: plans.RoundTrips,
 ) -> tuple[Plan[plans.Slot], Callable[[], Plan[plans.Grant]]]:
     """What both clients' `start_slot` drive: the slot's plan, and the plan of a starter's turn (for the start
     after an acquire on the spot) in the client's account."""
@@ -62,8 +63,9 @@ def slot_plans(
         min_ttl=min_ttl,
         wait=wait,
         slice_seconds=slice_seconds,
+        trips=trips,
     )
-    return plan, lambda: plans.take(keys, chosen.window)
+    return plan, lambda: plans.take(keys, chosen.window, trips=trips)
 
 
 class SyncAcquirer:
@@ -129,6 +131,7 @@ class PoolClient:
         self.acquirer = acquirer
         self.why_no_acquirer: RidpoolError | None = None  # why from_config could not build one
         self._slice = plans.wait_slice(socket_timeout(client))
+        self._trips = plans.RoundTrips()  # this client's fastest turn, the yardstick of a late grant
         self._lock = threading.Lock()
 
     @classmethod
@@ -226,7 +229,14 @@ class PoolClient:
         `account=` given to from_url).
         """
         plan, turn = slot_plans(
-            self.prefix, self.account, pool, cname=cname, min_ttl=min_ttl, wait=wait, slice_seconds=self._slice
+            self.prefix,
+            self.account,
+            pool,
+            cname=cname,
+            min_ttl=min_ttl,
+            wait=wait,
+            slice_seconds=self._slice,
+            trips=self._trips,
         )
         slot = functions.run(self.redis, plan)
         entry = slot.entry
@@ -244,7 +254,7 @@ class PoolClient:
         `agora.rate_limit` (and `agora.account` when it is not "default").
         """
         chosen = budgets.resolve(self.account, rate=rate, name=account)
-        return functions.run(self.redis, plans.take(chosen.keys(self.prefix), chosen.window)).waited
+        return functions.run(self.redis, plans.take(chosen.keys(self.prefix), chosen.window, trips=self._trips)).waited
 
     @contextlib.contextmanager
     def budget(self, *, rate: float | None = None, account: str | None = None) -> Iterator[float]:

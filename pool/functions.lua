@@ -709,7 +709,8 @@ KEYS[4] turns:lease  PREFIX:{acct:NAME}:turns:lease (zset: waiting tickets -> th
 ARGV[1] limit        grants per window (whole number >= 1): floor(rate_limit)
 ARGV[2] window_ms    the window (whole ms): ceil(1000 * (1 + jitter))
 ARGV[3] ticket       this request's place in line, the same on every ask until it is granted (1 to 64 of
-                     A-Z a-z 0-9 _ : -); a new one for the next request
+                     A-Z a-z 0-9 _ : -); a new one for the next request. Asking again with a ticket granted less
+                     than a window ago (its grant came too late to use) puts it at the head of the line, once.
 Reply: 0 when granted (send the request now), else the ms to wait before asking again with the same ticket
 (at most 1000). A ticket that does not ask again within 500 ms of that lapses and loses its place.
 Errors: 'BAD_ARGUMENT ...'.
@@ -723,7 +724,15 @@ local function take(keys, args)
   local now = now_us()
   local now_ms = math.floor(now / 1000)
   drop_lapsed(turns, leases, now_ms)
-  redis.call('ZADD', turns, 'NX', now, ticket)
+  -- A ticket granted within the window asking again: its grant came too late to be used (a slow reply, a busy
+  -- starter; or the reply was lost and this is the retry). It goes to the head of the line, once: the late grant
+  -- stays counted, the second is logged as '<ticket>+', and a third ask waits at the back like a new request.
+  local again = redis.call('ZSCORE', rate, ticket) and not redis.call('ZSCORE', rate, ticket .. '+')
+  if again then
+    redis.call('ZADD', turns, 0, ticket)
+  else
+    redis.call('ZADD', turns, 'NX', now, ticket)
+  end
   local rank = redis.call('ZRANK', turns, ticket)
   local window_us = window * 1000
   local spacing = 0.9 * window_us / limit
@@ -732,7 +741,7 @@ local function take(keys, args)
     redis.call('ZREMRANGEBYSCORE', rate, '-inf', now - window_us)
     local free = next_free(rate, now, limit, window_us, spacing)
     if rank == 0 and free <= now then
-      log_grant(rate, now, ticket)
+      log_grant(rate, now, again and ticket .. '+' or ticket)
       redis.call('PEXPIREAT', rate, math.ceil(tonumber(redis.call('ZRANGE', rate, -1, -1, 'WITHSCORES')[2]) / 1000) + window)
       redis.call('ZREM', turns, ticket)
       redis.call('ZREM', leases, ticket)

@@ -126,38 +126,64 @@ def announcements(keys: PoolKeys) -> Plan[tuple[int, list[functions.Announcement
     return functions.parse_announcements((yield from functions.fcall(functions.announcements_call(keys))))
 
 
-# A grant whose reply came back this much slower than the fastest ask of the same request is not used: the
-# request would leave late, bunched with the grants after it (the window's margin is the account's jitter, 50 ms
-# by default; half of it is left for the network).
+# A grant whose reply came back this much slower than the client's fastest ask is not used: the request would
+# leave late, bunched with the grants after it (the window's margin is the account's jitter, 50 ms by default;
+# half of it is left for the network).
 LATE = 0.025
+
+
+@dataclass(slots=True)
+class RoundTrips:
+    """The fastest turn a client's asks have taken, the yardstick of a late reply. It drifts up a millisecond per
+    ask, so that a lasting change of network path is learnt. One per client, shared by its requests: the first ask
+    of a burst (many starters asking at once in one process) is judged against the calm before it."""
+
+    fastest: float = math.inf
+
+    def seen(self, seconds: float) -> float:
+        self.fastest = min(seconds, self.fastest + 0.001)
+        return self.fastest
 
 
 @dataclass(frozen=True, slots=True)
 class Grant:
-    """A starter's turn: when its grant arrived (by the plan's clock) and how long the starter waited for it."""
+    """A starter's turn: when its grant arrived (by the plan's clock), how long the starter waited for it, and the
+    ticket it was granted to (asking again with it, soon, puts the request at the head of the line)."""
 
     at: float
     waited: float
+    ticket: str
 
 
-def take(keys: AccountKeys, window: Window, *, clock: Callable[[], float] = time.monotonic) -> Plan[Grant]:
+def take(
+    keys: AccountKeys,
+    window: Window,
+    *,
+    again: str | None = None,
+    trips: RoundTrips | None = None,
+    clock: Callable[[], float] = time.monotonic,
+) -> Plan[Grant]:
     """Wait for a starter's turn at the account's shared budget (`ridpool_take`): in line with every other
     starter's request, first come first served, ahead of the daemon's refills. One ticket per request, sent on
-    every ask; a grant whose reply came back late is not used (another turn is taken)."""
+    every ask; a grant whose reply came back late is not used: the same ticket asks again, at the head of the line.
+    `again`: the ticket of a grant that went stale before it could be used (the same: the head of the line)."""
     started = clock()
+    ticket, trips = again or functions.ticket(), trips or RoundTrips()
     while True:
-        ticket, fastest = functions.ticket(), math.inf
         while True:
             call = functions.take_call(keys, limit=window.limit, window_ms=window.window_ms, ticket=ticket)
             sent = clock()
             wait = functions.parse_wait((yield from functions.fcall(call)))
             arrived = clock()
-            fastest = min(fastest, arrived - sent)
+            fastest = trips.seen(arrived - sent)
             if wait <= 0:
                 break
             yield functions.Sleep(wait)
         if arrived - sent - fastest <= LATE:
-            return Grant(arrived, arrived - started)
+            return Grant(arrived, arrived - started, ticket)
+        if again == ticket:  # its one turn at the head came late too: a new request, at the back
+            ticket = functions.ticket()
+        again = ticket
 
 
 @dataclass(frozen=True, slots=True)
@@ -180,6 +206,7 @@ def start_slot(
     min_ttl: float,
     wait: float,
     slice_seconds: float = WAIT_SLICE,
+    trips: RoundTrips | None = None,
     clock: Callable[[], float] = time.monotonic,
 ) -> Plan[Slot]:
     """Wait for the starter's turn, then pop the oldest entry with `min_ttl` left: the turn's grant is the one the
@@ -190,9 +217,15 @@ def start_slot(
     """
     functions.check_pop(cname, min_ttl)
     check_wait(wait)
-    grant = yield from take(account, window, clock=clock)
+    trips = trips or RoundTrips()
+    grant = yield from take(account, window, trips=trips, clock=clock)
     try:
-        return Slot((yield from pop(keys, cname, min_ttl, 0.0, clock=clock, miss=wait <= 0)), grant.at)
+        entry = yield from pop(keys, cname, min_ttl, 0.0, clock=clock, miss=wait <= 0)
+        if clock() - grant.at > LATE:
+            # The pop's reply came late (a busy process): the grant would leave late; its ticket asks again, at
+            # the head of the line, while the entry waits.
+            grant = yield from take(account, window, again=grant.ticket, trips=trips, clock=clock)
+        return Slot(entry, grant.at)
     except PoolEmpty:
         if wait <= 0:
             return Slot(None, grant.at)
@@ -202,4 +235,4 @@ def start_slot(
         entry = yield from pop(keys, cname, min_ttl, wait, slice_seconds=slice_seconds, clock=clock)
     except PoolEmpty:
         return Slot(None, None)
-    return Slot(entry, (yield from take(account, window, clock=clock)).at)
+    return Slot(entry, (yield from take(account, window, trips=trips, clock=clock)).at)

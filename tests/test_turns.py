@@ -72,6 +72,23 @@ def test_a_starter_that_stops_asking_loses_its_place_within_its_grace(r: redis.R
     assert r.zscore(ACCT.turns, "dead-starter") is None
 
 
+def test_a_ticket_whose_grant_came_late_asks_again_at_the_head_of_the_line_once(r: redis.Redis) -> None:
+    """A granted ticket asking again within the window goes ahead of a starter already waiting (its late grant
+    stays counted); asking a third time it waits at the back like a new request."""
+    functions.load_library(r)
+
+    def ask(ticket: str) -> int:
+        return int(r.fcall("ridpool_take", 4, *LINE, 10, 1050, ticket))
+
+    assert ask("late") == 0
+    assert ask("waiting") > 0  # one spacing behind
+    assert ask("late") > 0 and r.zrank(ACCT.turns, "late") == 0  # back at the head
+    wait_for(lambda: ask("late") == 0 or None, 2, what="the late ticket's second grant")
+    assert r.zscore(ACCT.rate, "late+") is not None and r.zcard(ACCT.rate) == 2
+    ask("late")  # a third time: behind "waiting"
+    assert r.zrank(ACCT.turns, "late") == 1
+
+
 async def test_refills_yield_to_waiting_starters_and_still_get_their_floor(redis_url: str) -> None:
     """Four starters asking back to back for 3 s at 20/s leave a refill one grant per refill_max_wait (0.5 s);
     once they stop, the refill gets the whole window again."""
