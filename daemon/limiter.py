@@ -43,9 +43,6 @@ COOLDOWN_FIRST, COOLDOWN_CAP = 1.0, 16.0
 # A wait the budget answers (a cooldown above all) is slept in slices this long at most, so that a cooldown
 # someone deleted releases the refills within a slice.
 RECHECK = 0.25
-# A booked grant is handed out once it is due within this much: asyncio's timers fire no finer than a millisecond,
-# and sleeping less would hand it out late instead (the window's margin, `jitter`, absorbs a millisecond early).
-EARLY = 0.001
 
 
 def cooldown_for(consecutive_429s: int) -> float:
@@ -130,8 +127,8 @@ class Budget(_Account):
                     # now could bunch it with later grants. Waste it.
                     self.stale += 1
                     continue
-                if ahead > EARLY:
-                    await self.sleep(ahead)
+                if ahead > 0:
+                    await self.sleep(ahead)  # never early: asyncio's timers fire late, not early
                 self.granted += 1
                 return
             await self._book()
@@ -180,11 +177,11 @@ class Turns(_Account):
         """The fastest turn seen here: the yardstick of a late grant (see plans.take)."""
         return plans.RoundTrips()
 
-    async def take(self) -> float:
-        """Wait for a turn; returns when its grant arrived (this clock)."""
-        plan = plans.take(self.keys, self.window, trips=self.trips, clock=self.clock)
-        return (await functions.arun(self.redis, plan)).at
+    async def take(self, *, again: str | None = None) -> plans.Grant:
+        """Wait for a turn (`again`: the ticket of a grant that went stale, which asks at the head of the line)."""
+        plan = plans.take(self.keys, self.window, again=again, trips=self.trips, clock=self.clock)
+        return await functions.arun(self.redis, plan)
 
     def fresh(self, granted_at: float | None) -> bool:
-        """Whether a grant that arrived at `granted_at` may still be used for a request sent now."""
+        """Whether a grant that arrived at `granted_at` (this clock) may still be used for a request sent now."""
         return granted_at is not None and self.clock() - granted_at <= plans.LATE

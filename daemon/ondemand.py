@@ -32,9 +32,11 @@ from ridpool.keys import account_keys, pool_keys
 
 log = structlog.get_logger("ridpool.ondemand")
 UID_TRIES = 8  # rounds of random candidates before a uid_range pool is declared out of free uids
-# When the grant of the attempt under way arrived (time.monotonic), per task: checked again just before the request
-# leaves (`OnDemand._still_fresh`).
-_GRANT: contextvars.ContextVar[float | None] = contextvars.ContextVar("ridpool_ondemand_grant", default=None)
+# When the grant of the attempt under way arrived (time.monotonic) and its ticket (None: a turn the caller held),
+# per task: checked again just before the request leaves (`OnDemand._sending`).
+_GRANT: contextvars.ContextVar[tuple[float, str | None] | None] = contextvars.ContextVar(
+    "ridpool_ondemand_grant", default=None
+)
 
 
 class OnDemand:
@@ -90,7 +92,11 @@ class OnDemand:
         async def turn() -> None:
             # The first attempt may use the turn the caller holds (start_slot's); every other takes its own.
             at, given[0] = given[0], None
-            _GRANT.set(at if self.turns.fresh(at) else await self.turns.take())
+            if at is not None and self.turns.fresh(at):
+                _GRANT.set((at, None))
+            else:
+                grant = await self.turns.take()
+                _GRANT.set((grant.at, grant.ticket))
 
         async def rate_limited(exc: RateLimited) -> None:
             await self.turns.rate_limited()
@@ -146,9 +152,10 @@ class OnDemand:
         # The last step before the request's bytes leave: a grant that went stale since it arrived is not used
         # (a request left late would bunch with the grants after it), another turn is taken.
         if event.endswith(".send_request_headers.started"):
-            at = _GRANT.get()
-            if at is not None and not self.turns.fresh(at):
-                _GRANT.set(await self.turns.take())
+            held = _GRANT.get()
+            if held is not None and not self.turns.fresh(held[0]):
+                grant = await self.turns.take(again=held[1])  # its ticket asks again, at the head of the line
+                _GRANT.set((grant.at, grant.ticket))
 
     async def aclose(self) -> None:
         await self.http.aclose()
