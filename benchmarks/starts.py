@@ -28,7 +28,6 @@ import os
 import re
 import shlex
 import shutil
-import subprocess
 import sys
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -47,7 +46,6 @@ from ridpool.daemon.localredis import LocalRedis, free_port
 from ridpool.entry import Entry
 from ridpool.errors import ConfigError
 from ridpool.keys import account_keys
-from ridpool.testing import SimStats
 
 from benchmarks.common import (
     APPID,
@@ -57,6 +55,7 @@ from benchmarks.common import (
     ROOT,
     SECRET,
     UID,
+    SimProcess,
     clean,
     daemon_config,
     load_average,
@@ -65,7 +64,6 @@ from benchmarks.common import (
     percentile,
     running,
     server_ms,
-    terminate,
 )
 
 RATE = 10  # the daemons' rate_limit and the simulator's window
@@ -95,32 +93,14 @@ serve_forever(Simulator(
 """
 
 
-class Agora:
+class Agora(SimProcess):
     """The simulator in a process of its own (see common.SimProcess for why), IDs living `validity` seconds."""
 
     def __init__(self, validity: float) -> None:
-        port = free_port()
-        self.url = f"http://127.0.0.1:{port}"
-        argv = [sys.executable, "-c", _SIMULATOR, str(port), str(RATE), str(validity), str(LATENCY), str(JITTER)]
-        self.process = subprocess.Popen(
-            argv, env={**os.environ, **ENV}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        self.port = free_port()
+        self.serve(
+            [sys.executable, "-c", _SIMULATOR, str(self.port), str(RATE), str(validity), str(LATENCY), str(JITTER)]
         )
-        deadline = time.monotonic() + 15
-        while True:
-            try:
-                self.stats()
-                return
-            except httpx.TransportError:
-                if self.process.poll() is not None or time.monotonic() > deadline:
-                    self.stop()
-                    raise RuntimeError("the simulator process did not come up") from None
-                time.sleep(0.05)
-
-    def stats(self) -> SimStats:
-        return SimStats(**httpx.get(f"{self.url}/_sim/stats", timeout=2.0).json())
-
-    def stop(self) -> None:
-        terminate(self.process)
 
 
 # -- one starter ------------------------------------------------------------------------------------------------
@@ -300,7 +280,7 @@ async def scenario(r: redis.Redis, url: str, s: Scenario) -> Outcome:
             )
         for c in clients:
             await c.aclose()
-        stats = agora.stats()
+        stats = agora.stats_sync()
     finally:
         agora.stop()
     done = [x.seconds for x in results if x.started]

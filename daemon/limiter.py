@@ -43,6 +43,10 @@ COOLDOWN_FIRST, COOLDOWN_CAP = 1.0, 16.0
 # A wait the budget answers (a cooldown above all) is slept in slices this long at most, so that a cooldown
 # someone deleted releases the refills within a slice.
 RECHECK = 0.25
+# Where grants are spaced closer than asyncio's timers can wait (1 ms; above ~470/s), a booked grant is handed out
+# once it is due within half a spacing: sleeping would hand it out a millisecond late and lose ~5% of the window at
+# 2,000/s. Half a spacing early takes at most 0.5 ms of the window's jitter margin (50 ms). Slower, never early.
+TIMER = 0.001
 
 
 def cooldown_for(consecutive_429s: int) -> float:
@@ -103,6 +107,8 @@ class Budget(_Account):
         self.stale = 0
         self.best_rtt = math.inf
         self.late = jitter / 2
+        spacing = self.window.spacing
+        self.early = spacing / 2 if spacing < 2 * TIMER else 0.0
         self.booked: deque[float] = deque()  # send times (this clock) of grants booked and not handed out yet
         self.wanted = 0  # takers waiting here, the one served included: how many grants to book in one call
         # One waiter per replica asks Redis; the others queue here (FIFO). Without it every waiting acquire
@@ -127,8 +133,8 @@ class Budget(_Account):
                     # now could bunch it with later grants. Waste it.
                     self.stale += 1
                     continue
-                if ahead > 0:
-                    await self.sleep(ahead)  # never early: asyncio's timers fire late, not early
+                if ahead > self.early:
+                    await self.sleep(ahead)
                 self.granted += 1
                 return
             await self._book()

@@ -616,7 +616,8 @@ still get one grant per `floor_ms`, so a starter that runs away cannot starve th
 local MAX_LIMIT = 1000000 -- grants per window
 local MAX_WINDOW_MS = 100000000 -- about 28 hours: a rate of one request a day still fits
 local MAX_WAIT_MS = 60000 -- the longest hold or cooldown anyone may set (ridpool_hold, ridpool_cooldown)
-local TURN_ASK_MS = 1000 -- a starter in line asks again at least this often ...
+local TURN_ASK_MS = 5000 -- a starter in line asks again at least this often (a thousand far back: ~200 asks/s) ...
+local COOLDOWN_ASK_MS = 1000 -- ... every second during a cooldown (so that one deleted is noticed) ...
 local TURN_GRACE_MS = 500 -- ... and its ticket lapses once it is this much later than it was told to come
 local MAX_BATCH = 64 -- grants one refill call may book
 local LEAD_US = 5000 -- refills book at most this far ahead (see ridpool_take_refills)
@@ -712,7 +713,8 @@ ARGV[3] ticket       this request's place in line, the same on every ask until i
                      A-Z a-z 0-9 _ : -); a new one for the next request. Asking again with a ticket granted less
                      than a window ago (its grant came too late to use) puts it at the head of the line, once.
 Reply: 0 when granted (send the request now), else the ms to wait before asking again with the same ticket
-(at most 1000). A ticket that does not ask again within 500 ms of that lapses and loses its place.
+(at most 5000; 1000 during a 429 cooldown). A ticket that does not ask again within 500 ms of that lapses and
+loses its place.
 Errors: 'BAD_ARGUMENT ...'.
 ]]
 local function take(keys, args)
@@ -736,7 +738,7 @@ local function take(keys, args)
   local rank = redis.call('ZRANK', turns, ticket)
   local window_us = window * 1000
   local spacing = 0.9 * window_us / limit
-  local wait = redis.call('PTTL', cooldown)
+  local wait = math.min(redis.call('PTTL', cooldown), COOLDOWN_ASK_MS)
   if wait <= 0 then
     redis.call('ZREMRANGEBYSCORE', rate, '-inf', now - window_us)
     local free = next_free(rate, now, limit, window_us, spacing)
@@ -748,8 +750,8 @@ local function take(keys, args)
       expire_line(turns, leases)
       return 0
     end
-    -- Its turn comes after the free instant and a spacing per starter ahead of it (sooner, if grants are left
-    -- unused: it asks again then).
+    -- Its turn comes after the free instant and a spacing per starter ahead of it, or later (the window's ceiling,
+    -- the refills' floor): an estimate that errs early, so that the head never keeps the line waiting.
     wait = math.ceil((free - now + rank * spacing) / 1000)
   end
   wait = math.max(1, math.min(wait, TURN_ASK_MS))

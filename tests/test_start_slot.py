@@ -108,7 +108,8 @@ def test_a_wait_blocks_for_an_entry_then_takes_a_fresh_turn(r: redis.Redis, redi
     publish_pool(r, PREFIX, "web")
     with PoolClient.from_url(redis_url, prefix=PREFIX, account=ACCOUNT) as client:
         client.warm()
-        adder = threading.Thread(target=lambda: (wait_for(lambda: grants(r) == 1), fill(r, PREFIX, "web", 1)))
+        blocked = lambda: any(c["cmd"] == "blpop" for c in r.client_list())  # noqa: E731
+        adder = threading.Thread(target=lambda: (wait_for(blocked, what="the pop waiting"), fill(r, PREFIX, "web", 1)))
         adder.start()
         with client.start_slot("web", wait=5.0) as entry:
             assert entry.source == "pool"

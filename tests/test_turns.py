@@ -63,7 +63,7 @@ def test_a_starter_that_stops_asking_loses_its_place_within_its_grace(r: redis.R
     functions.load_library(r)
     fill_window(r, 10)
     told = r.fcall("ridpool_take", 4, *LINE, 10, 1050, "dead-starter")
-    assert 900 <= told <= 1000
+    assert 1000 <= told <= 1060  # the window frees in 1.05 s
     started = time.monotonic()
     with PoolClient.from_url(redis_url, prefix=PREFIX) as client:
         client.take(rate=10)
