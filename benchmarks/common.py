@@ -149,7 +149,7 @@ def server_ms(r: redis.Redis) -> int:
 
 
 def publish_pool(r: redis.Redis, keys: PoolKeys, *, cnames: tuple[str, ...] | None = None, size: int = 0) -> None:
-    publish(r, keys, PoolMeta(keys.pool, APPID, cnames, size, ENTRY_LIFE_MS / 1000, server_ms(r)))
+    publish(r, keys, PoolMeta(keys.pool, APPID, cnames, size, ENTRY_LIFE_MS / 1000))
 
 
 def make_entry(pool: str, now_ms: int, *, cname: str | None = None, uid: str = UID) -> Entry:

@@ -43,6 +43,12 @@ UID_MAX = 2**32 - 1
 AUTO_IN_FLIGHT_UIDS = 8  # uids a uid_range must spare for acquires in flight when max_in_flight is derived
 UID_WARN_ABOVE = 2**31 - 1  # Agora has been seen to answer code 2 above this
 AGORA_DEFAULT_RATE = 10.0
+# One replica's concurrent acquires when agora.max_in_flight is not set: a second of the budget, within these.
+DEFAULT_IN_FLIGHT, MAX_DERIVED_IN_FLIGHT = 32, 256
+# The most channels one pool may name, and the most entries all standing sizes together may ask to keep: what one
+# daemon serves (a pool of more channels takes longer than a round to look at after a start, and standing sizes
+# beyond what the budget renews within max_age can never be kept full).
+MAX_CHANNELS = 100_000
 _HEX32 = re.compile(r"[0-9a-fA-F]{32}")
 _DECIMAL = re.compile(r"[1-9][0-9]*")
 
@@ -242,7 +248,8 @@ class AgoraSettings(_Frozen):
     rate_limit: Positive = 8.0  # acquires per second for all replicas together
     timeout: Annotated[SFloat, _check(lambda t: 0 < t <= 60, "must be greater than 0 and at most 60")] = 10.0
     # Acquires in flight per replica: a bound on concurrency (and connections), not the rate, which the budget sets.
-    max_in_flight: AtLeastOne = 32
+    # None: derived from the rate (`in_flight`), so that a raised quota is not capped by a fixed number.
+    max_in_flight: AtLeastOne | None = None
     account: Name = "default"
     # Seconds by which the network (or a busy host) may bunch requests on their way to Agora; every budget window
     # is this much longer than a second, so the sustained rate is floor(rate_limit) / (1 + jitter).
@@ -253,12 +260,20 @@ class AgoraSettings(_Frozen):
         SFloat, _check(lambda w: 0 < w <= MAX_WAIT, f"must be greater than 0 and at most {MAX_WAIT:g} seconds")
     ] = REFILL_MAX_WAIT
 
+    @property
+    def in_flight(self) -> int:
+        """One replica's concurrent acquires: configured, or enough for a second of the budget (32 to 256)."""
+        return self.max_in_flight or min(MAX_DERIVED_IN_FLIGHT, max(DEFAULT_IN_FLIGHT, math.ceil(self.rate_limit)))
+
 
 class MetricsSettings(_Frozen):
     """`[metrics]`: Prometheus text on /metrics and the health probe on /healthz; off when the table is absent."""
 
     port: Annotated[SInt, _check(lambda p: 0 < p < 65536, "must be 1 to 65535")]
     address: Annotated[SStr, _check(bool, "must not be empty")] = "127.0.0.1"
+    # Seconds between two reads of every pool's state for /metrics: scrapes in between see the last one. Reading
+    # costs a few calls per pool (a pool of many channels: one more per 1,000), so no more often than scraped.
+    refresh: Annotated[SFloat, _check(lambda s: 1 <= s <= 3600, "must be from 1 to 3600 seconds")] = 15.0
 
 
 class LogSettings(_Frozen):
@@ -434,6 +449,11 @@ class Config(_Frozen):
         """Acquires per second the account's budget sustains (see budget.window_for)."""
         return self.account.window.sustained
 
+    @property
+    def channels(self) -> dict[str, int]:
+        """How many channels a pool-wide demand asks entries for, per pool: its named channels, else one queue."""
+        return {p.name: max(1, len(p.slots)) for p in self.pools}
+
     def settings(self) -> Settings:
         """What a starter's client needs of this config (`PoolClient.from_config` takes a Config too)."""
         pools = {p.name: PoolInfo(p.name, p.announced, p.scene) for p in self.pools}
@@ -446,7 +466,35 @@ def _config_rules(v: dict[str, Any], raw: Mapping[str, Any]) -> list[Problem]:
     if isinstance(agora, Mapping):  # valid, but left raw because another field failed
         agora = AgoraSettings.model_validate(agora)
     if isinstance(agora, AgoraSettings) and isinstance(raw.get("pools"), list | tuple):
-        problems += _warmup_problems(agora, [p for p in raw["pools"] if isinstance(p, Mapping)])
+        tables = [p for p in raw["pools"] if isinstance(p, Mapping)]
+        problems += _warmup_problems(agora, tables)
+        problems += _size_problems(agora, tables)
+    return problems
+
+
+def _size_problems(agora: AgoraSettings, pools: list[Mapping[str, Any]]) -> list[Problem]:
+    """What no daemon can serve, whatever its timing: more channels in a pool than MAX_CHANNELS, and standing
+    sizes that together need more acquires per second (each entry renewed every max_age) than the budget gives."""
+    problems: list[Problem] = []
+    for i, p in enumerate(pools):
+        cnames = p.get("cnames")
+        if isinstance(cnames, list) and len(cnames) > MAX_CHANNELS:
+            why = f"names {len(cnames)} channels; a pool may name at most {MAX_CHANNELS} (split it into several)"
+            problems.append((("pools", i, "cnames"), why, None))
+    sustained = window_for(agora.rate_limit, agora.jitter).sustained
+    need = 0.0
+    for p in pools:
+        channels = len(p["cnames"]) if isinstance(p.get("cnames"), list) and p["cnames"] else 1
+        max_age = _number(p, "max_age", 270.0)
+        max_age = max_age if 0 < max_age < 300 else 270.0  # a wrong one is reported as such, not judged here
+        need += channels * max(0.0, _number(p, "size", 0)) / max_age
+    if need > sustained * planner.HEADROOM:
+        why = (
+            f"the standing sizes need {need:.1f} acquires/s (every entry is renewed every max_age), more than "
+            f"{sustained * planner.HEADROOM:.2f}/s the budget plans with ({sustained:.2f}/s sustained x "
+            f"{planner.HEADROOM}): lower size or the number of channels, raise max_age, or rate_limit"
+        )
+        problems.append((("pools",), why, None))
     return problems
 
 
@@ -574,21 +622,21 @@ def overlap_warnings(config: Config, now: datetime) -> tuple[str, ...]:
     """Warm-ups that fit alone but not together in the next week: the schedule must start acquiring for them
     before their entries could live until the instant. One warning per warm-up, at its first such instant."""
     max_age = {p.name: p.max_age_ms for p in config.pools}
-    standing = [planner.Demand(p.name, c or None, p.size, 0, None, "size") for p in config.pools for c in p.slots]
-    rate = planner.available_rate(config.sustained_rate, standing, max_age)
+    standing = [planner.Demand(p.name, None, p.size, 0, None, "size") for p in config.pools if p.slots]
+    rate = planner.available_rate(config.sustained_rate, standing, max_age, config.channels)
     demands = []
     tables: dict[str, WarmupConfig] = {}
     for i, pool in enumerate(config.pools):
-        for j, w in enumerate(pool.warmups):
+        for j, w in enumerate(pool.warmups if pool.slots else ()):
             tables[f"pools[{i}].warmups[{j}]"] = w
             spec = warmups.Warmup(pool.name, j, w.cron, w.timezone, w.size, w.duration)
             for at in spec.instants(now, now + OVERLAP_HORIZON, limit=2000):
                 at_ms = warmups.to_ms(at)
                 until = at_ms + round(w.duration * 1000)
-                where = f"pools[{i}].warmups[{j}]"
-                demands += [planner.Demand(pool.name, c or None, w.size, at_ms, until, where) for c in pool.slots]
+                demands.append(planner.Demand(pool.name, None, w.size, at_ms, until, f"pools[{i}].warmups[{j}]"))
     found: dict[str, str] = {}
-    for d, span in planner.shortfalls(planner.schedule(demands, rate=rate, max_age_ms=max_age)):
+    spans = planner.schedule(demands, rate=rate, max_age_ms=max_age, channels=config.channels)
+    for d, span in planner.shortfalls(spans):
         if d.source in found:
             continue
         w = tables[d.source]

@@ -24,14 +24,12 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-import redis.asyncio
 import structlog
 from ridpool import functions
 from ridpool.daemon.planner import Demand
-from ridpool.keys import PoolKeys
 
 if TYPE_CHECKING:
-    from ridpool.daemon.config import PoolConfig
+    from ridpool.daemon.sources import SourceContext
 
 log = structlog.get_logger("ridpool.demand")
 
@@ -78,16 +76,19 @@ def learned_demands(
     horizon: int,
     room: int,
     step_ms: int = 60_000,
+    channels: int | None = None,
 ) -> list[Demand]:
     """Demands for the minutes after `now_minute` up to `horizon` minutes ahead, per channel, adding together
-    at most `room` (max_size - size) to any channel."""
+    at most `room` (max_size - size) to any channel; `channels` (default: one per cname) shares a pool's
+    forecast among its channels."""
     out: list[Demand] = []
     left = room
+    share = channels or len(cnames)
     for minute in range(now_minute + 1, now_minute + horizon + 1):
         f = forecast(history, minute, 86_400_000 // step_ms)
         if f is None or left <= 0:
             continue
-        per_channel = min(left, math.ceil(f.count / len(cnames)))
+        per_channel = min(left, math.ceil(f.count / share))
         left -= per_channel
         at = minute * step_ms
         out += [Demand(pool, c, per_channel, at, at, f.reason) for c in cnames]
@@ -105,50 +106,51 @@ def parse_history(minutes: Sequence[int], replies: Sequence[object]) -> dict[int
 
 
 class LearnedSource:
-    """Learned demands of the pools with auto_size, from their history in Redis (read once per minute)."""
+    """Learned demands of the pools with auto_size, from their history in Redis (read once per step, a minute).
+    A demand source (`daemon/sources.py`)."""
 
-    def __init__(
-        self,
-        client: redis.asyncio.Redis,
-        pools: Sequence[PoolConfig],
-        keys: dict[str, PoolKeys],
-        *,
-        step_ms: int = 60_000,
-    ) -> None:
+    def __init__(self, context: SourceContext) -> None:
         # The history's step (a minute; tests shorten it, and a day is then 86400 s / step steps).
-        self.step_ms = step_ms
-        self.redis = client
-        self.keys = keys
-        self.pools = [p for p in pools if p.auto_size and p.max_size is not None]
-        self.cache: tuple[int, list[Demand]] = (-1, [])
+        self.step_ms = round(context.timing.history_step * 1000)
+        self.redis = context.redis
+        self.configs = {p.name: p for p in context.config.pools if p.auto_size and p.max_size is not None}
+        self.keys = {name: context.keys(name) for name in self.configs}
+        self.found: dict[str, tuple[int, list[Demand]]] = {}  # pool -> (the step read at, its demands)
         self.logged: set[tuple[str, int]] = set()  # (pool, minute) raises already logged
 
-    async def demands(self, now_ms: int) -> list[Demand]:
+    @property
+    def pools(self) -> Sequence[str]:
+        return list(self.configs)
+
+    async def refresh(self, pool: str, now_ms: int, changed: frozenset[str]) -> None:
         minute = now_ms // self.step_ms
-        if self.cache[0] == minute:
-            return self.cache[1]
-        out: list[Demand] = []
+        if self.found.get(pool, (-1, []))[0] == minute:
+            return
+        config = self.configs[pool]
         day = 86_400_000 // self.step_ms
-        for pool in self.pools:
-            horizon = math.ceil(pool.max_age_ms / self.step_ms) + 1
-            wanted = sorted({lag for m in range(minute + 1, minute + horizon + 1) for lag in lags(m, day)})
-            with functions.reaching(self.redis):
-                replies = await self.redis.hmget(self.keys[pool.name].history, [str(m) for m in wanted])
-            cnames = [None] if pool.is_template else list(pool.slots)
-            found = learned_demands(
-                pool.name,
-                cnames,
-                parse_history(wanted, replies),
-                now_minute=minute,
-                horizon=horizon,
-                room=(pool.max_size or 0) - pool.size,
-                step_ms=self.step_ms,
-            )
-            for d in found[:: len(cnames)]:
-                if (pool.name, d.at_ms) not in self.logged:
-                    self.logged.add((pool.name, d.at_ms))
-                    log.info("demand.learned", pool=pool.name, at_ms=d.at_ms, per_channel=d.count, reason=d.source)
-            out += found
+        horizon = math.ceil(config.max_age_ms / self.step_ms) + 1
+        wanted = sorted({lag for m in range(minute + 1, minute + horizon + 1) for lag in lags(m, day)})
+        with functions.reaching(self.redis):
+            replies = await self.redis.hmget(self.keys[pool].history, [str(m) for m in wanted])
+        found = learned_demands(
+            pool,
+            [None],
+            parse_history(wanted, replies),
+            now_minute=minute,
+            horizon=horizon,
+            room=(config.max_size or 0) - config.size,
+            step_ms=self.step_ms,
+            channels=max(1, len(config.slots)),
+        )
+        for d in found:
+            if (pool, d.at_ms) not in self.logged:
+                self.logged.add((pool, d.at_ms))
+                log.info("demand.learned", pool=pool, at_ms=d.at_ms, per_channel=d.count, reason=d.source)
         self.logged = {(p, at) for p, at in self.logged if at > now_ms}
-        self.cache = (minute, out)
-        return out
+        self.found[pool] = (minute, found)
+
+    def demands(self, pool: str, now_ms: int) -> Sequence[Demand]:
+        return self.found.get(pool, (-1, []))[1]
+
+    def notes(self, pool: str, now_ms: int) -> Mapping[str, str]:
+        return {}

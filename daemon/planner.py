@@ -1,22 +1,14 @@
-"""Refill planning as pure functions of counts and clocks: how many entries each channel should hold now, which
-channel gets the next lease, how many acquires may be in flight, and how long a pool is held after failures.
+"""Refill planning as pure functions of counts and clocks: how many entries each channel should hold now, what
+is left of a window pops have used, how many acquires may be in flight, and how long a pool is held after
+failures.
 Table-tested; the refill loop only applies them.
 
-Demands. Everything that makes a pool want entries is a `Demand` for one (pool, channel): `count` entries ready
-from `at_ms` (server time) until `until_ms`. Today's sources:
-
-- the standing size (`size`): at_ms 0, until_ms None (always);
-- scheduled warm-ups (`daemon/warmups.py`): the cron instant, the instant + duration;
-- learned demand (`daemon/demand.py`): a minute that recurs, with no window (ready by the minute, then done).
-
-A new source (announced channels, say) plugs in by producing more `Demand`s: an object with
-`async def demands(self, now_ms: int) -> list[Demand]` (`refill.DemandSource`) added to `Refiller.sources`
-(`Daemon.__init__` wires the standing sizes, the warm-ups and learned demand). The refill asks every source for
-its demands each round and hands them all to `plan`, so a source may name channels the config never listed: the
-refill's set of channels is whatever the demands name (their queues are `PoolKeys.queue(cname)`; a pop for such
-a channel also needs `c:<cname>` in the pool's meta, which the source's side publishes). A source reports a window
-already running as what is *left* of it (`count` minus what was popped since `at_ms`), because popped entries
-use a burst up; entries that expired unused are not subtracted, so they are replaced while demand is left.
+Demands. Everything that makes a pool want entries is a `Demand` for one (pool, channel), or for every channel
+of the pool (cname None; a template pool has one queue): `count` entries per channel ready from `at_ms` (server
+time) until `until_ms`. Demand sources (`daemon/sources.py`) produce them: the standing size, scheduled warm-ups,
+learned demand, announced channels, and any source added to the daemon. A demand is `consumable` when popped
+entries use it up (a warm-up, an announcement): those are not acquired again, while the standing size replaces
+what is popped. A source reports a window already running as what is *left* of it.
 
 Planning. All demands of all pools share one budget, the account's sustained rate. Demands not yet due are
 planned together earliest deadline first, backwards from the latest: each deadline group (all demands due at
@@ -33,7 +25,7 @@ from __future__ import annotations
 import math
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from ridpool.daemon.backoff import doubling
 
@@ -46,7 +38,6 @@ HEADROOM = 0.95
 # Default seconds between the end of a warm-up's acquiring and its instant: acquires in flight land, and pops at
 # the very instant find everything stored.
 LEAD_MS = 2000
-WARMUP_SOURCE = "warmup"  # how a warm-up's demand source starts: pops use its entries up
 # Least life an entry must still have at the instant to count as ready for it.
 MARGIN_MS = 1000
 
@@ -55,7 +46,8 @@ SlotKey = tuple[str, str | None]  # (pool, cname); cname None: a template pool's
 
 @dataclass(frozen=True, slots=True)
 class Demand:
-    """`count` entries of one (pool, channel) wanted ready from `at_ms` until `until_ms` (server ms).
+    """`count` entries of one (pool, channel) wanted ready from `at_ms` until `until_ms` (server ms); cname None:
+    `count` for every channel of the pool.
 
     until_ms None: for ever (the standing size). until_ms == at_ms: ready by the instant, no window after it.
     """
@@ -66,6 +58,14 @@ class Demand:
     at_ms: int
     until_ms: int | None
     source: str  # why, as `status` shows it: "size", "warmup 0 9 * * 1-5 at 2026-11-26T09:00:00+01:00", ...
+    consumable: bool = False  # pops use it up: a popped entry is not acquired again for it
+    # `count` is on top of the channel's live entries: what is still to acquire for it (a source that keeps its
+    # own accounting, as announcements do, says what is left to acquire rather than a level to hold)
+    beyond_live: bool = False
+
+    def width(self, channels: Mapping[str, int]) -> int:
+        """How many channels it asks entries for."""
+        return channels.get(self.pool, 1) if self.cname is None else 1
 
     @property
     def slot(self) -> SlotKey:
@@ -78,7 +78,8 @@ class Target:
 
     count: int
     reason: str
-    consumable: int = 0  # of `count`, what warm-ups want: the pool's pops use it up (see ridpool_reserve)
+    consumable: int = 0  # of `count`, what consumable demands want: the pool's pops use it up (ridpool_reserve)
+    beyond_live: bool = False  # `count` is on top of the channel's live entries (see Demand.beyond_live)
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,21 +99,39 @@ class Span:
         return self.needed_ms >= self.earliest_ms
 
 
-def standing_rate(demands: Iterable[Demand], max_age_ms: Mapping[str, int]) -> float:
+NO_CHANNELS: Mapping[str, int] = {}
+
+
+def standing_rate(
+    demands: Iterable[Demand], max_age_ms: Mapping[str, int], channels: Mapping[str, int] = NO_CHANNELS
+) -> float:
     """Acquires per second that standing sizes cost while nothing is popped: each entry is renewed every max_age."""
-    return sum(d.count * 1000 / max_age_ms[d.pool] for d in demands if d.until_ms is None and d.count > 0)
+    return sum(
+        d.count * d.width(channels) * 1000 / max_age_ms[d.pool] for d in demands if d.until_ms is None and d.count > 0
+    )
 
 
-def available_rate(sustained: float, demands: Iterable[Demand], max_age_ms: Mapping[str, int]) -> float:
+def available_rate(
+    sustained: float,
+    demands: Iterable[Demand],
+    max_age_ms: Mapping[str, int],
+    channels: Mapping[str, int] = NO_CHANNELS,
+) -> float:
     """The rate timed demands (warm-ups, learned, announced) are planned with: the headroom share of the
     sustained rate, less what the standing sizes cost."""
-    return max(0.0, sustained * HEADROOM - standing_rate(demands, max_age_ms))
+    return max(0.0, sustained * HEADROOM - standing_rate(demands, max_age_ms, channels))
 
 
 def schedule(
-    demands: Iterable[Demand], *, rate: float, max_age_ms: Mapping[str, int], lead_ms: int = LEAD_MS
+    demands: Iterable[Demand],
+    *,
+    rate: float,
+    max_age_ms: Mapping[str, int],
+    lead_ms: int = LEAD_MS,
+    channels: Mapping[str, int] = NO_CHANNELS,
 ) -> dict[Demand, Span]:
-    """Earliest deadline first, as late as possible: the span of every timed demand (see the module docstring)."""
+    """Earliest deadline first, as late as possible: the span of every timed demand (see the module docstring);
+    `channels` says how many channels a pool-wide demand (cname None) asks for."""
     groups: dict[int, list[Demand]] = defaultdict(list)
     for d in demands:
         if d.count > 0 and d.until_ms is not None:
@@ -122,7 +141,7 @@ def schedule(
     for at in sorted(groups, reverse=True):
         group = groups[at]
         end = min(at - lead_ms, cursor)
-        total = sum(d.count for d in group)
+        total = sum(d.count * d.width(channels) for d in group)
         start = end - total * 1000 / rate if rate > 0 else -math.inf
         cursor = start
         for d in group:
@@ -138,12 +157,16 @@ def plan(
     max_age_ms: Mapping[str, int],
     lead_ms: int = LEAD_MS,
     ahead_ms: int = LEAD_MS,
+    channels: Mapping[str, int] = NO_CHANNELS,
 ) -> dict[SlotKey, Target]:
-    """Every named slot's target now: standing sizes and running windows in full, plus the ramps of what is due."""
+    """Every slot's target now: standing sizes and running windows in full, plus the ramps of what is due. A slot
+    (pool, None) is what every channel of the pool wants; (pool, cname) what that channel wants besides."""
     demands = list(demands)
-    spans = schedule([d for d in demands if d.at_ms > now_ms], rate=rate, max_age_ms=max_age_ms, lead_ms=lead_ms)
+    timed = [d for d in demands if d.at_ms > now_ms]
+    spans = schedule(timed, rate=rate, max_age_ms=max_age_ms, lead_ms=lead_ms, channels=channels)
     counts: dict[SlotKey, int] = defaultdict(int)
     consumable: dict[SlotKey, int] = defaultdict(int)
+    beyond: set[SlotKey] = set()
     reasons: dict[SlotKey, list[tuple[int, str]]] = defaultdict(list)
     for d in demands:
         if d.until_ms is None or d.at_ms <= now_ms < d.until_ms:
@@ -153,11 +176,48 @@ def plan(
         else:
             n = 0  # over, or due with nothing wanted
         counts[d.slot] += n
-        if d.source.startswith(WARMUP_SOURCE):
+        if d.consumable:
             consumable[d.slot] += n
+        if d.beyond_live:
+            beyond.add(d.slot)
         if n > 0 or d.until_ms is None:
             reasons[d.slot].append((n, d.source))
-    return {slot: Target(counts[slot], _reason(reasons[slot]), consumable[slot]) for slot in counts}
+    return {slot: Target(counts[slot], _reason(reasons[slot]), consumable[slot], slot in beyond) for slot in counts}
+
+
+def running_consumable(demands: Iterable[Demand], now_ms: int, early_ms: int = 0) -> list[Demand]:
+    """The consumable demands whose window runs now (or begins within `early_ms`): those pops use up."""
+    return [d for d in demands if d.consumable and d.until_ms is not None and d.at_ms - early_ms <= now_ms < d.until_ms]
+
+
+def left(
+    demands: Iterable[Demand],
+    popped: Mapping[tuple[str, int], int],
+    *,
+    now_ms: int,
+    channels: Mapping[str, int] = NO_CHANNELS,
+) -> list[Demand]:
+    """Every demand as what is left of it now: a consumable demand whose window runs has its share of the pool's
+    pops since its window began taken off. `popped[(pool, at_ms)]` is the pool's pops since `at_ms`.
+
+    A pop uses up one demand only: a pool's pops since its earliest running window are credited to its running
+    consumable demands earliest first (a pool of several channels shares them evenly among its channels)."""
+    out: list[Demand] = []
+    credit: dict[str, int] = {}
+    running = sorted(running_consumable(demands, now_ms), key=lambda d: (d.at_ms, d.source))
+    for d in running:
+        if d.pool not in credit:
+            credit[d.pool] = popped.get((d.pool, d.at_ms), 0)
+    used: dict[Demand, int] = {}
+    for d in running:
+        want = d.count * d.width(channels)
+        taken = min(want, credit[d.pool])
+        credit[d.pool] -= taken
+        used[d] = taken
+    for d in demands:
+        width = d.width(channels)
+        out.append(replace(d, count=max(0, math.ceil((d.count * width - used[d]) / width))) if d in used else d)
+    return out
 
 
 def ramp(count: int, span: Span, at_ms: float) -> int:
@@ -190,38 +250,12 @@ def in_flight_cap(rate: float, latency: float, *, low: int = 2, high: int = 64) 
     """Acquires a pool may have in flight when none is configured: enough to keep the whole budget busy.
 
     A lease is held while its acquire waits for a grant and while Agora answers, so the budget is kept busy by
-    about rate x (latency + the wait for a grant); half a second of grant wait covers one replica's queue.
+    about rate x (latency + the wait for a grant); half a second of grant wait covers one replica's queue. Bounded
+    by `high`, or by two seconds of the budget when that is more (a raised quota is not capped by a fixed number).
     """
     if not math.isfinite(latency) or latency < 0:
         latency = 1.0
-    return max(low, min(high, math.ceil(rate * (latency + 0.5)) + 1))
-
-
-@dataclass(frozen=True, slots=True)
-class Slot:
-    """One channel of one pool as the lease loop sees it."""
-
-    pool: str
-    cname: str | None  # None: a template pool's single queue
-    target: int
-    live: int  # entries stored and not past their time
-    pending: int = 0  # leases this replica took in the current round
-
-    @property
-    def fill(self) -> float:
-        return (self.live + self.pending) / self.target if self.target else 1.0
-
-    @property
-    def needs(self) -> int:
-        return max(0, self.target - self.live - self.pending)
-
-
-def next_slot(slots: Iterable[Slot]) -> Slot | None:
-    """The emptiest slot (relative to its target) that still lacks entries; ties go to the larger deficit."""
-    wanting = [s for s in slots if s.needs > 0]
-    if not wanting:
-        return None
-    return min(wanting, key=lambda s: (s.fill, -s.needs, s.pool, s.cname or ""))
+    return max(low, min(max(high, math.ceil(2 * rate)), math.ceil(rate * (latency + 0.5)) + 1))
 
 
 def hold_for(consecutive_failures: int) -> float:

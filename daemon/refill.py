@@ -4,45 +4,49 @@ Every decision that involves other replicas is made in Redis: a lease (`ridpool_
 acquire, so any number of replicas together never ask for more than a pool lacks; a failing pool is held with a
 shared key, so all replicas back off together. This module only applies the planner's choices.
 
-The loop is continuous (see `Daemon`): a round leases what the targets lack, up to each pool's in-flight cap,
-and the next round starts as soon as an acquire finishes (or after a tick), so the rate is set by the budget,
-not by rounds. The targets come from demand sources (standing sizes, warm-ups, learned demand, and any source
-added to `sources`), planned together by `planner.plan`; a source may name channels the config does not list.
+The loop is continuous (`Refiller.run`): a round asks every demand source (`daemon/sources.py`) for its demands,
+plans them together (`planner.plan`), and leases what the targets lack up to the replica's free acquire slots,
+without waiting for any: the next round starts as soon as an acquire finishes, when a channel's oldest entry is
+due to expire or a consumable window begins, or after a tick, so the rate is set by the budget, not by rounds, and
+a pool that becomes short is leased for within a round whatever the others are doing.
+
+A round costs what changed, not what is stored (`daemon/model.py` keeps what this replica knows of every channel
+between rounds): one pipelined look at every pool's counters, one `ridpool_sweep` per pool of named or announced
+channels (which reads the pool's change feed: the channels popped or announced since), sweeps of only the
+channels that changed or whose oldest entry expired, and one batched `ridpool_reserve` per pool with something to
+lease. No source is known here by name.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import random
-import time
 import uuid
-from collections.abc import Callable, Sequence
-from dataclasses import replace
-from typing import Protocol
+from collections import defaultdict
+from collections.abc import Mapping, Sequence
 
 import redis.asyncio
 import structlog
 from ridpool import functions
-from ridpool.daemon import planner
+from ridpool.daemon import planner, ticker
 from ridpool.daemon.agora import AcquireClient, AcquireError, Attempt, RateLimited
 from ridpool.daemon.clock import ServerClock
 from ridpool.daemon.config import Config, PoolConfig
+from ridpool.daemon.health import PoolDamage, RedisHealth
 from ridpool.daemon.limiter import Budget
 from ridpool.daemon.metrics import ERROR_FIELD, Metrics
-from ridpool.daemon.warmups import from_ms
+from ridpool.daemon.model import Model, Slot, Want
+from ridpool.daemon.publish import Publisher
+from ridpool.daemon.sources import DemandSource, queue_cname
 from ridpool.entry import Entry
 from ridpool.errors import PoolUnavailable, RedisRefused, RidpoolError
-from ridpool.functions import AddResult, Lease
+from ridpool.functions import CHUNK, AddResult, Lease
 from ridpool.keys import PoolKeys, pool_keys
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay, wait_exponential
 
 log = structlog.get_logger("ridpool.refill")
-
-
-def queue_cname(pool: PoolConfig, slot: str) -> str | None:
-    """Template pools keep one queue; named channels one queue each."""
-    return None if pool.is_template else slot
 
 
 def _log_failure(event: str, pool: PoolConfig, exc: AcquireError, **fields: object) -> None:
@@ -53,25 +57,38 @@ def _log_failure(event: str, pool: PoolConfig, exc: AcquireError, **fields: obje
     )
 
 
-class DemandSource(Protocol):
-    """Anything that makes pools want entries: asked every round for its demands at a server instant."""
-
-    async def demands(self, now_ms: int) -> list[planner.Demand]: ...
+class SourceFailed(RidpoolError):
+    """A demand source could not read what a pool needs: that pool is skipped this round."""
 
 
-class Standing:
-    """The standing size of every configured channel, for ever."""
+# How long before a consumable window begins its baseline is taken (the loop wakes for it): pops in this sliver
+# count against the window, which errs towards acquiring too little rather than twice for one start.
+BASELINE_EARLY_MS = 100
+# A window's baseline is kept this long after the window began: windows last at most a day (config rule).
+BASELINE_KEPT_MS = 86_400_000 + 3_600_000
+# An entry of a pending announcement with less life than this is retired and acquired again: enough for a
+# replacement to be acquired and stored before it dies, and for a starter's min_ttl of a few seconds.
+RETIRE_AHEAD_MS = 10_000
+# The change feed keeps a minute: a replica that has not read it for longer looks at every channel again.
+FEED_KEEP_MS = 60_000
+# A channel another replica leased for (or whose lease was refused) is asked about again this much later.
+LATER_MS = 1_000
+# Channels swept in one round at most (at start-up a pool of many channels is swept over several rounds).
+SWEEP_PER_ROUND = 5 * CHUNK
+# Every channel is looked at again this often, whatever the change feed says (a queue deleted by hand).
+FULL_LOOK_MS = 600_000
 
-    def __init__(self, pools: Sequence[PoolConfig]) -> None:
-        self.list = [planner.Demand(p.name, queue_cname(p, c), p.size, 0, None, "size") for p in pools for c in p.slots]
-
-    async def demands(self, now_ms: int) -> list[planner.Demand]:
-        return self.list
-
+# Server time is read again this often (the offset to the monotonic clock drifts by microseconds a second).
+CLOCK_SYNC_S = 1.0
 
 # Agora's latency before any acquire was seen: high, so that the first in-flight caps err towards keeping the
 # budget busy. Every acquire then moves the estimate a fifth of the way to what it measured.
 FIRST_LATENCY, LATENCY_WEIGHT = 1.0, 0.2
+
+
+def config_slots(pool: PoolConfig) -> tuple[Slot, ...]:
+    """The queues a pool-wide demand is for: the template pool's one queue, or each configured channel."""
+    return tuple(queue_cname(pool, c) for c in pool.slots)
 
 
 class Refiller:
@@ -83,90 +100,100 @@ class Refiller:
         budget: Budget,
         clock: ServerClock,
         *,
+        sources: Sequence[DemandSource],
+        health: RedisHealth,
+        damage: PoolDamage,
+        publisher: Publisher,
         replica_id: str,
         lease_seconds: float,
+        tick: float,
+        renew_every: float,
         rng: random.Random | None = None,
         metrics: Metrics | None = None,
-        sources: Sequence[DemandSource] = (),
-        next_instant: Callable[[str, int], int | None] | None = None,
     ) -> None:
         self.redis = client
         self.config = config
         self.metrics = metrics or Metrics()
         self.pools = {p.name: p for p in config.pools}
         self.max_age_ms = {p.name: p.max_age_ms for p in config.pools}
-        self.sources: list[DemandSource] = [Standing(config.pools), *sources]
+        self.channels = config.channels
+        self.sources = list(sources)
         self.keys: dict[str, PoolKeys] = {p.name: pool_keys(config.redis.key_prefix, p.name) for p in config.pools}
         self.acquirer = acquirer
         self.budget = budget
         self.clock = clock
+        self.health = health
+        self.damage = damage
+        self.publisher = publisher
         self.replica_id = replica_id
         self.lease_ms = round(lease_seconds * 1000)
+        self.tick = tick
+        self.renew_every = renew_every
         self.rng = rng or random.Random()
-        self.in_flight = asyncio.Semaphore(config.agora.max_in_flight)
+        self.max_in_flight = config.agora.in_flight  # this replica's concurrent acquires
         self.tasks: set[asyncio.Task[None]] = set()
         self.leases: dict[str, PoolKeys] = {}  # token -> its pool: the leases this replica holds and renews
         self.stopping = False
         self.wake = asyncio.Event()  # set when an acquire ends: the next round may lease again
         self.latency = FIRST_LATENCY
-        self.targets: dict[planner.SlotKey, planner.Target] = {}  # the last round's plan
-        self.next_instant = next_instant  # a pool's next warm-up instant (server ms), for status
-        self.published: dict[str, tuple[int, str, str]] = {}  # what each pool's stats hash says of its target
+        self.synced = 0.0  # monotonic time server time was last read
+        self.model = Model({p.name: config_slots(p) for p in config.pools})
+        self.demands: list[planner.Demand] = []  # the last round's demands, as what is left of them
+        self.targets: dict[planner.SlotKey, planner.Target] = {}  # the last round's plan, per slot
+        self.baseline: dict[tuple[str, int], int] = {}  # (pool, window start) -> the pool's pops then
+        self.published: dict[str, dict[str, str]] = {}  # what each pool's stats hash says of its plan
         self.logged: dict[str, str] = {}  # the last reason logged per pool
-        self.damaged: dict[str, str] = {}  # pool -> why its keys cannot be used; skipped until they can
-        self.failed_now: set[str] = set()  # pools damaged during the current round
-        # This round's warm-up part of each slot's target and the pool's pops when it was planned: pops made while
-        # the round leases use it up in Redis (ridpool_reserve), so a popped warm-up entry is never acquired again.
-        self.consuming: dict[planner.SlotKey, tuple[int, int]] = {}
+        self.changed: dict[str, set[str]] = {}  # per pool, the channels the change feed named this round
+        # Metadata rewritten (a Redis that lost it, a changed config): write the target fields again, and look at
+        # every channel again (the queues may be gone too).
+        publisher.listeners.append(self.published.clear)
+        publisher.listeners.append(self.resync)
 
-    # -- one round -----------------------------------------------------------------------------------------
+    @property
+    def in_flight(self) -> int:
+        """Acquires this replica has running."""
+        return len(self.tasks)
 
-    async def plan(self) -> dict[planner.SlotKey, planner.Target]:
-        """Every slot's target now, from all sources planned together."""
-        await self.clock.sync(self.redis)
-        now = self.clock.server_ms(time.monotonic())
-        demands = [d for source in self.sources for d in await source.demands(now)]
-        rate = planner.available_rate(self.config.sustained_rate, demands, self.max_age_ms)
-        self.targets = planner.plan(
-            [d for d in demands if d.pool in self.pools], now_ms=now, rate=rate, max_age_ms=self.max_age_ms
+    def resync(self) -> None:
+        """Look at every channel of every pool again (Redis lost or replaced what this replica knew)."""
+        for pool in self.pools:
+            self.model.resync(pool)
+
+    # -- the loop ------------------------------------------------------------------------------------------
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Rounds back to back until `stop` (or `stop()`): each after an acquire ends, when a channel is due, at
+        a consumable window's start, or after a tick; the leases in use are renewed every `renew_every`."""
+        renewing = asyncio.create_task(
+            ticker.every(self.renew_every, functools.partial(self.health.guarded, "renew", self.renew), stop=stop)
         )
-        await self._publish_targets(now)
-        return self.targets
+        try:
+            while not stop.is_set() and not self.stopping:
+                await self.health.guarded("refill", self._round)
+                await self.idle(self._wait())
+        finally:
+            renewing.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await renewing
 
-    async def _publish_targets(self, now_ms: int) -> None:
-        """Each pool's target now, why, and its next warm-up, in its stats hash (written when they change)."""
-        totals: dict[str, list[tuple[int, str]]] = {name: [] for name in self.pools}
-        for (pool, _), target in self.targets.items():
-            totals[pool].append((target.count, target.reason))
-        changed = {}
-        for pool, parts in totals.items():
-            count = sum(n for n, _ in parts)
-            reason = max(parts, key=lambda p: p[0])[1] if parts else "size 0"
-            at = self.next_instant(pool, now_ms) if self.next_instant else None
-            state = (count, reason, "" if at is None else from_ms(at).isoformat(timespec="seconds"))
-            if self.published.get(pool) != state:
-                changed[pool] = state
-            why = reason.split(" +")[0]  # what raises it, not by how much (a ramp changes that every round)
-            if self.logged.get(pool) != why:
-                self.logged[pool] = why
-                log.info("refill.target", pool=pool, target=count, reason=reason, next_warmup=state[2])
-        if not changed:
-            return
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for pool, (count, reason, at_text) in changed.items():
-                mapping = {"target": count, "target_reason": reason, "next_warmup": at_text}
-                pipe.hset(self.keys[pool].stats, mapping=mapping)  # type: ignore[arg-type]
-            replies = await pipe.execute(raise_on_error=False)
-        for (pool, state), reply in zip(changed.items(), replies, strict=True):
-            if isinstance(reply, redis.ResponseError):
-                # A damaged stats key stops only its own pool, as in the rest of the round.
-                await self.mark_damaged(pool, functions.refused(reply, f"pool {pool!r}"))
-            else:
-                self.published[pool] = state
+    async def _round(self) -> None:
+        if await self.publisher.ensure():  # a Redis that restarted empty lost the metadata: before pops meet it
+            self.resync()
+        await self.round()
 
-    def cap(self, pool: PoolConfig) -> int:
-        """The pool's in-flight cap across replicas: configured, or derived from the budget and the latency."""
-        return pool.max_in_flight or planner.in_flight_cap(self.config.sustained_rate, self.latency)
+    def _wait(self) -> float:
+        """Until the next round: a tick, or less when a channel is due or a consumable window begins sooner (its
+        baseline is taken at its start, see `_baselines`)."""
+        if self.clock.offset_ms is None:
+            return self.tick
+        now = self.clock.now_ms()
+        starts = [
+            d.at_ms - BASELINE_EARLY_MS
+            for d in self.demands
+            if d.consumable and d.until_ms is not None and d.at_ms - BASELINE_EARLY_MS > now
+        ]
+        due = self.model.next_due_ms()
+        return min([self.tick, *((at - now) / 1000 for at in [*starts, *([due] if due is not None else [])])])
 
     async def idle(self, timeout: float) -> None:
         """Wait until an acquire ends or `timeout` seconds pass."""
@@ -174,62 +201,28 @@ class Refiller:
             await asyncio.wait_for(self.wake.wait(), max(0.0, timeout))
         self.wake.clear()
 
+    # -- one round -----------------------------------------------------------------------------------------
+
     async def round(self) -> int:
-        """Lease and start acquires until every slot is full or leased; returns the acquires started."""
-        self.failed_now.clear()
+        """Look at what changed, plan, and lease what the channels lack up to this replica's free acquire slots;
+        returns the acquires started. Never waits for an acquire: what is left is leased by the next round."""
+        self.damage.begin_round()
         # Read before planning: a pop made between the two then counts twice (too few acquired for one round,
-        # corrected by the next), never not at all (a popped warm-up entry acquired again).
-        pops = await self._pops({p.name for p in self.pools.values() if p.warmups})
-        slots = await self._slots(await self.plan(), pops)
-        started = 0
-        while not self.stopping:
-            slot = planner.next_slot(slots)
-            if slot is None:
-                break
-            await self.in_flight.acquire()
-            if self.stopping:
-                self.in_flight.release()
-                break
-            try:
-                leases = await self._reserve(slot)
-            except RedisRefused as exc:
-                leases = []
-                await self.mark_damaged(slot.pool, exc)
-            except BaseException:
-                self.in_flight.release()
-                raise
-            i = slots.index(slot)
-            if not leases:
-                # Full, leased by other replicas, or held after failures: nothing more for it this round.
-                self.in_flight.release()
-                slots[i] = replace(slot, target=0)
-                continue
-            slots[i] = replace(slot, pending=slot.pending + 1)
-            self._spawn(self.pools[slot.pool], slot.cname or "", leases[0])
-            started += 1
-        for pool in set(self.damaged) - self.failed_now:
-            self.mark_sound(pool)
+        # corrected by the next), never not at all (a popped entry of a consumable demand acquired again).
+        pops = await self._look()
+        await self._sweep()  # what changed: the feed, the channels due, a template pool's queue
+        await self.plan(pops)  # the sources hear what the feed said
+        await self._sweep_unknown()  # channels with a target never looked at (new, or after a resync)
+        started = await self._lease(pops)
+        self.damage.end_round()
         return started
 
-    async def _slots(self, targets: dict[planner.SlotKey, planner.Target], pops: dict[str, int]) -> list[planner.Slot]:
-        slots = []
-        self.consuming.clear()
-        for (pool, cname), target in targets.items():
-            if target.count <= 0 or pool in self.failed_now:
-                continue
-            if pool in pops and target.consumable > 0:
-                self.consuming[(pool, cname)] = (target.consumable, pops[pool])
-            try:
-                slots.append(await self._sweep(pool, cname, target.count))
-            except RedisRefused as exc:
-                await self.mark_damaged(pool, exc)  # skipped this round; the other pools go on
-        return slots
-
-    async def _pops(self, pools: set[str]) -> dict[str, int]:
-        """Each pool's pops counter now: the round's warm-up targets are planned against it."""
-        if not pools:
-            return {}
-        names = sorted(pools)
+    async def _look(self) -> dict[str, int]:
+        """Every pool's pops counter, in one round trip; server time again when the last reading is old."""
+        if self.clock.offset_ms is None or self.clock.monotonic() - self.synced >= CLOCK_SYNC_S:
+            await self.clock.sync(self.redis)
+            self.synced = self.clock.monotonic()
+        names = list(self.pools)
         with functions.reaching(self.redis):
             async with self.redis.pipeline(transaction=False) as pipe:
                 for name in names:
@@ -241,57 +234,294 @@ class Refiller:
             if r is None or (isinstance(r, bytes | str) and r.isdigit())
         }
 
-    async def _sweep(self, pool: str, cname: str | None, target: int) -> planner.Slot:
-        call = functions.sweep_call(self.keys[pool], cname)
-        state = functions.parse_sweep(await functions.aexecute(self.redis, call))
-        if state.dropped:
-            # Redis serves a data set other than the one these entries were stored in (a restart from RDB/AOF,
-            # a failover): they may have been popped in the history it lost, so they were dropped.
-            log.warning("refill.queue_dropped", pool=pool, cname=cname, dropped=state.dropped)
-        return planner.Slot(pool, cname, target, state.live)
+    async def _sweep(self) -> None:
+        """Bring the model up to date with what changed: each pool's change feed (and the channels it names), the
+        channels whose oldest entry expired, a template pool's one queue (every round: the cheapest look there
+        is); and every channel every FULL_LOOK_MS, so that a queue deleted by hand is noticed."""
+        now = self.clock.now_ms()
+        due = self.model.due_slots(now + RETIRE_AHEAD_MS)
+        self.changed = {}
+        for name, pool in self.pools.items():
+            if name in self.damage:
+                continue
+            model = self.model.pools[name]
+            if now - model.looked_ms >= FULL_LOOK_MS:
+                self.model.resync(name)
+                model.looked_ms = now
+            wanted = list(dict.fromkeys([*due.get(name, []), *([None] if pool.is_template else [])]))
+            try:
+                changed = await self._sweep_pool(pool, wanted, feed=not pool.is_template)
+                if changed:
+                    self.changed[name] = changed
+                    again = [c for c in changed if c not in wanted]
+                    if again:
+                        await self._sweep_pool(pool, again, feed=False)
+            except RedisRefused as exc:
+                await self.damage.mark(name, exc)  # skipped this round; the other pools go on
 
-    # -- damaged pools -------------------------------------------------------------------------------------
+    async def _sweep_unknown(self) -> None:
+        """The channels with a target this replica has not looked at yet, SWEEP_PER_ROUND at most a round (a pool
+        of many channels is looked at over a few rounds after a start)."""
+        budget = SWEEP_PER_ROUND
+        for name, pool in self.pools.items():
+            if name in self.damage or budget <= 0:
+                continue
+            wanted = self.model.unknown(name)[:budget]
+            if not wanted:
+                continue
+            budget -= len(wanted)
+            try:
+                await self._sweep_pool(pool, wanted, feed=False)
+            except RedisRefused as exc:
+                await self.damage.mark(name, exc)
 
-    async def mark_damaged(self, pool: str, exc: RidpoolError) -> None:
-        """A pool whose keys Redis refuses (wrong type, permission, ...) is in error and skipped; others go on.
+    async def _sweep_pool(self, pool: PoolConfig, slots: Sequence[Slot], *, feed: bool) -> set[str]:
+        """One pool's sweep calls: its change feed since this replica's mark (when `feed`), and the slots asked
+        about, CHUNK at a time. Returns the channels the feed named."""
+        model = self.model.pools[pool.name]
+        ahead = RETIRE_AHEAD_MS if pool.announced else 0
+        changed: set[str] = set()
+        pending, reading = list(slots), feed
+        while True:
+            chunk, pending = pending[:CHUNK], pending[CHUNK:]
+            call = functions.sweep_call(
+                self.keys[pool.name],
+                chunk,
+                since_ms=max(model.since_ms, 0) if reading else -1,
+                retire_ms=ahead,
+                keep_ms=FEED_KEEP_MS,
+            )
+            swept = functions.parse_sweep(await functions.aexecute(self.redis, call))
+            if swept.data_set != model.data_set:
+                if model.data_set:
+                    # Another Redis process serves the data now (a restore, a failover): what this replica knew
+                    # of the queues is of the old one. The sweeps drop what cannot be trusted; look again.
+                    log.info("refill.data_set_changed", pool=pool.name)
+                    self.model.resync(pool.name)
+                model.data_set = swept.data_set
+            if reading:
+                if model.since_ms < swept.now_ms - FEED_KEEP_MS:
+                    # Never read, or not for longer than the feed keeps: what it said meanwhile may be lost.
+                    self.model.resync(pool.name)
+                changed.update(c for c, _ in swept.changed)
+                model.since_ms = max(score for _, score in swept.changed) if swept.changed else swept.now_ms
+                reading = swept.more  # more of the feed to read: go round again
+            for slot, state in zip(chunk, swept.states, strict=True):
+                if state.dropped:
+                    # Redis serves a data set other than the one these entries were stored in (a restart from
+                    # RDB/AOF, a failover): they may have been popped in the history it lost, so they were dropped.
+                    log.warning("refill.queue_dropped", pool=pool.name, cname=slot, dropped=state.dropped)
+                self.model.swept(pool.name, slot, state.live, state.oldest_expires_at_ms, due_ahead_ms=ahead)
+            if not pending and not reading:
+                return changed
 
-        Logged once per cause, and written to the pool's stats (state `error`) when that key itself is usable.
-        """
-        message = str(exc)
-        self.failed_now.add(pool)
-        if self.damaged.get(pool) != message:
-            log.error("refill.pool_damaged", pool=pool, kind=type(exc).__name__, error=message)
-        self.damaged[pool] = message
-        with contextlib.suppress(RidpoolError, redis.RedisError), functions.reaching(self.redis):
-            await self.redis.hset(self.keys[pool].stats, mapping={"state": "error", "last_error": message[:500]})
+    async def plan(self, pops: Mapping[str, int] | None = None) -> dict[planner.SlotKey, planner.Target]:
+        """Every slot's target now, from all sources planned together; `pops`: each pool's pops counter, read
+        before (the round reads it first; by itself, plan reads it now)."""
+        if pops is None:
+            pops = await self._look()
+        now = self.clock.now_ms()
+        demands = [d for d in await self._demands(now) if d.pool in self.pools]
+        popped = await self._baselines(demands, pops, now)
+        self.demands = planner.left(demands, popped, now_ms=now, channels=self.channels)
+        rate = planner.available_rate(self.config.sustained_rate, self.demands, self.max_age_ms, self.channels)
+        self.targets = planner.plan(
+            self.demands, now_ms=now, rate=rate, max_age_ms=self.max_age_ms, channels=self.channels
+        )
+        own: dict[str, dict[Slot, planner.Target]] = defaultdict(dict)
+        for (pool, cname), target in self.targets.items():
+            if cname is not None:
+                own[pool][cname] = target
+        for pool in self.pools:
+            every = self.targets.get((pool, None), planner.Target(0, "size 0"))
+            self.model.set_targets(pool, every, own.get(pool, {}))
+        await self._publish_targets(now)
+        return self.targets
 
-    def mark_sound(self, pool: str) -> None:
-        if self.damaged.pop(pool, None) is not None:
-            log.info("refill.pool_recovered", pool=pool)
+    async def _demands(self, now_ms: int) -> list[planner.Demand]:
+        """What every source asks for now; a source that fails for a pool fails that pool only (skipped this
+        round, logged once per change of its error), the other pools go on."""
+        out: list[planner.Demand] = []
+        for source in self.sources:
+            for pool in source.pools:
+                if pool not in self.pools or pool in self.damage:
+                    continue
+                try:
+                    await source.refresh(pool, now_ms, frozenset(self.changed.get(pool, ())))
+                except RedisRefused as exc:
+                    await self.damage.mark(pool, exc)
+                    continue
+                except PoolUnavailable:
+                    raise
+                except Exception as exc:  # the source's own failure: its pool's alone
+                    why = f"{type(source).__name__}: {type(exc).__name__}: {exc}"
+                    await self.damage.mark(pool, SourceFailed(why), event="refill.source_failed")
+                    continue
+                out += source.demands(pool, now_ms)
+        return out
 
-    async def _reserve(self, slot: planner.Slot) -> list[Lease]:
-        pool = self.pools[slot.pool]
+    async def _baselines(
+        self, demands: Sequence[planner.Demand], pops: Mapping[str, int], now_ms: int
+    ) -> dict[tuple[str, int], int]:
+        """The pool's pops since each consumable window began, from its baseline: the pool's pops counter at the
+        window's start, recorded once in Redis (HSETNX: the first replica's stays) and read once per replica.
+
+        The hash holds only the windows that may still run (one day at most, the longest window), however often
+        a window recurs."""
+        popped: dict[tuple[str, int], int] = {}
+        wanted = {(d.pool, d.at_ms) for d in planner.running_consumable(demands, now_ms, BASELINE_EARLY_MS)}
+        for pool, at in sorted(wanted):
+            if pool not in pops:
+                continue  # its counter is unreadable (a damaged stats key): the round skips the pool
+            if (pool, at) not in self.baseline:
+                keys = self.keys[pool]
+                with functions.reaching(self.redis):
+                    async with self.redis.pipeline(transaction=True) as pipe:
+                        pipe.hsetnx(keys.baselines, str(at), pops[pool])
+                        pipe.hget(keys.baselines, str(at))
+                        pipe.hkeys(keys.baselines)
+                        pipe.pexpireat(keys.baselines, at + BASELINE_KEPT_MS, gt=True)
+                        pipe.pexpireat(keys.baselines, at + BASELINE_KEPT_MS, nx=True)
+                        _, base, fields, _, _ = await pipe.execute()
+                    stale = [f for f in fields if int(f) + BASELINE_KEPT_MS < now_ms]
+                    if stale:
+                        await self.redis.hdel(keys.baselines, *stale)
+                self.baseline[(pool, at)] = int(base)
+            popped[(pool, at)] = max(0, pops[pool] - self.baseline[(pool, at)])
+        self.baseline = {k: v for k, v in self.baseline.items() if k[1] + BASELINE_KEPT_MS >= now_ms}
+        return popped
+
+    def total(self, pool: str) -> tuple[int, str]:
+        """The pool's target now, all channels together, and why (the largest reason)."""
+        model = self.model.pools[pool]
+        count = model.every.count * len(model.config_slots)
+        parts = [(model.every.count, model.every.reason)] if model.config_slots else []
+        for slot, own in model.own.items():
+            n = own.count + (self.model.channel(pool, slot).live if own.beyond_live else 0)
+            count += n
+            parts.append((n, own.reason))
+        return count, max(parts, key=lambda p: p[0])[1] if parts else "size 0"
+
+    async def _publish_targets(self, now_ms: int) -> None:
+        """Each pool's target now, why, and what its sources want shown, in its stats hash (when they change)."""
+        changed: dict[str, dict[str, str]] = {}
+        for pool in self.pools:
+            count, reason = self.total(pool)
+            fields = {"target": str(count), "target_reason": reason}
+            for source in self.sources:
+                if pool in source.pools:
+                    fields.update(source.notes(pool, now_ms))
+            if self.published.get(pool) != fields:
+                changed[pool] = fields
+            why = reason.split(" +")[0]  # what raises it, not by how much (a ramp changes that every round)
+            if self.logged.get(pool) != why:
+                self.logged[pool] = why
+                log.info(
+                    "refill.target", pool=pool, target=count, reason=reason, next_warmup=fields.get("next_warmup", "")
+                )
+        if not changed:
+            return
+        with functions.reaching(self.redis):
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for pool, fields in changed.items():
+                    pipe.hset(self.keys[pool].stats, mapping=fields)  # type: ignore[arg-type]
+                replies = await pipe.execute(raise_on_error=False)
+        for (pool, fields), reply in zip(changed.items(), replies, strict=True):
+            if isinstance(reply, redis.ResponseError):
+                # A damaged stats key stops only its own pool, as in the rest of the round.
+                await self.damage.mark(pool, functions.refused(reply, f"pool {pool!r}"))
+            else:
+                self.published[pool] = fields
+
+    def cap(self, pool: PoolConfig) -> int:
+        """The pool's in-flight cap across replicas: configured, or derived from the budget and the latency."""
+        return pool.max_in_flight or planner.in_flight_cap(self.config.sustained_rate, self.latency)
+
+    async def _lease(self, pops: Mapping[str, int]) -> int:
+        """Lease for the channels that lack the most, up to this replica's free acquire slots: one batched
+        ridpool_reserve per pool; what Redis refuses is weighed again later, never retried at once."""
+        now = self.clock.now_ms()
+        self.model.wake(now)
+        free = self.max_in_flight - len(self.tasks)
+        if free <= 0 or self.stopping:
+            return 0
+        wants, order = self.model.wants(free, now)
+        by_pool: dict[str, list[Want]] = defaultdict(list)
+        for want in wants:
+            by_pool[want.pool].append(want)
+        granted: dict[tuple[str, Slot], list[Lease]] = {}
+        answered: set[tuple[str, Slot]] = set()
+        try:
+            for name, asked in by_pool.items():
+                if name in self.damage:
+                    continue
+                for i in range(0, len(asked), CHUNK):
+                    chunk = asked[i : i + CHUNK]
+                    try:
+                        reserved = await self._reserve(self.pools[name], chunk, pops.get(name))
+                    except RedisRefused as exc:
+                        await self.damage.mark(name, exc)
+                        break
+                    granted.update(self._granted(self.pools[name], chunk, reserved, now))
+                    answered.update((name, w.slot) for w in chunk)
+        finally:
+            # A want Redis did not answer (a damaged pool, Redis down) is weighed again, never forgotten.
+            for want in wants:
+                if (want.pool, want.slot) not in answered:
+                    self.model.evaluate(want.pool, want.slot)
+        # Acquires start in the order the leases were chosen (emptiest first, one at a time), so the budget serves
+        # the channels side by side.
+        started = 0
+        for name, slot in order:
+            leases = granted.get((name, slot))
+            if leases:
+                self._spawn(self.pools[name], slot, leases.pop(0))
+                started += 1
+        return started
+
+    async def _reserve(self, pool: PoolConfig, wants: Sequence[Want], pops: int | None) -> functions.Reserved:
         candidates: list[int] = []
         if pool.uid_range is not None:
             lo, hi = pool.uid_range
-            candidates = [self.rng.randint(lo, hi) for _ in range(8)]
-        consumable, pops_seen = self.consuming.get((slot.pool, slot.cname), (0, 0))
+            candidates = [self.rng.randint(lo, hi) for _ in range(2 * sum(w.want for w in wants) + 6)]
         call = functions.reserve_call(
             self.keys[pool.name],
-            queue_cname=slot.cname,
-            target=slot.target,
+            [functions.Want(w.slot, w.target, w.consumable if pops is not None else 0, w.want) for w in wants],
             cap=self.cap(pool),
-            want=1,
             lease_ms=self.lease_ms,
             token_base=f"{self.replica_id}:{uuid.uuid4().hex[:12]}",
+            pops_seen=pops or 0,
             uid_candidates=candidates,
-            announced=pool.announced,
-            consumable=consumable,
-            pops_seen=pops_seen,
         )
         return functions.parse_reserve(await functions.aexecute(self.redis, call))
 
-    def _spawn(self, pool: PoolConfig, slot: str, lease: Lease) -> None:
+    def _granted(
+        self, pool: PoolConfig, wants: Sequence[Want], reserved: functions.Reserved, now_ms: int
+    ) -> dict[tuple[str, Slot], list[Lease]]:
+        """The leases granted per channel (their acquires are started by the caller); every channel asked about
+        is weighed again with what Redis said."""
+        model = self.model.pools[pool.name]
+        if reserved.status in ("HELD", "CAP"):
+            # Held after failures, or the pool's acquires in flight (all replicas) at its cap: ask again after a
+            # moment, or as soon as one of this replica's acquires for it ends.
+            model.blocked_until = now_ms + LATER_MS
+        out: dict[tuple[str, Slot], list[Lease]] = {}
+        for want, granted in zip(wants, reserved.slots, strict=False):
+            channel = self.model.channel(pool.name, want.slot)
+            channel.live = granted.live
+            channel.pending += len(granted.leases)
+            out[(pool.name, want.slot)] = list(granted.leases)
+            short = self.model.needs(pool.name, want.slot) > 0
+            if len(granted.leases) < want.want and reserved.status == "OK" and short:
+                # Another replica leases for it, or its announcement lacks no more: ask again later.
+                self.model.later_at(pool.name, want.slot, now_ms + LATER_MS)
+            else:
+                self.model.evaluate(pool.name, want.slot)
+        for want in wants[len(reserved.slots) :]:  # HELD: nothing was said of them
+            self.model.evaluate(pool.name, want.slot)
+        return out
+
+    def _spawn(self, pool: PoolConfig, slot: Slot, lease: Lease) -> None:
         self.leases[lease.token] = self.keys[pool.name]
         task = asyncio.create_task(self._acquire(pool, slot, lease), name=f"acquire:{pool.name}")
         self.tasks.add(task)
@@ -299,15 +529,15 @@ class Refiller:
 
     # -- one acquire ---------------------------------------------------------------------------------------
 
-    async def _acquire(self, pool: PoolConfig, slot: str, lease: Lease) -> None:
+    async def _acquire(self, pool: PoolConfig, slot: Slot, lease: Lease) -> None:
         keys = self.keys[pool.name]
-        cname = pool.expand_cname() if pool.is_template else slot
+        cname = pool.expand_cname() if slot is None else slot
         uid = lease.uid or str(pool.uid)
         granted_at = [0.0]
 
         async def take() -> None:
             await self._take(pool)
-            granted_at[0] = time.monotonic()
+            granted_at[0] = self.clock.monotonic()
 
         try:
             try:
@@ -324,11 +554,12 @@ class Refiller:
                 await self._failed(pool, keys, lease, exc)
                 return
             self.budget.succeeded()
-            self.latency += LATENCY_WEIGHT * (time.monotonic() - granted_at[0] - self.latency)
+            self.latency += LATENCY_WEIGHT * (self.clock.monotonic() - granted_at[0] - self.latency)
             entry = got.entry(pool, cname, uid, self.clock.server_ms(got.sent_at))
-            await self._store(pool, keys, entry, lease, queue_cname(pool, slot))
+            if await self._store(pool, keys, entry, lease, slot) is AddResult.ADDED:
+                self.model.stored(pool.name, slot, entry.expires_at_ms, due_ahead_ms=RETIRE_AHEAD_MS * pool.announced)
         except RedisRefused as exc:
-            await self.mark_damaged(pool.name, exc)  # the lease lapses by itself
+            await self.damage.mark(pool.name, exc)  # the lease lapses by itself
         except (PoolUnavailable, redis.RedisError) as exc:
             # The lease lapses by itself; an acquired ID that could not be stored is lost, never half-written.
             log.warning("refill.redis_unavailable", pool=pool.name, error=str(exc))
@@ -339,13 +570,17 @@ class Refiller:
             raise
         finally:
             self.leases.pop(lease.token, None)
-            self.in_flight.release()
+            self.tasks.discard(asyncio.current_task())
+            channel = self.model.channel(pool.name, slot)
+            channel.pending = max(0, channel.pending - 1)
+            self.model.pools[pool.name].blocked_until = 0  # one of its leases is free: its cap may allow another
+            self.model.evaluate(pool.name, slot)
             self.wake.set()
 
-    async def _store(self, pool: PoolConfig, keys: PoolKeys, entry: Entry, lease: Lease, cname: str | None) -> None:
-        call = functions.add_call(
-            keys, entry, queue_cname=cname, lease=lease.token, uid=lease.uid, announced=pool.announced
-        )
+    async def _store(
+        self, pool: PoolConfig, keys: PoolKeys, entry: Entry, lease: Lease, cname: str | None
+    ) -> AddResult:
+        call = functions.add_call(keys, entry, queue_cname=cname, lease=lease.token, uid=lease.uid, acquired=True)
         # Redis may blink between acquire and store: the add is idempotent, so retry while the entry lives.
         retrying = AsyncRetrying(
             stop=stop_after_delay(min(30.0, pool.max_age)),
@@ -356,19 +591,16 @@ class Refiller:
         async for attempt in retrying:
             with attempt:
                 result = functions.parse_add(await functions.aexecute(self.redis, call))
-        async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.hincrby(keys.stats, "acquires", 1)
-            pipe.hset(keys.stats, mapping={"state": "ok", "failures": 0})
-            await pipe.execute()
         event = "refill.stored" if result in (AddResult.ADDED, AddResult.EXISTS) else "refill.not_stored"
         log.info(
             event, pool=pool.name, cname=entry.cname, uid=entry.uid, result=result.value, request_id=entry.request_id
         )
+        return result
 
     async def _take(self, pool: PoolConfig) -> None:
-        started = time.monotonic()
+        started = self.clock.monotonic()
         await self.budget.take()
-        self.metrics.budget_wait.labels(pool.name).observe(time.monotonic() - started)
+        self.metrics.budget_wait.labels(pool.name).observe(self.clock.monotonic() - started)
 
     async def _attempted(self, pool: PoolConfig, keys: PoolKeys, cname: str, attempt: Attempt) -> None:
         """Every HTTP attempt: timed; a failed one counted in `errors` (and `errors:<kind>`), retried or not."""
@@ -414,13 +646,14 @@ class Refiller:
         """
         if not self.leases:
             return 0
-        deadline = self.clock.server_ms(time.monotonic()) + self.lease_ms
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for token, keys in list(self.leases.items()):
-                pipe.zadd(keys.inflight, {token: deadline}, xx=True, gt=True)
-            for keys in {k.inflight: k for k in self.leases.values()}.values():
-                pipe.pexpireat(keys.inflight, deadline, gt=True)
-            await pipe.execute()
+        deadline = self.clock.now_ms() + self.lease_ms
+        with functions.reaching(self.redis):
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for token, keys in list(self.leases.items()):
+                    pipe.zadd(keys.inflight, {token: deadline}, xx=True, gt=True)
+                for keys in {k.inflight: k for k in self.leases.values()}.values():
+                    pipe.pexpireat(keys.inflight, deadline, gt=True)
+                await pipe.execute()
         return len(self.leases)
 
     # -- shutdown ------------------------------------------------------------------------------------------
@@ -428,6 +661,7 @@ class Refiller:
     async def stop(self, grace: float) -> int:
         """Start no new acquire; give those in flight `grace` seconds, then abandon them. Returns how many."""
         self.stopping = True
+        self.wake.set()
         if not self.tasks:
             return 0
         _, pending = await asyncio.wait(set(self.tasks), timeout=grace)

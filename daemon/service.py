@@ -1,10 +1,10 @@
 """The daemon: wires config, Redis, the Agora client, the budget and the refiller, and runs them.
 
-The refill runs as one continuous loop (a round, then a wait for an acquire to end, a tick, or the next
-warm-up instant), so the budget, not a round per tick, sets the rate. The periodic jobs (heartbeat, metadata,
-demand history, observation) run on a ticker (`ticker.every`, on the monotonic clock: wall-clock steps do not
-move it); every replica is the same and all
-coordination happens in Redis, so replicas can be added or killed at any time. Redis outages slow the daemon
+The refill runs as one continuous loop of its own (`Refiller.run`: a round, then a wait for an acquire to end, a
+tick, or a demand source's instant), so the budget, not a round per tick, sets the rate. The periodic jobs
+(heartbeat, metadata, demand history, observation) run on a ticker (`ticker.every`, on the monotonic clock:
+wall-clock steps do not move it); every replica is the same and all coordination happens in Redis, so replicas
+can be added or killed at any time. Redis outages slow the daemon
 down (jobs skip with a growing backoff) and never stop it; when Redis comes back, empty or not, the function
 library is loaded again on first use and the pools' metadata republished.
 """
@@ -12,12 +12,12 @@ library is loaded again on first use and the pools' metadata republished.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import os
 import socket
 import time
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
@@ -25,22 +25,20 @@ from typing import Any
 import httpx
 import redis.asyncio
 import structlog
-from ridpool import functions
+from ridpool import functions, stats
 from ridpool import keys as keyspace
 from ridpool.aio import AsyncPoolClient
 from ridpool.daemon import ticker
 from ridpool.daemon.agora import AcquireClient
-from ridpool.daemon.announcements import Announcements
-from ridpool.daemon.backoff import doubling
 from ridpool.daemon.clock import ServerClock
 from ridpool.daemon.config import Config, Credentials
-from ridpool.daemon.demand import LearnedSource
+from ridpool.daemon.health import PoolDamage, RedisHealth
 from ridpool.daemon.limiter import Budget
 from ridpool.daemon.metrics import Metrics, MetricsServer, Snapshot, pool_target
-from ridpool.daemon.refill import Refiller, queue_cname
-from ridpool.daemon.warmups import WarmupSource
-from ridpool.errors import EvictionRisk, PoolUnavailable, RedisRefused, RidpoolError
-from ridpool.meta import PoolMeta, apublish
+from ridpool.daemon.publish import Publisher, meta_of
+from ridpool.daemon.refill import Refiller
+from ridpool.daemon.sources import STANDARD, SourceContext, SourceFactory
+from ridpool.errors import EvictionRisk, PoolUnavailable, RidpoolError
 from ridpool.stats import PoolStats
 from ridpool.version import installed
 
@@ -59,8 +57,10 @@ class Timing:
     grace: float = 3.0  # at shutdown, how long in-flight acquires may still finish
     backoff_scale: float = 1.0  # scales Agora's 1 s / 3 s / 6 s retry backoff
     redis_backoff_cap: float = 8.0  # longest pause between attempts to reach a Redis that is down
-    lease: float = 15.0  # how long a lease holds unless renewed (every heartbeat): a dead replica's lapse after it
-    observe: float = 5.0  # between two looks at every pool's state, for /metrics and the `pool.summary` events
+    # How long a lease holds unless renewed (every heartbeat): a replica that stops heart-beating (killed, cut off
+    # from Redis) has its leases stop counting within a few heartbeats, and its peers refill what it held.
+    lease: float = 5.0
+    observe: float = 3600.0  # the longest interval between two looks at every pool's state (tests shrink it)
     sample: float = 15.0  # between attempts to write a step of demand history (one replica writes each step)
     history_step: float = 60.0  # one step of demand history
     warmup_shift: float = 0.0  # seconds added to server time to compute warm-up instants (tests move them near)
@@ -75,7 +75,11 @@ class Daemon:
         timing: Timing | None = None,
         replica_id: str | None = None,
         http: httpx.AsyncClient | None = None,
+        clock: ServerClock | None = None,
+        extra_sources: Sequence[SourceFactory] = (),
     ) -> None:
+        """`extra_sources`: demand sources beyond the standard ones (standing sizes, warm-ups, learned demand,
+        announcements), each built from the replica's Redis client, config and timing."""
         self.config = config
         self.timing = timing or Timing()
         self.replica_id = replica_id or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
@@ -83,9 +87,9 @@ class Daemon:
         self.redis = config.redis.target().aconnect(health_check_interval=30)
         self.http = http or httpx.AsyncClient(
             timeout=httpx.Timeout(config.agora.timeout, connect=min(5.0, config.agora.timeout)),
-            limits=httpx.Limits(max_connections=config.agora.max_in_flight * 2, keepalive_expiry=30),
+            limits=httpx.Limits(max_connections=config.agora.in_flight * 2, keepalive_expiry=30),
         )
-        self.clock = ServerClock()
+        self.clock = clock or ServerClock()
         self.metrics = Metrics()
         self.budget = Budget(
             self.redis,
@@ -93,91 +97,53 @@ class Daemon:
             config.agora.rate_limit,
             jitter=config.agora.jitter,
         )
-        pool_keys = {p.name: keyspace.pool_keys(self.prefix, p.name) for p in config.pools}
-        self.step_ms = round(self.timing.history_step * 1000)
-        self.warmups = WarmupSource(
-            self.redis, config.pools, pool_keys, shift_ms=round(self.timing.warmup_shift * 1000)
+        self.health = RedisHealth(
+            self.clock.monotonic,
+            backoff_cap=self.timing.redis_backoff_cap,
+            stale_after=3 * max(self.timing.heartbeat, self.timing.tick),
         )
+        self.health.on_down = self._unreached
+        self.keys = {p.name: keyspace.pool_keys(self.prefix, p.name) for p in config.pools}
+        self.damage = PoolDamage(self.redis, self.keys)
+        self.warnings: dict[str, str] = {}  # what this replica wants every `ridpool status` to show, by topic
+        self.publisher = Publisher(
+            self.redis,
+            config,
+            self.damage,
+            replica_id=self.replica_id,
+            live_ms=round(self.timing.publish * 3 * 1000),  # another replica's counts as live for three intervals
+            warnings=self.warnings,
+        )
+        self.health.on_recovered = self.publisher.publish  # an empty Redis after a restart lost the metadata
+        context = SourceContext(self.redis, config, self.timing)
         self.refiller = Refiller(
             self.redis,
             config,
             AcquireClient(self.http, config.agora.base_url, credentials, backoff_scale=self.timing.backoff_scale),
             self.budget,
             self.clock,
+            sources=[make(context) for make in (*STANDARD, *extra_sources)],
+            health=self.health,
+            damage=self.damage,
+            publisher=self.publisher,
             replica_id=self.replica_id,
             lease_seconds=self.timing.lease,
+            tick=self.timing.tick,
+            renew_every=self.timing.heartbeat,
             metrics=self.metrics,
-            sources=[
-                self.warmups,
-                LearnedSource(self.redis, config.pools, pool_keys, step_ms=self.step_ms),
-                Announcements(self.redis, config),
-            ],
-            next_instant=self.warmups.next_instant,
         )
-        self.started_at = time.time()
-        self.redis_down_since: float | None = None
-        self.redis_retry_at = 0.0
-        self.redis_failures = 0
-        self.last_ok: float | None = None  # monotonic time a job last reached Redis
-        self.running = False
+        self.started_at = time.time()  # wall time, only to show when the replica started
         self.next_summary = 0.0
-        self.warnings: dict[str, str] = {}  # what this replica wants every `ridpool status` to show, by topic
+        self.step_ms = round(self.timing.history_step * 1000)
 
     # -- jobs ----------------------------------------------------------------------------------------------
 
-    async def _guarded(self, name: str, job: Any) -> None:
-        """Run one job; Redis trouble pauses the jobs with backoff, anything else is logged, never fatal.
-
-        Shutdown cancels a job still running (a refill round waiting for the budget): the cancellation goes
-        through, ending its ticker."""
-        if self.redis_down_since is not None and time.monotonic() < self.redis_retry_at:
-            return
-        try:
-            await job()
-            self.last_ok = time.monotonic()
-        except PoolUnavailable as exc:
-            self._redis_failed(exc)
-            return
-        except Exception as exc:
-            log.error("daemon.job_failed", job=name, error=f"{type(exc).__name__}: {exc}")
-            return
-        if self.redis_down_since is not None:
-            log.info("redis.recovered", down_seconds=round(time.monotonic() - self.redis_down_since, 1))
-            self.redis_down_since, self.redis_failures = None, 0
-            await self._guarded("publish", self.publish)  # an empty Redis after a restart lost the metadata
-
-    def _redis_failed(self, exc: PoolUnavailable) -> None:
-        self.redis_failures += 1
+    def _unreached(self) -> None:
         self.metrics.snapshot = replace(self.metrics.snapshot, reached=False)
-        pause = doubling(self.redis_failures, 0.25, self.timing.redis_backoff_cap)
-        self.redis_retry_at = time.monotonic() + pause
-        if self.redis_down_since is None:
-            self.redis_down_since = time.monotonic()
-            log.error("redis.unavailable", error=str(exc), retry_in=pause)
 
-    async def refill(self) -> None:
-        # A Redis that restarted empty lost the pools' metadata: put it back before pops meet UnknownPool.
-        with functions.reaching(self.redis):
-            async with self.redis.pipeline(transaction=False) as pipe:
-                for pool in self.config.pools:
-                    pipe.exists(keyspace.pool_keys(self.prefix, pool.name).meta)
-                present = await pipe.execute()
-        if not all(present):
-            await self.publish()
-        await self.refiller.round()
-
-    def health(self) -> tuple[bool, str]:
-        """What /healthz answers: ok while the daemon runs and its jobs reach Redis; else why not, in one line."""
-        if not self.running:
-            return False, "not running (starting or stopping)"
-        if self.redis_down_since is not None:
-            return False, f"Redis unreachable for {time.monotonic() - self.redis_down_since:.0f} s"
-        if self.last_ok is None:
-            return False, "starting: Redis not reached yet"
-        silent = time.monotonic() - self.last_ok
-        if silent > 3 * max(self.timing.heartbeat, self.timing.tick):
-            return False, f"no job has reached Redis for {silent:.0f} s"
-        return True, "ok"
+    def health_status(self) -> tuple[bool, str]:
+        """What /healthz answers (see RedisHealth.status)."""
+        return self.health.status()
 
     async def observe(self) -> None:
         """Read every pool's state for /metrics, and log each pool's summary when one is due."""
@@ -185,80 +151,23 @@ class Daemon:
         try:
             pools = [await client.stats(pool.name) for pool in self.config.pools]
         except PoolUnavailable:
-            self.metrics.snapshot = replace(self.metrics.snapshot, reached=False)
+            self._unreached()
             raise
         self.metrics.snapshot = Snapshot(pools, reached=True)
         interval = self.config.logs.summary_interval
-        if interval and time.monotonic() >= self.next_summary:
-            self.next_summary = time.monotonic() + interval
+        if interval and self.clock.monotonic() >= self.next_summary:
+            self.next_summary = self.clock.monotonic() + interval
             for stats in pools:
                 if stats.known:  # not yet published (the first round after a start): nothing to sum up
                     log.info("pool.summary", **summary(stats))
 
     async def sample(self) -> None:
         """One step of every pool's demand history (the first replica in a step writes it)."""
-        with functions.reaching(self.redis):
-            for pool in self.config.pools:
-                keys = keyspace.pool_keys(self.prefix, pool.name)
-                queues = [queue_cname(pool, c) for c in pool.slots]
-                call = functions.sample_call(keys, queues, step_ms=self.step_ms, retention_ms=HISTORY_RETENTION_MS)
-                await functions.aexecute(self.redis, call)
-
-    async def refill_loop(self) -> None:
-        """Rounds back to back: each after an acquire ends, a tick, or just before a warm-up instant."""
-        while not self.refiller.stopping:
-            await self._guarded("refill", self.refill)
-            wait = self.timing.tick
-            wake = self.warmups.wake_ms(self.clock.server_ms(time.monotonic()))
-            if wake is not None:
-                wait = min(wait, (wake - self.clock.server_ms(time.monotonic())) / 1000)
-            await self.refiller.idle(wait)
-
-    async def baseline_loop(self, stop: asyncio.Event) -> None:
-        """Take each warm-up's pops baseline at its instant, on a loop of its own: a refill round busy leasing
-        across the instant would take it late, and pops made meanwhile would be acquired again."""
-        while not stop.is_set():
-            now = self.clock.server_ms(time.monotonic())
-            wake = self.warmups.wake_ms(now)
-            wait = self.timing.tick if wake is None else min(self.timing.tick, max(0.0, (wake - now) / 1000))
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), wait)
-            await self._guarded("baseline", lambda: self.warmups.take_baselines(self.clock.server_ms(time.monotonic())))
-
-    async def publish(self) -> None:
-        self.refiller.published.clear()  # the target fields are written again with the next round
-        await self.clock.sync(self.redis)
-        now = self.clock.server_ms(time.monotonic())
-        # Another replica's publication counts as live for three of its publish intervals.
-        live_ms = round(self.timing.publish * 3 * 1000)
         for pool in self.config.pools:
-            meta = PoolMeta(
-                pool.name,
-                pool.appid,
-                None if pool.is_template else pool.slots,
-                pool.size,
-                pool.max_age,
-                now,
-                announced=pool.announced,
-                scene=pool.scene,
-                grace=pool.announce_grace,
-            )
-            keys = keyspace.pool_keys(self.prefix, pool.name)
-            try:
-                published = await apublish(self.redis, keys, meta, owner=self.replica_id, live_ms=live_ms)
-            except RedisRefused as exc:
-                await self.refiller.mark_damaged(pool.name, exc)  # the other pools are still published
-                continue
-            topic = f"owner:{pool.name}"
-            if published.ok:
-                self.warnings.pop(topic, None)
-                continue
-            message = (
-                f"pool {pool.name!r}: replica {published.owner} publishes a different configuration for this name; "
-                "this replica does not overwrite it (give the pool another name, or the same config everywhere)"
-            )
-            self.warnings[topic] = message
-            log.error("pool.owner_conflict", pool=pool.name, owner=published.owner, error=message)
+            keys = self.keys[pool.name]
+            live = await functions.arun(self.redis, stats.live(keys, meta_of(pool).mode))
+            call = functions.sample_call(keys, step_ms=self.step_ms, retention_ms=HISTORY_RETENTION_MS, live=live)
+            await functions.aexecute(self.redis, call)
 
     async def check_eviction(self) -> None:
         """Refuse (EvictionRisk) a Redis that may evict keys, unless [redis] allow_eviction; then warn instead."""
@@ -283,9 +192,7 @@ class Daemon:
             await self.check_eviction()
         except EvictionRisk as exc:
             log.error("redis.eviction_risk", error=str(exc))  # checked again every heartbeat; status shows it
-        with functions.reaching(self.redis):
-            await self.refiller.renew()
-        now = self.clock.server_ms(time.monotonic())
+        now = self.clock.now_ms()
         ttl_ms = round(self.timing.heartbeat * 3 * 1000)
         info = {
             "host": socket.gethostname(),
@@ -293,7 +200,7 @@ class Daemon:
             "version": installed(),
             "started_at": datetime.fromtimestamp(self.started_at, UTC).isoformat(timespec="seconds"),
             "pools": ",".join(p.name for p in self.config.pools),
-            "in_flight": str(len(self.refiller.tasks)),
+            "in_flight": str(self.refiller.in_flight),
             "granted": str(self.budget.granted),
             "warnings": "\n".join(self.warnings.values()),
         }
@@ -317,7 +224,7 @@ class Daemon:
             # Started first: a port already taken fails the start in one line, before anything else runs (and
             # /healthz answers 503 "starting" meanwhile).
             server = MetricsServer(
-                self.config.metrics.address, self.config.metrics.port, self.metrics.registry, self.health
+                self.config.metrics.address, self.config.metrics.port, self.metrics.registry, self.health_status
             ).start()
         try:
             await self.check_eviction()
@@ -339,31 +246,31 @@ class Daemon:
         for warning in self.config.warnings:
             log.warning("config.warning", warning=warning)
         jobs = [
-            ("publish", self.publish, self.timing.publish),
+            ("publish", self.publisher.publish, self.timing.publish),
             ("heartbeat", self.heartbeat, self.timing.heartbeat),
             ("sample", self.sample, self.timing.sample),
         ]
-        if self.config.metrics is not None or self.config.logs.summary_interval:
-            jobs.append(("observe", self.observe, self.timing.observe))
+        every = observe_interval(self.config, self.timing)
+        if every is not None:
+            jobs.append(("observe", self.observe, every))
         tickers = [
-            asyncio.create_task(ticker.every(every, functools.partial(self._guarded, name, job), stop=stop), name=name)
+            asyncio.create_task(
+                ticker.every(every, functools.partial(self.health.guarded, name, job), stop=stop), name=name
+            )
             for name, job, every in jobs
         ]
-        self.running = True
-        tickers.append(asyncio.create_task(self.refill_loop(), name="refill"))
-        if self.warmups.pools:
-            tickers.append(asyncio.create_task(self.baseline_loop(stop), name="baseline"))
+        self.health.running = True
+        refill = asyncio.create_task(self.refiller.run(stop), name="refill")
         try:
             await stop.wait()
         finally:
-            self.running = False
-            log.info("daemon.stopping", replica=self.replica_id, in_flight=len(self.refiller.tasks))
-            self.refiller.stopping = True  # a round still running leases nothing more
+            self.health.running = False
+            log.info("daemon.stopping", replica=self.replica_id, in_flight=self.refiller.in_flight)
             for task in tickers:
                 task.cancel()
-            # Bounded: a job that swallowed its cancellation still ends at the next look at `stop`.
-            await asyncio.wait(tickers, timeout=self.timing.grace)
             abandoned = await self.refiller.stop(self.timing.grace)
+            # Bounded: a job that swallowed its cancellation still ends at the next look at `stop`.
+            await asyncio.wait([*tickers, refill], timeout=self.timing.grace)
             await self._leave()
             await self.http.aclose()
             await self.redis.aclose()
@@ -380,16 +287,18 @@ class Daemon:
                 pipe.zrem(keyspace.replicas(self.prefix), self.replica_id)
                 pipe.delete(keyspace.replica(self.prefix, self.replica_id))
                 await asyncio.wait_for(pipe.execute(), 1.0)
-            releases = [
-                functions.aexecute(
-                    self.redis,
-                    functions.release_publication_call(keyspace.pool_keys(self.prefix, p.name), owner=self.replica_id),
-                )
-                for p in self.config.pools
-            ]
-            await asyncio.wait_for(asyncio.gather(*releases), 1.0)
         except (redis.RedisError, RidpoolError, TimeoutError):
-            pass
+            return
+        await self.publisher.release()
+
+
+def observe_interval(config: Config, timing: Timing) -> float | None:
+    """How often the pools' state is read: as often as its readers need it (/metrics at its `refresh`, the
+    `pool.summary` events at `logs.summary_interval`); None: nobody reads it."""
+    wanted = [config.metrics.refresh] if config.metrics is not None else []
+    if config.logs.summary_interval:
+        wanted.append(config.logs.summary_interval)
+    return min(timing.observe, *wanted) if wanted else None
 
 
 def summary(stats: PoolStats) -> dict[str, object]:

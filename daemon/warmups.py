@@ -8,20 +8,18 @@ here into day names, which both read alike, before the trigger sees it. Everythi
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-import redis.asyncio
 from apscheduler.triggers.cron import CronTrigger
-from ridpool import functions
-from ridpool.daemon.planner import WARMUP_SOURCE, Demand
-from ridpool.keys import PoolKeys
+from ridpool.daemon.planner import Demand
 
 if TYPE_CHECKING:
     from ridpool.daemon.config import PoolConfig
+    from ridpool.daemon.sources import SourceContext
 
 DAYS = ("sun", "mon", "tue", "wed", "thu", "fri", "sat")
 
@@ -112,7 +110,7 @@ class Warmup:
         return list(self.instants(now - timedelta(seconds=self.duration) + timedelta(microseconds=1), now + horizon))
 
     def label(self, at: datetime) -> str:
-        return f"{WARMUP_SOURCE} {self.cron} at {at.isoformat()}"
+        return f"warmup {self.cron} at {at.isoformat()}"
 
 
 def to_ms(at: datetime) -> int:
@@ -128,42 +126,30 @@ def local(ms: float, timezone: str) -> datetime:
     return from_ms(ms).astimezone(ZoneInfo(timezone))
 
 
-# How long before an instant its pops baseline is taken (the daemon's baseline loop wakes for it, apart from the
-# refill rounds, which may be busy leasing then): pops in this sliver count against the warm-up, which errs
-# towards acquiring too little rather than twice for one start.
-BASELINE_EARLY_MS = 100
 RECOMPUTE_MS = 10_000  # instants are recomputed this often, not every round
 
 
 class WarmupSource:
-    """The demands of every pool's warm-ups at a server instant: the windows running now (what is left of them)
-    and the instants due soon enough to plan for.
+    """The demands of every pool's warm-ups at a server instant: the windows running now and the instants due
+    soon enough to plan for. A demand source (`daemon/sources.py`): each is consumable (pops use it up), so the
+    refill takes what was popped since the instant off it; entries that expired unused are replaced while the
+    window runs."""
 
-    What is left of a running window is its size less the pool's pops since its instant. The pops counter is
-    the pool's (the pop counts per pool, not per channel): a pool of several named channels shares what was
-    popped evenly among them. The baseline is kept in Redis (`PREFIX:{POOL}:warmups`, HSETNX), so all replicas
-    agree on it.
-    """
-
-    def __init__(
-        self,
-        client: redis.asyncio.Redis,
-        pools: Sequence[PoolConfig],
-        keys: dict[str, PoolKeys],
-        *,
-        shift_ms: int = 0,
-    ) -> None:
-        self.redis = client
+    def __init__(self, context: SourceContext) -> None:
         # Instants are computed on server time + shift_ms: tests and benchmarks move a cron instant to when they
         # want it (0 in production).
-        self.shift_ms = shift_ms
-        self.keys = keys
-        self.pools = {p.name: p for p in pools if p.warmups}
+        self.shift_ms = round(context.timing.warmup_shift * 1000)
+        self.configs = {p.name: p for p in context.config.pools if p.warmups and p.slots}
+        self.keys = {name: context.keys(name) for name in self.configs}
         self.specs = {
             p.name: [Warmup(p.name, j, w.cron, w.timezone, w.size, w.duration) for j, w in enumerate(p.warmups)]
-            for p in self.pools.values()
+            for p in self.configs.values()
         }
         self.cache: dict[str, tuple[int, list[tuple[Warmup, int]], int | None]] = {}
+
+    @property
+    def pools(self) -> Sequence[str]:
+        return list(self.configs)
 
     def _instants(self, pool: PoolConfig, now_ms: int) -> tuple[list[tuple[Warmup, int]], int | None]:
         """(warm-up, instant ms) running or due within the planning horizon, and the next instant after now."""
@@ -187,56 +173,21 @@ class WarmupSource:
 
     def next_instant(self, pool: str, now_ms: int) -> int | None:
         """The pool's next warm-up instant after now (server ms), or None."""
-        if pool not in self.pools:
-            return None
-        found, upcoming = self._instants(self.pools[pool], now_ms)
+        found, upcoming = self._instants(self.configs[pool], now_ms)
         later = [at for _, at in found if at > now_ms]
         return min(later) if later else upcoming if upcoming and upcoming > now_ms else None
 
-    def wake_ms(self, now_ms: int) -> int | None:
-        """When the refill loop must run next to take a baseline at an instant."""
-        due = [
-            at - BASELINE_EARLY_MS
-            for pool in self.pools.values()
-            for _, at in self._instants(pool, now_ms)[0]
-            if at - BASELINE_EARLY_MS > now_ms
-        ]
-        return min(due) if due else None
+    async def refresh(self, pool: str, now_ms: int, changed: frozenset[str]) -> None:
+        return None  # everything it needs is in the config: instants are computed, not read
 
-    async def demands(self, now_ms: int) -> list[Demand]:
+    def demands(self, pool: str, now_ms: int) -> Sequence[Demand]:
         out: list[Demand] = []
-        for pool in self.pools.values():
-            slots = [c or None for c in pool.slots]
-            for w, at in self._instants(pool, now_ms)[0]:
-                until = at + round(w.duration * 1000)
-                if now_ms >= until:
-                    continue
-                count = w.size
-                if now_ms >= at - BASELINE_EARLY_MS:
-                    popped = await self._popped(pool.name, at, until)
-                    if now_ms >= at:
-                        # What is left of it: pops use the warm-up up; expiries do not (they are replaced).
-                        count = max(0, math.ceil((w.size * len(slots) - popped) / len(slots)))
-                label = w.label(local(at, w.timezone))
-                out += [Demand(pool.name, cname, count, at, until, label) for cname in slots]
+        for w, at in self._instants(self.configs[pool], now_ms)[0]:
+            until = at + round(w.duration * 1000)
+            if now_ms < until:
+                out.append(Demand(pool, None, w.size, at, until, w.label(local(at, w.timezone)), consumable=True))
         return out
 
-    async def take_baselines(self, now_ms: int) -> None:
-        """Record the pops baseline of every window that is due or running (HSETNX: the first replica's stays)."""
-        for pool in self.pools.values():
-            for w, at in self._instants(pool, now_ms)[0]:
-                until = at + round(w.duration * 1000)
-                if at - BASELINE_EARLY_MS <= now_ms < until:
-                    await self._popped(pool.name, at, until)
-
-    async def _popped(self, pool: str, at_ms: int, until_ms: int) -> int:
-        keys = self.keys[pool]
-        with functions.reaching(self.redis):
-            pops = int((await self.redis.hget(keys.stats, "pops")) or 0)
-            async with self.redis.pipeline(transaction=True) as pipe:
-                pipe.hsetnx(keys.warmups, str(at_ms), pops)
-                pipe.hget(keys.warmups, str(at_ms))
-                pipe.pexpireat(keys.warmups, until_ms + 3_600_000, gt=True)
-                pipe.pexpireat(keys.warmups, until_ms + 3_600_000, nx=True)
-                _, base, _, _ = await pipe.execute()
-        return max(0, pops - int(base))
+    def notes(self, pool: str, now_ms: int) -> Mapping[str, str]:
+        at = self.next_instant(pool, now_ms)
+        return {"next_warmup": "" if at is None else from_ms(at).isoformat(timespec="seconds")}

@@ -70,9 +70,13 @@ local function check_keys(keys, rests)
   return nil
 end
 
+-- The most items (slots, channels, announcements, queues) one call of a function handles: each call stays short
+-- (Redis runs one at a time), and no list is ever unpacked whole (Lua stops near 8,000 values). Callers loop.
+local CHUNK = 1000
+
 -- A whole number from `low` to `high` (NaN, infinities and fractions fail), or nil.
 local function whole(text, low, high)
-  local n = tonumber(text)
+  local n = text and tonumber(text)
   if n == nil or n ~= n or n ~= math.floor(n) or n < low or n > high then
     return nil
   end
@@ -162,6 +166,15 @@ local function count_pop(stats, queue, member, score)
   return nil
 end
 
+-- A pop of a named or announced channel tells the daemon's change feed (KEYS[5]) which channel it emptied, so
+-- the daemon refills it without looking at every channel (a template pool's one queue needs no feed: the pool's
+-- counters say it). Tidying after the take: a refusal cannot fail the pop.
+local function note_change(keys, mode, cname, now)
+  if mode ~= 'template' and keys[5] then
+    redis.pcall('ZADD', keys[5], now, cname)
+  end
+end
+
 -- The pop's checks and take (see take_entry). Returns member, expires_at, now; or nil, error reply; or nil, nil.
 -- A pop that fails removes nothing: checks and reads come first; whether the user may put an entry back (ZADD) is
 -- asked before anything is taken; whatever fails after a take puts the entry back. Out of memory is refused by
@@ -210,6 +223,7 @@ local function take_checked(keys, cname, min_ttl)
     if refused then
       return nil, refused
     end
+    note_change(keys, mode, cname, now)
     return head[1], score, now
   end
   -- Otherwise put the head back (atomically: nobody saw it gone) unless it is dead, and look further: the oldest
@@ -240,6 +254,7 @@ local function take_checked(keys, cname, min_ttl)
       redis.pcall('PEXPIREAT', queue, top[2])
     end
   end
+  note_change(keys, mode, cname, now)
   return found[1], expires_at, now
 end
 
@@ -254,8 +269,8 @@ local function pop_args(keys, args)
     return nil, redis.error_reply('BAD_ARGUMENT KEYS[1] must be PREFIX:{POOL}:meta')
   end
   local cname = args[1]
-  if cname == nil or #keys < 3 or #keys > 5 then
-    return nil, redis.error_reply('BAD_ARGUMENT a pop takes 3 to 5 keys and a cname, min_ttl_ms and record_miss')
+  if cname == nil or #keys < 3 or #keys > 6 then
+    return nil, redis.error_reply('BAD_ARGUMENT a pop takes 3 to 6 keys and a cname, min_ttl_ms and record_miss')
   end
   if keys[2] ~= tag .. ':stats' then
     return nil, redis.error_reply('BAD_ARGUMENT KEYS[2] must be ' .. tag .. ':stats')
@@ -266,10 +281,13 @@ local function pop_args(keys, args)
   if keys[4] and keys[4] ~= tag .. ':ann' then
     return nil, redis.error_reply('BAD_ARGUMENT KEYS[4] must be ' .. tag .. ':ann')
   end
-  local record = keys[5]
+  if keys[5] and keys[5] ~= tag .. ':changes' then
+    return nil, redis.error_reply('BAD_ARGUMENT KEYS[5] must be ' .. tag .. ':changes')
+  end
+  local record = keys[6]
   if record and (string.sub(record, 1, #tag + 8) ~= tag .. ':popped:' or #record < #tag + 24
       or #record > #tag + 72 or not string.find(record, REQUEST, #tag + 9)) then
-    return nil, redis.error_reply('BAD_ARGUMENT KEYS[5] must be ' .. tag .. ':popped:<request id: 16 to 64 of '
+    return nil, redis.error_reply('BAD_ARGUMENT KEYS[6] must be ' .. tag .. ':popped:<request id: 16 to 64 of '
       .. 'A-Z a-z 0-9 _ ->')
   end
   local min_ttl = whole(args[2], 0, MAX_LIFE_MS - 1)
@@ -284,7 +302,7 @@ end
 
 -- The pop itself, shared by ridpool_pop and ridpool_pop_packed: checks, then takes the entry out.
 -- Returns member, expires_at, now; or nil, error reply; or nil, nil for a miss (counted when ARGV[3] is '1').
--- With KEYS[5], the entry popped is kept there (as 'expiresAt\nmember', for as long as it has min_ttl left, at
+-- With KEYS[6], the entry popped is kept there (as 'expiresAt\nmember', for as long as it has min_ttl left, at
 -- most RETAIN_MS), and the same call sent again (a retry after its reply was lost) gets that entry again.
 -- Reading and writing the record may be refused (a user without GET or SET): the pop goes on without it.
 local function take_entry(keys, args)
@@ -292,7 +310,7 @@ local function take_entry(keys, args)
   if not min_ttl then
     return nil, bad
   end
-  local record = keys[5]
+  local record = keys[6]
   if record then
     local done = redis.pcall('GET', record)
     local cut = type(done) == 'string' and string.find(done, '\n', 1, true)
@@ -323,9 +341,11 @@ ridpool_pop: hand out the oldest entry that still has at least min_ttl to live; 
 KEYS[1] meta   PREFIX:{POOL}:meta
 KEYS[2] stats  PREFIX:{POOL}:stats
 KEYS[3] queue  PREFIX:{POOL}:q (template pool) or PREFIX:{POOL}:q:<encoded cname> (named channel, see keys.py)
-KEYS[4] ann    PREFIX:{POOL}:ann (only read for an `announced` pool; may be left out for the others)
-KEYS[5] popped PREFIX:{POOL}:popped:<request id> (optional, with KEYS[4]): a request id unique to this pop (16 to
-               64 of A-Z a-z 0-9 _ -); the same call sent again after its reply was lost returns the same entry
+KEYS[4] ann    PREFIX:{POOL}:ann (read for an `announced` pool)
+KEYS[5] changes PREFIX:{POOL}:changes (the daemon's change feed: written for named and announced channels)
+        (a template pool may be popped with KEYS[1..3] alone)
+KEYS[6] popped PREFIX:{POOL}:popped:<request id> (optional, with KEYS[4..5]): a request id unique to this pop (16
+               to 64 of A-Z a-z 0-9 _ -); the same call sent again after its reply was lost returns the same entry
 ARGV[1] cname        '' for a template pool, else the channel to pop for (as written, not encoded)
 ARGV[2] min_ttl_ms   the least remaining life the caller accepts (whole ms, 0 <= min_ttl_ms < 300000)
 ARGV[3] record_miss  '1' to count an empty answer as a miss ('0' for the early tries of a waiting pop)
@@ -363,38 +383,62 @@ end
 --[[
 ridpool_add: store one acquired entry, once; release the lease it was acquired under.
 KEYS[1] stats     KEYS[2] ledger    KEYS[3] queue    KEYS[4] ready    KEYS[5] inflight    KEYS[6] uids
-KEYS[7] meta
-KEYS[8] ann:left  (optional) PREFIX:{POOL}:ann:left: an entry for an announced channel uses up one of its count
+KEYS[7] meta      KEYS[8] quota     PREFIX:{POOL}:ann:left: a channel with a field there (what its announcement
+                                    still lacks) uses one of it up
+KEYS[9] ann:queues  PREFIX:{POOL}:ann:queues: such a channel is listed there until its newest entry expires
+KEYS[10] changes  PREFIX:{POOL}:changes: such a channel's announcement changed (what it lacks), for the daemon
 ARGV[1] entry     msgpack entry (see the top of this file); its expiresAt is ARGV[3]
 ARGV[2] resourceId
 ARGV[3] expires_at_ms  server time at which the entry stops being offered
 ARGV[4] lease token ('' for none)
 ARGV[5] uid to hold in the uids zset until the entry expires ('' when the pool's uid is fixed)
 ARGV[6] slot      the queue's channel as written ('' for a template pool): names its data-set mark, and the
-                  announced channel whose count the entry uses up (with KEYS[8])
+                  channel whose quota the entry uses up
+ARGV[7] acquired  '1' when the daemon stores what its acquire brought: the pool's `acquires` counts it, and its
+                  state is `ok` again with no failures in a row, whatever the reply ('' or '0' otherwise)
 Reply: 'ADDED'; 'EXISTS' (this very entry is already queued: a retried add); 'REFUSED' (the ID was added
 before and popped or replaced: never offered twice); 'EXPIRED' (already past its time: not stored).
+Errors: 'BAD_ARGUMENT ...' (keys of another pool or channel, no resourceId, an expiry out of range).
 A queue filled in another data set (a restore, a failover) is dropped before the entry joins it.
 ]]
 local function add(keys, args)
+  local bad = check_keys(keys, {
+    ':stats', ':ledger', '', '', ':inflight', ':uids', ':meta', ':ann:left', ':ann:queues', ':changes',
+  })
+  local slot = args[6] or ''
+  local tag = key_parts(keys[1])
+  if not bad and (keys[3] ~= queue_of(tag, slot) or keys[4] ~= keys[3] .. ':ready') then
+    bad = redis.error_reply('BAD_ARGUMENT KEYS[3] and KEYS[4] must be the queue of slot ' .. slot .. ' and its :ready')
+  end
+  if bad then
+    return bad
+  end
   local stats, ledger, queue, ready, inflight, uids = keys[1], keys[2], keys[3], keys[4], keys[5], keys[6]
-  local entry, rid, token, uid = args[1], args[2], args[4], args[5]
-  local expires_at = tonumber(args[3])
-  if rid == '' or expires_at == nil then
+  local entry, rid, token, uid = args[1], args[2], args[4] or '', args[5] or ''
+  local expires_at = whole(args[3], 0, 1e15)
+  if not entry or not rid or rid == '' or expires_at == nil then
     return redis.error_reply('BAD_ARGUMENT an entry needs a resourceId and an expiry')
   end
   local now = now_ms()
-  if token ~= '' then
-    redis.call('ZREM', inflight, token)
-  end
   if expires_at - now > MAX_LIFE_MS then
     return redis.error_reply('BAD_ARGUMENT an entry cannot live more than five minutes')
   end
-  check_data_set(keys[7], stats, queue, ready, 'e:' .. args[6])
+  if token ~= '' then
+    redis.call('ZREM', inflight, token)
+  end
+  if args[7] == '1' then
+    -- Counted once per acquire: a retried add of the very same entry (EXISTS, below) takes this back.
+    redis.call('HINCRBY', stats, 'acquires', 1)
+    redis.call('HSET', stats, 'state', 'ok', 'failures', 0)
+  end
+  check_data_set(keys[7], stats, queue, ready, 'e:' .. slot)
   local digest = redis.sha1hex(rid)
   redis.call('ZREMRANGEBYSCORE', ledger, '-inf', now)
   if redis.call('ZSCORE', ledger, digest) then
     if redis.call('ZSCORE', queue, entry) then
+      if args[7] == '1' then
+        redis.call('HINCRBY', stats, 'acquires', -1)
+      end
       return 'EXISTS'
     end
     redis.call('HINCRBY', stats, 'refused', 1)
@@ -413,8 +457,11 @@ local function add(keys, args)
     expire_with_top(uids)
   end
   redis.call('HINCRBY', stats, 'added', 1)
-  if keys[8] and redis.call('HEXISTS', keys[8], args[6]) == 1 then
-    redis.call('HINCRBY', keys[8], args[6], -1)
+  if redis.call('HGET', keys[8], slot) then
+    redis.call('HINCRBY', keys[8], slot, -1)
+    redis.call('ZADD', keys[9], 'GT', expires_at, slot)
+    expire_with_top(keys[9])
+    redis.call('ZADD', keys[10], now, slot)
   end
   -- Wake one waiting pop. Never more tokens than queued entries: a waiter woken for nothing loops anyway
   -- (see the README), but an idle pool does not pile up stale tokens.
@@ -435,90 +482,144 @@ local function lease_parts(token)
 end
 
 --[[
-ridpool_reserve: lease acquires for one channel of a pool, up to what it lacks, so that replicas never overfill.
-KEYS[1] queue     KEYS[2] inflight    KEYS[3] uids    KEYS[4] hold (set while the pool backs off)
-KEYS[5] stats     (read only with a consumable target, see ARGV[2])
-KEYS[6] ann:left  (optional) for an announced channel: leases never exceed what its announcement still lacks
-ARGV[1] slot         the channel ('' for a template pool); leases are counted per slot and capped per pool
-ARGV[2] target       entries to keep ready in this slot: 'T', or 'T/C/P' when C of the T are a warm-up's, which
-                     pops use up: the pool's pops since the caller read P come off them (the caller's plan may
-                     predate pops made since, and popped warm-up entries must not be acquired again)
-ARGV[3] cap          acquires in flight for the whole pool, across replicas
-ARGV[4] want         the most leases this caller takes now
-ARGV[5] lease_ms     how long a lease holds; a crashed replica's leases lapse after it
-ARGV[6] token_base   unique per call; tokens are token_base:i (a re-sent call gets its own leases back)
-ARGV[7..] uid candidates, tried in order, for a uid_range pool (none for a fixed uid)
-Reply: a flat array of token, uid pairs (uid '' for a fixed-uid pool); empty when nothing is needed or the
-pool is held.
-A lease token is '<token_base>:<i>\t<uid>\t<slot>' (the slot last: a web label may hold anything but a tab).
+ridpool_reserve: lease acquires for channels of one pool, up to what each lacks and within the pool's in-flight
+cap across replicas, so that replicas together never overfill a channel.
+KEYS[1] inflight  KEYS[2] uids  KEYS[3] hold (set while the pool backs off)  KEYS[4] stats
+KEYS[5] quota     PREFIX:{POOL}:ann:left: a channel with a field there (what its announcement still lacks) never
+                  gets more leases than that field says
+KEYS[6..] the queue of each slot asked about, in order
+ARGV[1] cap         acquires in flight for the whole pool, across replicas
+ARGV[2] lease_ms    how long a lease holds unless renewed; a lost replica's leases lapse after it
+ARGV[3] token_base  unique per call; tokens are token_base:k (a re-sent call gets its own leases back)
+ARGV[4] pops_seen   the pool's `pops` counter when the caller planned
+ARGV[5] n           slots asked about (at most CHUNK), then 4 values a slot:
+  slot         the channel ('' for a template pool)
+  target       entries to keep ready in it
+  consumable   of the target, how many pops use up (a warm-up's): the pool's pops since `pops_seen` come off
+               them (the caller's plan may predate pops made since, and such an entry must not be acquired again)
+  want         the most leases this caller takes for it now
+ARGV[6 + 4n ..] uid candidates, tried in order, for a uid_range pool (none for a fixed uid)
+Reply: {status, leases in flight for the pool after the call, then per slot asked: its live entries, how many
+leases it got (m), then m pairs of token, uid (uid '' for a fixed-uid pool)}. status is 'OK', 'HELD' (the pool
+backs off: nothing leased) or 'CAP' (the cap was reached: slots after that point got nothing).
+Errors: 'BAD_ARGUMENT ...' (keys of another pool or channel, a number out of range).
+A lease token is '<token_base>:<k>\t<uid>\t<slot>' (the slot last: a web label may hold anything but a tab).
 ]]
 local function reserve(keys, args)
-  local queue, inflight, uids = keys[1], keys[2], keys[3]
-  if redis.call('EXISTS', keys[4]) == 1 then
-    return {}
+  local bad = check_keys(keys, { ':inflight', ':uids', ':hold', ':stats', ':ann:left' })
+  if bad then
+    return bad
   end
-  local slot = args[1]
-  local target, cap, want, lease = tonumber(args[2]), tonumber(args[3]), tonumber(args[4]), tonumber(args[5])
-  local whole, consumable, seen = string.match(args[2], '^(%d+)/(%d+)/(%d+)$')
-  if whole then
-    local popped = tonumber(redis.call('HGET', keys[5], 'pops') or '0') - tonumber(seen)
-    target = tonumber(whole) - math.max(0, math.min(tonumber(consumable), popped))
+  local cap, lease, base = whole(args[1], 0, 1e6), whole(args[2], 1, MAX_LIFE_MS), args[3]
+  local seen, n = whole(args[4], 0, 1e15), whole(args[5], 0, CHUNK)
+  if not (cap and lease and base and base ~= '' and seen and n) or #keys ~= 5 + n or #args < 5 + 4 * n then
+    return redis.error_reply('BAD_ARGUMENT reserve takes cap, lease_ms, token_base, pops_seen, n and n slots of '
+      .. 'slot, target, consumable, want, with each slot\'s queue in KEYS')
   end
-  local base = args[6]
+  local tag = key_parts(keys[1])
+  local asked = {}
+  for i = 1, n do
+    local at = 5 + 4 * (i - 1)
+    local slot, target = args[at + 1], whole(args[at + 2], 0, 1e9)
+    local consumable, want = whole(args[at + 3], 0, 1e9), whole(args[at + 4], 0, 1e6)
+    if not (target and consumable and want) then
+      return redis.error_reply('BAD_ARGUMENT slot ' .. i .. ': target, consumable and want must be whole numbers')
+    end
+    if keys[5 + i] ~= queue_of(tag, slot) then
+      return redis.error_reply('BAD_ARGUMENT KEYS[' .. (5 + i) .. '] must be the queue of slot ' .. slot)
+    end
+    asked[i] = { slot, target, consumable, want }
+  end
+  local inflight, uids, stats, quota = keys[1], keys[2], keys[4], keys[5]
+  if redis.call('EXISTS', keys[3]) == 1 then
+    return { 'HELD', redis.call('ZCARD', inflight) }
+  end
   local now = now_ms()
-  purge_dead(queue, now)
   redis.call('ZREMRANGEBYSCORE', inflight, '-inf', now)
   redis.call('ZREMRANGEBYSCORE', uids, '-inf', now)
-  local leases = redis.call('ZRANGE', inflight, 0, -1)
-  local mine = 0
-  local again = {}
+  local held, again = {}, {}
   local prefix = base .. ':'
+  local leases = redis.call('ZRANGE', inflight, 0, -1)
   for _, token in ipairs(leases) do
-    local uid, lease_of = lease_parts(token)
-    if lease_of == slot then
-      mine = mine + 1
+    local uid, slot = lease_parts(token)
+    if slot then
+      held[slot] = (held[slot] or 0) + 1
+      if string.sub(token, 1, #prefix) == prefix then
+        -- This very call ran before and its reply was lost (the client re-sent it): hand back those leases
+        -- rather than leave them held by nobody until they lapse.
+        again[slot] = again[slot] or {}
+        table.insert(again[slot], token)
+        table.insert(again[slot], uid)
+      end
     end
-    if string.sub(token, 1, #prefix) == prefix then
-      -- This very call ran before and its reply was lost (the client re-sent it): hand back those leases
-      -- rather than leave them held by nobody until they lapse.
-      again[#again + 1] = token
-      again[#again + 1] = uid
+  end
+  local in_flight = #leases
+  local out = { 'OK', in_flight }
+  if next(again) then
+    for i = 1, n do
+      local got = again[asked[i][1]] or {}
+      out[#out + 1] = redis.call('ZCARD', keys[5 + i])
+      out[#out + 1] = #got / 2
+      for _, value in ipairs(got) do
+        out[#out + 1] = value
+      end
     end
-  end
-  if #again > 0 then
-    return again
-  end
-  local n = math.min(target - redis.call('ZCARD', queue) - mine, cap - #leases, want)
-  if keys[6] then
-    -- An announced channel: never more than its announcement still lacks (a plan made before a pop is stale).
-    n = math.min(n, tonumber(redis.call('HGET', keys[6], slot) or '0') - mine)
-  end
-  local out = {}
-  if n <= 0 then
     return out
   end
-  local candidate = 7
+  local popped = 0
   for i = 1, n do
-    local uid = ''
-    if #args >= 7 then
-      while args[candidate] and redis.call('ZSCORE', uids, args[candidate]) do
-        candidate = candidate + 1
-      end
-      if not args[candidate] then
-        break -- out of free uid candidates: take fewer leases, the next round brings new candidates
-      end
-      uid = args[candidate]
-      candidate = candidate + 1
-      redis.call('ZADD', uids, now + lease, uid)
+    if asked[i][3] > 0 then
+      popped = math.max(0, tonumber(redis.call('HGET', stats, 'pops') or '0') - seen)
+      break
     end
-    local token = base .. ':' .. i .. '\t' .. uid .. '\t' .. slot
-    redis.call('ZADD', inflight, now + lease, token)
-    out[#out + 1] = token
-    out[#out + 1] = uid
   end
-  expire_with_top(inflight)
-  if #args >= 7 then
-    expire_with_top(uids)
+  local candidate, k = 6 + 4 * n, 0
+  local uid_range = #args >= candidate
+  for i = 1, n do
+    local slot, target, consumable, want = asked[i][1], asked[i][2], asked[i][3], asked[i][4]
+    local queue = keys[5 + i]
+    purge_dead(queue, now)
+    local live, mine = redis.call('ZCARD', queue), held[slot] or 0
+    local m = math.min(target - math.min(consumable, popped) - live - mine, want, cap - in_flight)
+    local left = redis.call('HGET', quota, slot)
+    if left then
+      -- Never more than the channel's announcement still lacks (a plan made before a pop is stale).
+      m = math.min(m, tonumber(left) - mine)
+    end
+    if cap - in_flight <= 0 and out[1] == 'OK' and target - live - mine > 0 then
+      out[1] = 'CAP'
+    end
+    out[#out + 1] = live
+    local count_at = #out + 1
+    out[count_at] = 0
+    for _ = 1, m do
+      local uid = ''
+      if uid_range then
+        while args[candidate] and redis.call('ZSCORE', uids, args[candidate]) do
+          candidate = candidate + 1
+        end
+        if not args[candidate] then
+          break -- out of free uid candidates: fewer leases now, the next round brings new candidates
+        end
+        uid = args[candidate]
+        candidate = candidate + 1
+        redis.call('ZADD', uids, now + lease, uid)
+      end
+      k = k + 1
+      local token = base .. ':' .. k .. '\t' .. uid .. '\t' .. slot
+      redis.call('ZADD', inflight, now + lease, token)
+      in_flight = in_flight + 1
+      out[count_at] = out[count_at] + 1
+      out[#out + 1] = token
+      out[#out + 1] = uid
+    end
+  end
+  out[2] = in_flight
+  if k > 0 then
+    expire_with_top(inflight)
+    if uid_range then
+      expire_with_top(uids)
+    end
   end
   return out
 end
@@ -538,65 +639,194 @@ local function release(keys, args)
 end
 
 --[[
-ridpool_sweep: drop a queue's dead entries (all of them if it was filled in another data set) and report what is
-left.
-KEYS[1] queue    KEYS[2] meta    KEYS[3] ready    KEYS[4] stats
-ARGV[1] slot     the queue's channel as written ('' for a template pool)
-Reply: {live entries, server now ms, expiresAt ms of the oldest live entry or -1, entries dropped because the
-queue was filled in another data set}.
+ridpool_sweep: the daemon's one look at a pool per round: what changed in its channels since it last looked (the
+change feed, written by pops and announcements), and the state of the channels it asks about (those changed,
+those whose oldest entry is due to expire, new ones). Its cost follows what changed, not what is stored.
+KEYS[1] meta   KEYS[2] stats   KEYS[3] changes   KEYS[4] ann   KEYS[5] quota (PREFIX:{POOL}:ann:left)
+KEYS[6..] per slot of ARGV[4..], in order: its queue and its wake-up list (two keys a slot)
+ARGV[1] since_ms   feed entries scored at or after this are returned (-1: none)
+ARGV[2] retire_ms  a slot with a quota (a pending announcement) retires entries that would expire within this,
+                   before its announcement ends, and gets one more to acquire for each (0: none); the slot goes
+                   into the feed
+ARGV[3] keep_ms    the feed keeps entries this long (older ones are dropped; the key expires twice this after)
+ARGV[4..] the slots to sweep ('' for a template pool's queue), at most CHUNK
+Reply: {now ms, the data set's id (the serving process's run_id: another one means a restore or a failover),
+more (1: the feed holds more than returned; ask again from the last score), feed entries n, slot, score, ...,
+then per slot asked: live entries, expiresAt of the oldest or -1, entries dropped because the queue was filled in
+another data set, entries retired}.
+Errors: 'BAD_ARGUMENT ...'.
 ]]
 local function sweep(keys, args)
+  local bad = check_keys(keys, { ':meta', ':stats', ':changes', ':ann', ':ann:left' })
+  if bad then
+    return bad
+  end
+  local since, retire, keep = tonumber(args[1] or ''), whole(args[2], 0, MAX_LIFE_MS), whole(args[3], 1000, 86400000)
+  local n = #args - 3
+  if since == nil or since ~= since or retire == nil or keep == nil or n > CHUNK or #keys ~= 5 + 2 * n then
+    return redis.error_reply('BAD_ARGUMENT sweep takes since_ms, retire_ms, keep_ms and at most ' .. CHUNK
+      .. ' slots, each with its queue and wake-up list in KEYS')
+  end
+  local tag = key_parts(keys[1])
+  for i = 1, n do
+    local queue = queue_of(tag, args[3 + i])
+    if keys[4 + 2 * i] ~= queue or keys[5 + 2 * i] ~= queue .. ':ready' then
+      return redis.error_reply('BAD_ARGUMENT KEYS[' .. (4 + 2 * i) .. '] must be the queue of slot ' .. args[3 + i])
+    end
+  end
+  local meta, stats, changes, ann, quota = keys[1], keys[2], keys[3], keys[4], keys[5]
   local now = now_ms()
-  local dropped = check_data_set(keys[2], keys[4], keys[1], keys[3], 'e:' .. args[1]) or 0
-  purge_dead(keys[1], now)
-  local oldest = redis.call('ZRANGE', keys[1], 0, 0, 'WITHSCORES')
-  return {redis.call('ZCARD', keys[1]), now, tonumber(oldest[2] or -1), dropped}
+  redis.call('ZREMRANGEBYSCORE', changes, '-inf', now - keep)
+  local out = { now, instance(), 0, 0 }
+  if since >= 0 then
+    local feed = redis.call('ZRANGEBYSCORE', changes, since, '+inf', 'WITHSCORES', 'LIMIT', 0, CHUNK + 1)
+    local count = math.min(#feed / 2, CHUNK)
+    out[3], out[4] = #feed / 2 > CHUNK and 1 or 0, count
+    for i = 1, 2 * count do
+      out[#out + 1] = feed[i]
+    end
+    redis.call('PEXPIRE', changes, 2 * keep)
+  end
+  for i = 1, n do
+    local slot, queue, ready = args[3 + i], keys[4 + 2 * i], keys[5 + 2 * i]
+    local dropped = check_data_set(meta, stats, queue, ready, 'e:' .. slot) or 0
+    purge_dead(queue, now)
+    local retired = 0
+    if retire > 0 and redis.call('HGET', quota, slot) then
+      local ends = tonumber(redis.call('ZSCORE', ann, slot) or '-1')
+      if ends >= 0 then
+        retired = redis.call('ZREMRANGEBYSCORE', queue, '-inf', math.min(now + retire, ends))
+        if retired > 0 then
+          expire_with_top(queue)
+          redis.call('HINCRBY', quota, slot, retired)
+          redis.call('ZADD', changes, now, slot)
+        end
+      end
+    end
+    local oldest = redis.call('ZRANGE', queue, 0, 0, 'WITHSCORES')
+    out[#out + 1] = redis.call('ZCARD', queue)
+    out[#out + 1] = tonumber(oldest[2] or -1)
+    out[#out + 1] = dropped
+    out[#out + 1] = retired
+  end
+  return out
 end
 
 --[[
-ridpool_publish: publish a pool's configuration, unless another live replica publishes a different one.
+ridpool_count: how many live entries some queues hold, and their oldest; reads only (status, stats(), the
+demand history read it, at most CHUNK queues a call).
+KEYS[1..] queues (of one pool)
+Reply: {now ms, then per queue: live entries (expiresAt after now), expiresAt of the oldest live one or -1}.
+]]
+local function count_live(keys, args)
+  if #keys > CHUNK then
+    return redis.error_reply('BAD_ARGUMENT at most ' .. CHUNK .. ' queues a call')
+  end
+  local tag = keys[1] and key_parts(keys[1])
+  local now = now_ms()
+  local out = { now }
+  for _, queue in ipairs(keys) do
+    local queue_tag, rest = key_parts(queue)
+    if queue_tag ~= tag or string.sub(rest, 1, 2) ~= ':q' then
+      return redis.error_reply('BAD_ARGUMENT every key must be a queue of one pool')
+    end
+    out[#out + 1] = redis.call('ZCOUNT', queue, '(' .. now, '+inf')
+    local oldest = redis.call('ZRANGEBYSCORE', queue, '(' .. now, '+inf', 'WITHSCORES', 'LIMIT', 0, 1)
+    out[#out + 1] = tonumber(oldest[2] or -1)
+  end
+  return out
+end
+
+--[[
+ridpool_publish: publish a pool's configuration, unless another live replica publishes a different one. Cheap
+when nothing changed (the fingerprint is compared; only the owner and the time are written), and never a step
+that removes what it has not replaced.
 KEYS[1] meta
 ARGV[1] owner        the publishing replica's id
-ARGV[2] fingerprint  of the configuration (replicas with the same config publish the same fingerprint); '' to
-                     release: the owner leaving, its publication no longer counts as live
+ARGV[2] fingerprint  of the whole configuration, channels included (replicas with the same config publish the
+                     same one); '' to release: the owner leaving, its publication no longer counts as live
 ARGV[3] live_ms      a publication younger than this, by another owner, of another fingerprint, wins
-ARGV[4..] field, value pairs to publish (mode, appid, size, max_age_ms, cnames, c:<cname>...)
-Reply: {'PUBLISHED', owner}, {'CONFLICT', the owner whose publication stands} or {'RELEASED', owner}.
-Every field is replaced except the data-set marks (e:<slot>), which belong to the queues (check_data_set).
+ARGV[4] step         'check' or 'commit'
+ARGV[5..] field, value pairs of the pool's settings (mode, appid, size, max_age_ms, ...; never its channels,
+          which ridpool_channels writes), at most CHUNK pairs
+Reply: {outcome, owner}: 'CONFLICT' (another live replica's configuration stands: nothing written), 'CURRENT'
+(this fingerprint is published already: owner and time written), 'SYNC' (the settings written; now bring the
+channels up to date with ridpool_channels, then call again with 'commit'), 'PUBLISHED' (after 'commit': the
+fingerprint written) or 'RELEASED'. A replica that dies between SYNC and commit leaves the old fingerprint, so
+the next publish syncs again.
 ]]
 local function publish(keys, args)
+  local bad = check_keys(keys, { ':meta' })
+  if bad then
+    return bad
+  end
+  local owner, fingerprint, live, step = args[1], args[2], whole(args[3], 0, 1e12), args[4]
+  if not owner or not fingerprint or not live or (step ~= 'check' and step ~= 'commit') or #args % 2 ~= 0
+      or #args > 4 + 2 * CHUNK then
+    return redis.error_reply("BAD_ARGUMENT publish takes owner, fingerprint, live_ms, 'check' or 'commit' and "
+      .. 'field, value pairs')
+  end
   local meta = keys[1]
   local now = now_ms()
   local held = redis.call('HMGET', meta, 'owner', 'fingerprint', 'published_at_ms')
-  if args[2] == '' then
+  if fingerprint == '' then
     -- A replica leaving: its publication stops counting as live, so a successor with another config (the same
     -- service restarted after a config change) takes over at once.
-    if held[1] == args[1] then
+    if held[1] == owner then
       redis.call('HSET', meta, 'published_at_ms', 0)
     end
-    return {'RELEASED', args[1]}
+    return { 'RELEASED', owner }
   end
-  if held[2] and held[2] ~= args[2] and held[1] ~= args[1]
-      and now - (tonumber(held[3]) or 0) < tonumber(args[3]) then
-    return {'CONFLICT', held[1]}
+  if held[2] and held[2] ~= fingerprint and held[1] ~= owner and now - (tonumber(held[3]) or 0) < live then
+    return { 'CONFLICT', held[1] }
   end
-  local stale = {}
-  for _, field in ipairs(redis.call('HKEYS', meta)) do
-    if string.sub(field, 1, 2) ~= 'e:' then
-      stale[#stale + 1] = field
+  if held[2] == fingerprint then
+    redis.call('HSET', meta, 'owner', owner, 'published_at_ms', now)
+    return { 'CURRENT', owner }
+  end
+  if #args > 4 then
+    redis.call('HSET', meta, unpack(args, 5))
+  end
+  if step == 'commit' then
+    redis.call('HSET', meta, 'owner', owner, 'fingerprint', fingerprint, 'published_at_ms', now)
+    return { 'PUBLISHED', owner }
+  end
+  return { 'SYNC', owner }
+end
+
+--[[
+ridpool_channels: add or remove channels of a named pool's publication (the fields c:<cname> pops look up), at
+most CHUNK a call; a publisher adds the new ones before it removes the dropped ones, so a channel both configs
+serve is never missing.
+KEYS[1] meta
+ARGV[1] 'add' or 'remove'   ARGV[2..] channel names
+Reply: how many fields were added or removed.
+]]
+local function publish_channels(keys, args)
+  local bad = check_keys(keys, { ':meta' })
+  if bad then
+    return bad
+  end
+  local how = args[1]
+  if (how ~= 'add' and how ~= 'remove') or #args > 1 + CHUNK then
+    return redis.error_reply("BAD_ARGUMENT channels takes 'add' or 'remove' and at most " .. CHUNK .. ' names')
+  end
+  if #args == 1 then
+    return 0
+  end
+  local fields = {}
+  for i = 2, #args do
+    if how == 'add' then
+      fields[#fields + 1] = 'c:' .. args[i]
+      fields[#fields + 1] = '1'
+    else
+      fields[#fields + 1] = 'c:' .. args[i]
     end
   end
-  if #stale > 0 then
-    redis.call('HDEL', meta, unpack(stale))
+  if how == 'add' then
+    return redis.call('HSET', keys[1], unpack(fields))
   end
-  local fields = {'owner', args[1], 'fingerprint', args[2]}
-  for i = 4, #args do
-    fields[#fields + 1] = args[i]
-  end
-  fields[#fields + 1] = 'published_at_ms'
-  fields[#fields + 1] = now
-  redis.call('HSET', meta, unpack(fields))
-  return {'PUBLISHED', args[1]}
+  return redis.call('HDEL', keys[1], unpack(fields))
 end
 
 --[[
@@ -908,8 +1138,10 @@ end
 
 -- Announcements: channels named at run time, to be ready at an instant. They hold no ID: three small keys of the
 -- pool (ann: cname -> until, ann:at: cname -> at, ann:left: cname -> entries still to acquire), all expiring
--- with the last announcement's end.
+-- with the last announcement's end; and ann:queues (cname -> the expiry of its newest entry) lists the channels
+-- whose queues may hold entries, ended announcements included, for `status` and `stats()`.
 local MAX_LEAD_MS = 7 * 24 * 3600 * 1000
+local MAX_PENDING = 100000 -- announcements pending in one pool (check-config and the README say so)
 local CHANNEL = '^[%w !#%$%%&%(%)%+%-:;<=%.>%?@%[%]%^_{}|~,]+$' -- Agora's channel-name characters
 
 local function expire_announcements(ann, at, left)
@@ -923,15 +1155,19 @@ local function expire_announcements(ann, at, left)
   end
 end
 
--- Forget the announcements that have ended.
+-- Forget at most CHUNK announcements that have ended; returns how many were, and whether more have.
 local function end_announcements(ann, at, left, now)
-  local ended = redis.call('ZRANGEBYSCORE', ann, '-inf', now)
-  if #ended > 0 then
-    redis.call('ZREM', ann, unpack(ended))
-    redis.call('ZREM', at, unpack(ended))
-    redis.call('HDEL', left, unpack(ended))
-    expire_announcements(ann, at, left)
+  local ended = redis.call('ZRANGEBYSCORE', ann, '-inf', now, 'LIMIT', 0, CHUNK + 1)
+  local n = math.min(#ended, CHUNK)
+  if n == 0 then
+    return 0, false
   end
+  local names = { unpack(ended, 1, n) }
+  redis.call('ZREM', ann, unpack(names))
+  redis.call('ZREM', at, unpack(names))
+  redis.call('HDEL', left, unpack(names))
+  expire_announcements(ann, at, left)
+  return n, #ended > CHUNK
 end
 
 --[[
@@ -941,6 +1177,7 @@ KEYS[1] meta      PREFIX:{POOL}:meta
 KEYS[2] ann       PREFIX:{POOL}:ann
 KEYS[3] ann:at    PREFIX:{POOL}:ann:at
 KEYS[4] ann:left  PREFIX:{POOL}:ann:left
+KEYS[5] changes   PREFIX:{POOL}:changes (the daemon's change feed)
 ARGV[1] cname     the channel, checked against Agora's rules for the pool's scene
 ARGV[2] at        Unix time in ms (Redis server clock), or '+MS': that many ms from now; at most 7 days ahead,
                   and an instant already past is served as soon as possible
@@ -948,11 +1185,15 @@ ARGV[3] count     entries to have ready (1 to 1000)
 Reply: {at ms, until ms}: the instant (server ms) and the end of the announcement (at + the pool's grace);
 pops use its entries up, and one about to expire unpopped is replaced until then.
 Errors: 'UNKNOWN_POOL ...', 'NOT_ANNOUNCED ...' (the pool does not take announcements), 'BAD_CNAME ...',
-'BAD_ARGUMENT ...'.
+'BAD_ARGUMENT ...' (also when the pool already has MAX_PENDING announcements pending).
 ]]
 local function announce(keys, args)
-  local meta, ann, at_key, left = keys[1], keys[2], keys[3], keys[4]
-  local cname, when, count = args[1], args[2], tonumber(args[3])
+  local bad = check_keys(keys, { ':meta', ':ann', ':ann:at', ':ann:left', ':changes' })
+  if bad then
+    return bad
+  end
+  local meta, ann, at_key, left, changes = keys[1], keys[2], keys[3], keys[4], keys[5]
+  local cname, when, count = args[1] or '', args[2] or '', whole(args[3], 1, 1000)
   local known = redis.call('HMGET', meta, 'mode', 'scene', 'grace_ms')
   if not known[1] then
     return redis.error_reply('UNKNOWN_POOL no daemon has published this pool')
@@ -968,86 +1209,87 @@ local function announce(keys, args)
   if scene ~= 1 and not string.find(cname, CHANNEL) then
     return redis.error_reply('BAD_CNAME has characters Agora refuses in a channel name')
   end
-  if count == nil or count ~= math.floor(count) or count < 1 or count > 1000 then
+  if count == nil then
     return redis.error_reply('BAD_ARGUMENT count must be an integer from 1 to 1000')
   end
   local now = now_ms()
   local at
   if string.sub(when, 1, 1) == '+' then
-    local delay = tonumber(string.sub(when, 2))
+    local delay = whole(string.sub(when, 2), 0, MAX_LEAD_MS)
     at = delay and now + delay
   else
-    at = tonumber(when)
+    at = whole(when, 0, 1e15)
   end
-  if at == nil or at ~= math.floor(at) then
-    return redis.error_reply("BAD_ARGUMENT at must be Unix ms or '+ms' from now")
+  if at == nil then
+    return redis.error_reply("BAD_ARGUMENT at must be Unix ms or '+ms' from now (whole, not negative)")
   end
   if at > now + MAX_LEAD_MS then
     return redis.error_reply('BAD_ARGUMENT at must be at most 7 days ahead')
   end
   end_announcements(ann, at_key, left, now)
+  if redis.call('ZCARD', ann) >= MAX_PENDING and not redis.call('ZSCORE', ann, cname) then
+    return redis.error_reply('BAD_ARGUMENT the pool has ' .. MAX_PENDING .. ' announcements pending, the most it '
+      .. 'takes; announce again once some have ended')
+  end
   local ends = math.max(at, now) + tonumber(known[3] or '300000')
   redis.call('ZADD', ann, ends, cname)
   redis.call('ZADD', at_key, at, cname)
   redis.call('HSET', left, cname, count)
   expire_announcements(ann, at_key, left)
-  return {at, ends}
+  redis.call('ZADD', changes, now, cname)
+  return { at, ends }
 end
 
 --[[
-ridpool_announced: the daemon's view of announced channels, before it plans. While a channel's announcement is
-pending, an entry that would expire within AHEAD ms is retired (it counts as expired unused) and one more is to
-be acquired, so the channel keeps its count of live entries until the announcement ends; popped entries are not
-replaced.
+ridpool_announcements: the pending announcements of a pool whose instant falls in a window, at most CHUNK a
+call, by instant (the daemon reads the ones due within its planning horizon; `status` pages through all). Reads
+only: announcements that have ended are left out here and forgotten by ridpool_announce_end.
 KEYS[1] ann       KEYS[2] ann:at    KEYS[3] ann:left
-KEYS[4..] the channels' queues, PREFIX:{POOL}:q:<cname>, in the order of ARGV[2..]
-ARGV[1] ahead ms  ARGV[2..] the channels
-Reply: {server now ms, then per channel: live entries, left to acquire, at ms, until ms}; left, at and until
-are -1 for a channel with no pending announcement.
-]]
-local function announced(keys, args)
-  local ann, at_key, left = keys[1], keys[2], keys[3]
-  local ahead = tonumber(args[1])
-  local now = now_ms()
-  end_announcements(ann, at_key, left, now)
-  local out = {now}
-  for i = 2, #args do
-    local cname, queue = args[i], keys[i + 2]
-    purge_dead(queue, now)
-    local ends = tonumber(redis.call('ZSCORE', ann, cname) or '-1')
-    if ends >= 0 then
-      local retired = redis.call('ZREMRANGEBYSCORE', queue, '-inf', math.min(now + ahead, ends))
-      if retired > 0 then
-        expire_with_top(queue)
-        redis.call('HINCRBY', left, cname, retired)
-      end
-    end
-    out[#out + 1] = redis.call('ZCARD', queue)
-    out[#out + 1] = ends < 0 and -1 or tonumber(redis.call('HGET', left, cname) or '0')
-    out[#out + 1] = ends < 0 and -1 or tonumber(redis.call('ZSCORE', at_key, cname) or '-1')
-    out[#out + 1] = ends
-  end
-  return out
-end
-
---[[
-ridpool_announcements: every pending announcement of a pool (the daemon plans with it, `status` shows it).
-KEYS[1] ann       KEYS[2] ann:at    KEYS[3] ann:left
-Reply: {server now ms, cname, at ms, until ms, left, cname, ...} ordered by at.
+ARGV[1] from_ms   ARGV[2] to_ms  (the window of `at`, both included)
+ARGV[3] offset    how many of the window's announcements to skip (to page through one instant's many)
+ARGV[4] limit     at most CHUNK
+Reply: {server now ms, announcements pending in all, entries this page read (some may have ended and are left
+out: page on while this equals the limit), then cname, at ms, until ms, left, ... for this page}.
 ]]
 local function announcements(keys, args)
+  local bad = check_keys(keys, { ':ann', ':ann:at', ':ann:left' })
+  if bad then
+    return bad
+  end
+  local from, to = tonumber(args[1] or ''), tonumber(args[2] or '')
+  local offset, limit = whole(args[3], 0, 1e9), whole(args[4], 1, CHUNK)
+  if from == nil or to == nil or from ~= from or to ~= to or not offset or not limit then
+    return redis.error_reply('BAD_ARGUMENT announcements takes from_ms, to_ms, offset and limit (1 to ' .. CHUNK .. ')')
+  end
   local now = now_ms()
-  end_announcements(keys[1], keys[2], keys[3], now)
-  local out = {now}
-  local by_at = redis.call('ZRANGE', keys[2], 0, -1, 'WITHSCORES')
-  for i = 1, #by_at, 2 do
-    local cname = by_at[i]
-    out[#out + 1] = cname
-    out[#out + 1] = tonumber(by_at[i + 1])
-    out[#out + 1] = tonumber(redis.call('ZSCORE', keys[1], cname))
-    out[#out + 1] = tonumber(redis.call('HGET', keys[3], cname) or '0')
+  local out = { now, redis.call('ZCOUNT', keys[1], '(' .. now, '+inf') }
+  local found = redis.call('ZRANGEBYSCORE', keys[2], from, to, 'WITHSCORES', 'LIMIT', offset, limit)
+  out[3] = #found / 2
+  for i = 1, #found, 2 do
+    local cname = found[i]
+    local ends = tonumber(redis.call('ZSCORE', keys[1], cname) or '-1')
+    if ends > now then
+      out[#out + 1] = cname
+      out[#out + 1] = tonumber(found[i + 1])
+      out[#out + 1] = ends
+      out[#out + 1] = tonumber(redis.call('HGET', keys[3], cname) or '0')
+    end
   end
   return out
+end
+
+--[[
+ridpool_announce_end: forget announcements that have ended, at most CHUNK a call.
+KEYS[1] ann       KEYS[2] ann:at    KEYS[3] ann:left
+Reply: {how many were forgotten, 1 when more have ended (call again) else 0}.
+]]
+local function announce_end(keys, args)
+  local bad = check_keys(keys, { ':ann', ':ann:at', ':ann:left' })
+  if bad then
+    return bad
+  end
+  local n, more = end_announcements(keys[1], keys[2], keys[3], now_ms())
+  return { n, more and 1 or 0 }
 end
 
 --[[
@@ -1056,28 +1298,32 @@ expired unused since the last sample. Counters only, never an ID. The first call
 other replica calling in the same step gets -1, so replicas need no election of their own.
 KEYS[1] stats     PREFIX:{POOL}:stats
 KEYS[2] history   PREFIX:{POOL}:history (hash: '<step>' -> 'added pops misses expired'; 'last', 'at:*' snapshot)
-KEYS[3..] the pool's queues (live entries are not expired ones)
 ARGV[1] step_ms       60000 (a minute); tests use shorter steps
 ARGV[2] retention_ms  how long the history is kept (the key's TTL; the step that old is dropped)
+ARGV[3] live          the pool's live entries now, counted by the caller with ridpool_count (a pool may have
+                      more queues than one call should read)
 Reply: the step written (server ms / step_ms, floored), or -1 when this step was already written.
 ]]
 local function sample(keys, args)
+  local bad = check_keys(keys, { ':stats', ':history' })
+  if bad then
+    return bad
+  end
   local stats, history = keys[1], keys[2]
-  local step, retention = tonumber(args[1]), tonumber(args[2])
+  local step, retention, live = whole(args[1], 1, 86400000), whole(args[2], 1, 1e12), whole(args[3], 0, 1e12)
+  if not (step and retention and live) then
+    return redis.error_reply('BAD_ARGUMENT sample takes step_ms, retention_ms and live as whole numbers')
+  end
   local now = now_ms()
   local index = math.floor(now / step)
   local last = tonumber(redis.call('HGET', history, 'last') or -1)
   if last >= index then
     return -1
   end
-  local live = 0
-  for i = 3, #keys do
-    live = live + redis.call('ZCOUNT', keys[i], '(' .. now, '+inf')
-  end
-  local c = redis.call('HMGET', stats, 'added', 'pops', 'misses')
+  local c = redis.call('HMGET', stats, 'added', 'pops', 'misses', 'dropped')
   local added, pops, misses = tonumber(c[1] or 0), tonumber(c[2] or 0), tonumber(c[3] or 0)
-  local current = {added, pops, misses, math.max(0, added - pops - live)}
-  local names = {'at:added', 'at:pops', 'at:misses', 'at:expired'}
+  local current = { added, pops, misses, math.max(0, added - pops - tonumber(c[4] or 0) - live) }
+  local names = { 'at:added', 'at:pops', 'at:misses', 'at:expired' }
   local before = redis.call('HMGET', history, unpack(names))
   if before[1] then
     local delta = {}
@@ -1140,18 +1386,22 @@ redis.register_function('ridpool_add', add)
 redis.register_function('ridpool_reserve', reserve)
 redis.register_function('ridpool_release', release)
 redis.register_function('ridpool_sweep', sweep)
+redis.register_function { function_name = 'ridpool_count', callback = count_live, flags = { 'no-writes' } }
 redis.register_function('ridpool_publish', publish)
+redis.register_function('ridpool_channels', publish_channels)
 redis.register_function('ridpool_take', take)
 redis.register_function('ridpool_take_refills', take_refills)
 redis.register_function('ridpool_cooldown', cooldown)
 redis.register_function('ridpool_hold', hold)
 redis.register_function('ridpool_announce', announce)
-redis.register_function('ridpool_announced', announced)
-redis.register_function('ridpool_announcements', announcements)
+redis.register_function { function_name = 'ridpool_announcements', callback = announcements, flags = { 'no-writes' } }
+redis.register_function('ridpool_announce_end', announce_end)
 redis.register_function('ridpool_hold_uid', hold_uid)
 redis.register_function('ridpool_sample', sample)
-redis.register_function{
+redis.register_function {
   function_name = 'ridpool_version',
-  callback = function() return LIBRARY_VERSION end,
-  flags = {'no-writes'},
+  callback = function()
+    return LIBRARY_VERSION
+  end,
+  flags = { 'no-writes' },
 }

@@ -19,7 +19,7 @@ import os
 import re
 import time
 import weakref
-from collections.abc import Generator, Iterator, Sequence
+from collections.abc import Generator, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from importlib import resources
 from typing import Any, Generic, TypeVar, cast
@@ -96,7 +96,7 @@ def pop_call(
 @functools.lru_cache(maxsize=4096)
 def _pop_keys(keys: PoolKeys, cname: str | None) -> tuple[str, ...]:
     # Built once per channel: every pop's path, where each formatted key name costs.
-    return (keys.meta, keys.stats, keys.queue(cname), keys.announced)
+    return (keys.meta, keys.stats, keys.queue(cname), keys.announced, keys.changes)
 
 
 def text(value: Any) -> str:
@@ -134,9 +134,9 @@ class AddResult(enum.Enum):
 
 
 def add_call(
-    keys: PoolKeys, entry: Entry, *, queue_cname: str | None, lease: str = "", uid: str = "", announced: bool = False
+    keys: PoolKeys, entry: Entry, *, queue_cname: str | None, lease: str = "", uid: str = "", acquired: bool = False
 ) -> Call:
-    """`announced`: the entry was acquired for an announcement of its channel, which it uses up one of."""
+    """`acquired`: the daemon stores what its acquire brought (counted in `acquires`, the pool's state ok)."""
     return Call(
         "ridpool_add",
         (
@@ -147,9 +147,11 @@ def add_call(
             keys.inflight,
             keys.uids,
             keys.meta,
-            *((keys.announced_left,) if announced else ()),
+            keys.announced_left,
+            keys.announced_queues,
+            keys.changes,
         ),
-        (encode(entry), entry.resource_id, entry.expires_at_ms, lease, uid, queue_cname or ""),
+        (encode(entry), entry.resource_id, entry.expires_at_ms, lease, uid, queue_cname or "", "1" if acquired else ""),
     )
 
 
@@ -158,6 +160,8 @@ def parse_add(reply: Any) -> AddResult:
 
 
 # -- reserve / release -----------------------------------------------------------------------------------
+
+CHUNK = 1000  # the most items one call of a function takes (functions.lua: CHUNK); callers loop
 
 
 @dataclass(frozen=True, slots=True)
@@ -168,39 +172,67 @@ class Lease:
     uid: str  # '' when the pool's uid is fixed
 
 
+@dataclass(frozen=True, slots=True)
+class Want:
+    """What a caller asks ridpool_reserve for one slot: keep `target` ready (of which `consumable` pops use up),
+    taking at most `want` leases now."""
+
+    cname: str | None  # None: a template pool's queue
+    target: int
+    consumable: int = 0
+    want: int = 1
+
+
+@dataclass(frozen=True, slots=True)
+class Granted:
+    """What ridpool_reserve gave one slot: its live entries (after purging the dead) and the leases taken."""
+
+    live: int
+    leases: tuple[Lease, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Reserved:
+    status: str  # 'OK', 'HELD' (the pool backs off: nothing leased), 'CAP' (the pool's in-flight cap was reached)
+    in_flight: int  # the pool's leases after the call, all replicas
+    slots: tuple[Granted, ...]  # in the order asked (empty when HELD)
+
+
 def reserve_call(
     keys: PoolKeys,
+    wants: Sequence[Want],
     *,
-    queue_cname: str | None,
-    target: int,
     cap: int,
-    want: int,
     lease_ms: int,
     token_base: str,
-    uid_candidates: Sequence[int] = (),
-    announced: bool = False,
-    consumable: int = 0,
     pops_seen: int = 0,
+    uid_candidates: Sequence[int] = (),
 ) -> Call:
-    """`announced`: the channel is an announced one; its announcement's count caps the leases. `consumable`: how
-    many of `target` a warm-up wants, which the pool's pops since `pops_seen` use up."""
-    target_arg: Arg = f"{target}/{consumable}/{pops_seen}" if consumable > 0 else target
+    """Lease for several slots of one pool in one step (at most CHUNK); `pops_seen`: the pool's pops counter when
+    the caller planned (the consumable parts of the targets lose the pops since)."""
+    if len(wants) > CHUNK:
+        raise InvalidArgument(f"reserve takes at most {CHUNK} slots a call, got {len(wants)}")
+    args: list[Arg] = [cap, lease_ms, token_base, pops_seen, len(wants)]
+    for w in wants:
+        args += [w.cname or "", w.target, w.consumable, w.want]
     return Call(
         "ridpool_reserve",
-        (
-            keys.queue(queue_cname),
-            keys.inflight,
-            keys.uids,
-            keys.hold,
-            keys.stats,
-            *((keys.announced_left,) if announced else ()),
-        ),
-        (queue_cname or "", target_arg, cap, want, lease_ms, token_base, *uid_candidates),
+        (keys.inflight, keys.uids, keys.hold, keys.stats, keys.announced_left, *(keys.queue(w.cname) for w in wants)),
+        (*args, *uid_candidates),
     )
 
 
-def parse_reserve(reply: Any) -> list[Lease]:
-    return [Lease(text(t), text(u)) for t, u in zip(reply[::2], reply[1::2], strict=True)]
+def parse_reserve(reply: Any) -> Reserved:
+    status, in_flight = text(reply[0]), int(reply[1])
+    slots: list[Granted] = []
+    i = 2
+    while i < len(reply):
+        live, n = int(reply[i]), int(reply[i + 1])
+        pairs = reply[i + 2 : i + 2 + 2 * n]
+        leases = tuple(Lease(text(t), text(u)) for t, u in zip(pairs[::2], pairs[1::2], strict=True))
+        slots.append(Granted(live, leases))
+        i += 2 + 2 * n
+    return Reserved(status, in_flight, tuple(slots))
 
 
 def release_call(keys: PoolKeys, lease: Lease) -> Call:
@@ -213,22 +245,58 @@ def release_call(keys: PoolKeys, lease: Lease) -> Call:
 @dataclass(frozen=True, slots=True)
 class QueueState:
     live: int
-    now_ms: int
     oldest_expires_at_ms: int | None
     dropped: int = 0  # entries dropped now because the queue was filled in another data set (a restore, failover)
+    retired: int = 0  # entries of a pending announcement about to expire, retired to be acquired again
 
 
-def sweep_call(keys: PoolKeys, queue_cname: str | None) -> Call:
+@dataclass(frozen=True, slots=True)
+class Swept:
+    """One ridpool_sweep: server now, the change feed since the caller's mark, and the slots asked about."""
+
+    now_ms: int
+    data_set: str  # the serving process's run_id: another one than before means a restore or a failover
+    more: bool  # the feed holds more than it returned: ask again from the last score
+    changed: tuple[tuple[str, int], ...]  # (slot, server ms of its last change)
+    states: tuple[QueueState, ...]  # in the order asked
+
+
+def sweep_call(
+    keys: PoolKeys, slots: Sequence[str | None], *, since_ms: int = -1, retire_ms: int = 0, keep_ms: int = 60_000
+) -> Call:
+    if len(slots) > CHUNK:
+        raise InvalidArgument(f"sweep takes at most {CHUNK} slots a call, got {len(slots)}")
+    queues = [k for c in slots for k in (keys.queue(c), keys.ready(c))]
     return Call(
         "ridpool_sweep",
-        (keys.queue(queue_cname), keys.meta, keys.ready(queue_cname), keys.stats),
-        (queue_cname or "",),
+        (keys.meta, keys.stats, keys.changes, keys.announced, keys.announced_left, *queues),
+        (since_ms, retire_ms, keep_ms, *(c or "" for c in slots)),
     )
 
 
-def parse_sweep(reply: Any) -> QueueState:
-    live, now, oldest, dropped = (int(x) for x in reply)
-    return QueueState(live, now, None if oldest < 0 else oldest, dropped)
+def parse_sweep(reply: Any) -> Swept:
+    now, data_set, more, n = int(reply[0]), text(reply[1]), bool(int(reply[2])), int(reply[3])
+    feed = reply[4 : 4 + 2 * n]
+    changed = tuple((text(c), int(float(score))) for c, score in zip(feed[::2], feed[1::2], strict=True))
+    rest = [int(x) for x in reply[4 + 2 * n :]]
+    states = tuple(
+        QueueState(live, None if oldest < 0 else oldest, dropped, retired)
+        for live, oldest, dropped, retired in zip(rest[::4], rest[1::4], rest[2::4], rest[3::4], strict=True)
+    )
+    return Swept(now, data_set, more, changed, states)
+
+
+def count_call(keys: PoolKeys, slots: Sequence[str | None]) -> Call:
+    """Live entries and the oldest of some queues of one pool (at most CHUNK); reads only."""
+    if len(slots) > CHUNK:
+        raise InvalidArgument(f"count takes at most {CHUNK} queues a call, got {len(slots)}")
+    return Call("ridpool_count", tuple(keys.queue(c) for c in slots), ())
+
+
+def parse_count(reply: Any) -> tuple[int, list[tuple[int, int | None]]]:
+    """Server now and, per queue asked, (live entries, expiresAt of the oldest live one or None)."""
+    now, rest = int(reply[0]), [int(x) for x in reply[1:]]
+    return now, [(live, None if oldest < 0 else oldest) for live, oldest in zip(rest[::2], rest[1::2], strict=True)]
 
 
 # -- publish ---------------------------------------------------------------------------------------------
@@ -238,26 +306,43 @@ def parse_sweep(reply: Any) -> QueueState:
 class Published:
     """What ridpool_publish did: `ok` False when another live replica's different configuration stands."""
 
-    ok: bool
+    outcome: str  # 'PUBLISHED', 'CURRENT', 'SYNC', 'CONFLICT' or 'RELEASED'
     owner: str
 
+    @property
+    def ok(self) -> bool:
+        return self.outcome != "CONFLICT"
 
-def publish_call(keys: PoolKeys, fields: dict[str, str], *, owner: str, live_ms: int) -> Call:
-    """Publish a pool's metadata; `fields` minus volatile ones make the fingerprint replicas compare."""
+
+def fingerprint(fields: Mapping[str, str], channels: Sequence[str]) -> str:
+    """What replicas with the same configuration of a pool publish alike: its settings and its channels."""
     stable = {k: v for k, v in sorted(fields.items()) if k != "published_at_ms"}
-    fingerprint = hashlib.sha256(json.dumps(stable).encode()).hexdigest()[:16]
-    pairs = [x for item in stable.items() for x in item]
-    return Call("ridpool_publish", (keys.meta,), (owner, fingerprint, live_ms, *pairs))
+    return hashlib.sha256(json.dumps([stable, sorted(channels)]).encode()).hexdigest()[:16]
+
+
+def publish_call(
+    keys: PoolKeys, fields: Mapping[str, str], *, owner: str, fingerprint: str, live_ms: int, commit: bool = False
+) -> Call:
+    """A pool's settings (never its channels: `channels_call`), published if its fingerprint is not already."""
+    pairs = [x for item in sorted(fields.items()) for x in item]
+    return Call("ridpool_publish", (keys.meta,), (owner, fingerprint, live_ms, "commit" if commit else "check", *pairs))
+
+
+def channels_call(keys: PoolKeys, how: str, names: Sequence[str]) -> Call:
+    """Add or remove channels of a named pool's publication (at most CHUNK a call)."""
+    if how not in ("add", "remove") or len(names) > CHUNK:
+        raise InvalidArgument(f"channels takes 'add' or 'remove' and at most {CHUNK} names")
+    return Call("ridpool_channels", (keys.meta,), (how, *names))
 
 
 def release_publication_call(keys: PoolKeys, *, owner: str) -> Call:
     """The owner leaving: its publication stops counting as live (see ridpool_publish)."""
-    return Call("ridpool_publish", (keys.meta,), (owner, "", 0))
+    return Call("ridpool_publish", (keys.meta,), (owner, "", 0, "check"))
 
 
 def parse_publish(reply: Any) -> Published:
     outcome, owner = (text(x) for x in reply)
-    return Published(outcome != "CONFLICT", owner)
+    return Published(outcome, owner)
 
 
 # -- announcements ---------------------------------------------------------------------------------------
@@ -280,7 +365,7 @@ def announce_call(keys: PoolKeys, cname: str, *, at: int | str, count: int = 1) 
         raise InvalidArgument(f"count must be an integer from 1 to {MAX_COUNT}, got {count!r}")
     return Call(
         "ridpool_announce",
-        (keys.meta, keys.announced, keys.announced_at, keys.announced_left),
+        (keys.meta, keys.announced, keys.announced_at, keys.announced_left, keys.changes),
         (cname, at, count),
     )
 
@@ -301,54 +386,46 @@ class Announcement:
 
 
 @dataclass(frozen=True, slots=True)
-class ChannelState:
-    """One announced channel's queue after `ridpool_announced` retired what was about to expire."""
+class AnnouncementPage:
+    now_ms: int
+    pending: int  # announcements pending in the whole pool
+    read: int  # entries of the window this page read (page on while it equals the limit)
+    found: tuple[Announcement, ...]
 
-    cname: str
-    live: int
-    announcement: Announcement | None  # None: no pending announcement for it
 
-
-def announced_call(keys: PoolKeys, cnames: Sequence[str], *, ahead_ms: int) -> Call:
+def announcements_call(keys: PoolKeys, *, from_ms: int, to_ms: int, offset: int = 0, limit: int = CHUNK) -> Call:
+    """The pending announcements whose `at` falls in [from_ms, to_ms], a page at a time; reads only."""
     return Call(
-        "ridpool_announced",
-        (keys.announced, keys.announced_at, keys.announced_left, *(keys.queue(c) for c in cnames)),
-        (ahead_ms, *cnames),
+        "ridpool_announcements",
+        (keys.announced, keys.announced_at, keys.announced_left),
+        (from_ms, to_ms, offset, limit),
     )
 
 
-def parse_announced(cnames: Sequence[str], reply: Any) -> tuple[int, list[ChannelState]]:
-    """Server now (ms) and each channel's state, in the order asked."""
-    now, rest = int(reply[0]), [int(x) for x in reply[1:]]
-    out = []
-    for i, cname in enumerate(cnames):
-        live, left, at, until = rest[4 * i : 4 * i + 4]
-        out.append(ChannelState(cname, live, None if until < 0 else Announcement(cname, at, until, left)))
-    return now, out
-
-
-def announcements_call(keys: PoolKeys) -> Call:
-    return Call("ridpool_announcements", (keys.announced, keys.announced_at, keys.announced_left), ())
-
-
-def parse_announcements(reply: Any) -> tuple[int, list[Announcement]]:
-    """Server now (ms) and the pending announcements, by `at`."""
-    now, rest = int(reply[0]), reply[1:]
-    return now, [
+def parse_announcements(reply: Any) -> AnnouncementPage:
+    now, pending, read, rest = int(reply[0]), int(reply[1]), int(reply[2]), reply[3:]
+    found = tuple(
         Announcement(text(c), int(a), int(u), int(n))
         for c, a, u, n in zip(rest[::4], rest[1::4], rest[2::4], rest[3::4], strict=True)
-    ]
+    )
+    return AnnouncementPage(now, pending, read, found)
+
+
+def announce_end_call(keys: PoolKeys) -> Call:
+    return Call("ridpool_announce_end", (keys.announced, keys.announced_at, keys.announced_left), ())
+
+
+def parse_announce_end(reply: Any) -> tuple[int, bool]:
+    """How many ended announcements were forgotten, and whether more have ended."""
+    return int(reply[0]), bool(int(reply[1]))
 
 
 # -- demand history --------------------------------------------------------------------------------------
 
 
-def sample_call(keys: PoolKeys, queues: Sequence[str | None], *, step_ms: int, retention_ms: int) -> Call:
-    return Call(
-        "ridpool_sample",
-        (keys.stats, keys.history, *(keys.queue(c) for c in queues)),
-        (step_ms, retention_ms),
-    )
+def sample_call(keys: PoolKeys, *, step_ms: int, retention_ms: int, live: int) -> Call:
+    """`live`: the pool's live entries now (counted with `count_call`)."""
+    return Call("ridpool_sample", (keys.stats, keys.history), (step_ms, retention_ms, live))
 
 
 def parse_sample(reply: Any) -> int | None:

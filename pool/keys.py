@@ -20,7 +20,11 @@ else: the daemon, the clients, the tests and the docs all go through these funct
                                            server ms its announcement ends, `at` + grace); holds no ID
     PREFIX:{POOL}:ann:at            zset   the same channels scored by `at`, the server ms they are to be ready
     PREFIX:{POOL}:ann:left          hash   cname -> entries still to acquire for its announcement
-    PREFIX:{POOL}:warmups           hash   warm-up instant (server ms) -> the pool's pops counter at it
+    PREFIX:{POOL}:ann:queues        zset   announced channels whose queue may hold entries (score: expiry of the
+                                           newest); holds no ID
+    PREFIX:{POOL}:changes           zset   the daemon's change feed: channel -> server ms of its last pop or
+                                           announcement (named and announced pools); holds no ID, trimmed
+    PREFIX:{POOL}:baselines         hash   a consumable window's start (server ms) -> the pool's pops counter then
     PREFIX:{POOL}:history           hash   per-minute demand counters (minute -> added pops misses expired)
     PREFIX:{POOL}:popped:<id>       string the entry one pop took (request id <id>), kept briefly so that the same
                                            call sent again after a lost reply gets it again (expires with its life)
@@ -111,8 +115,16 @@ class PoolKeys:
         return f"{self.tag}:ann:left"
 
     @property
-    def warmups(self) -> str:
-        return f"{self.tag}:warmups"
+    def announced_queues(self) -> str:
+        return f"{self.tag}:ann:queues"
+
+    @property
+    def changes(self) -> str:
+        return f"{self.tag}:changes"
+
+    @property
+    def baselines(self) -> str:
+        return f"{self.tag}:baselines"
 
     @property
     def history(self) -> str:
@@ -125,7 +137,7 @@ class PoolKeys:
         return f"{self.queue(cname)}:ready"
 
     def popped(self, request_id: str) -> str:
-        """Where the pop with this request id keeps its entry for a retry (see ridpool_pop's KEYS[5])."""
+        """Where the pop with this request id keeps its entry for a retry (see ridpool_pop's KEYS[6])."""
         return f"{self.tag}:popped:{request_id}"
 
 

@@ -12,7 +12,6 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
 
 from ridpool import channels, functions, stats
 from ridpool.budget import Window
@@ -83,9 +82,7 @@ def report(keys: PoolKeys, entry: Entry, *, ok: bool, code: int | str | None) ->
 
 
 def pool_stats(keys: PoolKeys) -> Plan[stats.PoolStats]:
-    first: list[Any] = yield list(stats.first_round(keys))
-    second: list[Any] = yield list(stats.second_round(keys, first))
-    return stats.build(keys, first, second)
+    return (yield from stats.read(keys))
 
 
 def pools(registry: str) -> Plan[list[str]]:
@@ -120,10 +117,6 @@ def announce(keys: PoolKeys, cname: str, at: datetime | float, count: int) -> Pl
     if scene is not None and (why := channels.problem(cname, int(scene))):
         raise InvalidArgument(f"pool {keys.pool!r}: cname {cname!r} {why}")
     return functions.parse_announce(cname, (yield from functions.fcall(call)))
-
-
-def announcements(keys: PoolKeys) -> Plan[tuple[int, list[functions.Announcement]]]:
-    return functions.parse_announcements((yield from functions.fcall(functions.announcements_call(keys))))
 
 
 # A grant whose reply came back this much slower than the client's fastest ask is not used: the request would

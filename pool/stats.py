@@ -1,18 +1,21 @@
 """Reading a pool's state from Redis: what `stats()` returns and `ridpool status` shows.
 
-Two round trips (metadata and counters, then each channel's queue), read without a transaction: a status view,
-not an invariant. Ages are computed against Redis server time.
+A few round trips (settings and counters, the channels' names a page at a time, their queues counted in Redis a
+chunk at a time, the history), read without a transaction: a status view, not an invariant. Ages are computed
+against Redis server time.
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from ridpool.functions import text
+import redis
+from ridpool.errors import RidpoolError
+from ridpool.functions import CHUNK, Plan, count_call, fcall, parse_count, text
 from ridpool.keys import PoolKeys
+from ridpool.meta import published_channels
 
 # Counters kept in the stats hash by the functions and the daemon. "expired" (IDs that died unused) is derived,
 # not kept: added - pops - dropped - live, because Redis may expire a whole queue before anything could count its
@@ -83,20 +86,15 @@ def decode_hash(raw: Mapping[Any, Any]) -> dict[str, str]:
     return {text(k): text(v) for k, v in raw.items()}
 
 
-def channel_names(meta: Mapping[str, str]) -> list[str | None]:
-    """The queues of a published pool: one per named channel, or the template pool's single queue."""
-    if meta.get("mode") == "announced":
-        return []  # its channels are the announced ones (see `status`), not fixed
-    if meta.get("mode") != "named":
-        return [None]
-    names: list[str] = json.loads(meta.get("cnames", "[]"))
-    return list(names)
+# The settings a pool's meta hash holds besides its channels (`c:<cname>`) and data-set marks (`e:<cname>`), which
+# a pool of many channels has thousands of: read by name, never with HGETALL.
+META_FIELDS = ("mode", "appid", "size", "max_age_ms", "published_at_ms", "channels")
 
 
 def first_round(keys: PoolKeys) -> list[tuple[str, ...]]:
     return [
         ("TIME",),
-        ("HGETALL", keys.meta),
+        ("HMGET", keys.meta, *META_FIELDS),
         ("HGETALL", keys.stats),
         ("ZCARD", keys.inflight),
         ("HGETALL", keys.starts),
@@ -107,22 +105,6 @@ def first_round(keys: PoolKeys) -> list[tuple[str, ...]]:
 
 def server_ms(time_reply: Sequence[Any]) -> int:
     return int(time_reply[0]) * 1000 + int(time_reply[1]) // 1000
-
-
-def second_round(keys: PoolKeys, first: Sequence[Any]) -> list[tuple[str, ...]]:
-    """Each channel's live entries (not yet past their time) and its oldest entry (none when a key is damaged)."""
-    if _problem(first):
-        return []
-    now = server_ms(first[0])
-    commands: list[tuple[str, ...]] = []
-    for cname in channel_names(decode_hash(first[1])):
-        commands.append(("ZCOUNT", keys.queue(cname), f"({now}", "+inf"))
-        commands.append(("ZRANGE", keys.queue(cname), "0", "0", "WITHSCORES"))
-    last = first[5]
-    if last is not None:
-        newest = int(last)
-        commands.append(("HMGET", keys.history, *(str(newest - i) for i in range(HOUR_STEPS))))
-    return commands
 
 
 def _hour(samples: Sequence[Any] | None) -> Waste:
@@ -157,42 +139,101 @@ def damaged(keys: PoolKeys, problem: str) -> PoolStats:
     )
 
 
-def build(keys: PoolKeys, first: Sequence[Any], second: Sequence[Any]) -> PoolStats:
-    """The pool's state from both rounds; a round in which Redis refused a read gives `damaged`."""
-    problem = _problem(first) or _problem(second)
+def channel_list(keys: PoolKeys, mode: str, now_ms: int) -> Plan[list[str | None]]:
+    """The queues of a published pool, read in pages: one per named channel, the template pool's single queue,
+    or the announced channels whose queues may hold entries."""
+    if mode == "template" or not mode:
+        return [None] if mode else []
+    found: list[str | None] = []
+    if mode == "named":
+        found += sorted((yield from published_channels(keys)))
+        return found
+    offset = 0
+    while True:
+        page = yield (
+            "ZRANGEBYSCORE",
+            keys.announced_queues,
+            f"({now_ms}",
+            "+inf",
+            "LIMIT",
+            offset,
+            CHUNK,
+        )
+        found += [text(c) for c in page]
+        if len(page) < CHUNK:
+            return found
+        offset += CHUNK
+
+
+def queues(keys: PoolKeys, mode: str, now_ms: int) -> Plan[list[tuple[str | None, tuple[int, int | None]]]]:
+    """Every queue of the pool with its live entries and the expiry of its oldest, counted in Redis a chunk of
+    queues at a time (so a pool of 10,000 channels is 10 short calls, not 20,000 commands)."""
+    names = yield from channel_list(keys, mode, now_ms)
+    counted: list[tuple[int, int | None]] = []
+    for i in range(0, len(names), CHUNK):
+        _, chunk = parse_count((yield from fcall(count_call(keys, names[i : i + CHUNK]))))
+        counted += chunk
+    return list(zip(names, counted, strict=True))
+
+
+def live(keys: PoolKeys, mode: str) -> Plan[int]:
+    """The pool's live entries, all queues together (the demand history's sample takes it)."""
+    now = server_ms((yield ("TIME",)))
+    return sum(n for _, (n, _) in (yield from queues(keys, mode, now)))
+
+
+def read(keys: PoolKeys) -> Plan[PoolStats]:
+    """One pool as Redis holds it now: settings and counters, then every queue's live entries and oldest
+    (`queues`), then the last hour's history. A key Redis refuses makes it `damaged`, never a traceback."""
+    first: list[Any] = yield list(first_round(keys))
+    problem = _problem(first)
     if problem:
         return damaged(keys, problem)
     try:
-        return _build(keys, first, second)
+        meta = dict(zip(META_FIELDS, (None if v is None else text(v) for v in first[1]), strict=True))
+        now = server_ms(first[0])
+        counted = yield from queues(keys, meta["mode"] or "", now)
+        history = None
+        if first[5] is not None:
+            newest = int(first[5])
+            history = yield ("HMGET", keys.history, *(str(newest - i) for i in range(HOUR_STEPS)))
+    except redis.ResponseError as exc:
+        return damaged(keys, f"{type(exc).__name__}: {exc}")
+    except RidpoolError as exc:
+        return damaged(keys, str(exc))
+    try:
+        return build(keys, first, meta, counted, history)
     except (ValueError, TypeError, IndexError, KeyError) as exc:  # a hash holding what no daemon wrote
         return damaged(keys, f"unreadable metadata ({exc})")
 
 
-def _build(keys: PoolKeys, first: Sequence[Any], second: Sequence[Any]) -> PoolStats:
-    time_reply, meta_raw, stats_raw, in_flight, starts_raw, _, hold_ms = first
+def build(
+    keys: PoolKeys,
+    first: Sequence[Any],
+    meta: Mapping[str, str | None],
+    queues: Sequence[tuple[str | None, tuple[int, int | None]]],
+    history: Sequence[Any] | None,
+) -> PoolStats:
+    """The pool's state from what `read` gathered."""
+    time_reply, _, stats_raw, in_flight, starts_raw, _, hold_ms = first
     now_ms = server_ms(time_reply)
-    meta = decode_hash(meta_raw)
     raw = decode_hash(stats_raw)
-    max_age_ms = int(meta.get("max_age_ms", "0"))
+    max_age_ms = int(meta.get("max_age_ms") or "0")
     channels = []
-    for i, cname in enumerate(channel_names(meta)):
-        size, oldest = int(second[2 * i]), second[2 * i + 1]
-        age = None
-        if oldest and size:
-            # Scored by expires-at = sent-at + max_age, so the lowest score is the oldest entry.
-            age = max(0.0, (now_ms - (int(float(oldest[0][1])) - max_age_ms)) / 1000)
+    for cname, (size, oldest) in queues:
+        # Scored by expires-at = sent-at + max_age, so the lowest score is the oldest entry.
+        age = max(0.0, (now_ms - (oldest - max_age_ms)) / 1000) if oldest is not None and size else None
         channels.append(ChannelStats(cname, size, age))
     counters = {name: int(raw.get(name, "0")) for name in COUNTERS}
     live = sum(c.size for c in channels)
     counters["expired"] = max(0, counters["added"] - counters["pops"] - counters["dropped"] - live)
     published = meta.get("published_at_ms")
-    history = second[2 * len(channels)] if len(second) > 2 * len(channels) else None
     return PoolStats(
         pool=keys.pool,
-        known=bool(meta),
-        mode=meta.get("mode", ""),
-        appid=meta.get("appid", ""),
-        target=int(meta.get("size", "0")),
+        known=meta.get("mode") is not None,
+        mode=meta.get("mode") or "",
+        appid=meta.get("appid") or "",
+        target=int(meta.get("size") or "0"),
         max_age=max_age_ms / 1000,
         channels=tuple(channels),
         in_flight=int(in_flight),

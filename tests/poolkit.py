@@ -29,7 +29,7 @@ def publish_pool(
     size: int = 10,
     max_age: float = 270.0,
 ) -> None:
-    publish(r, pool_keys(prefix, pool), PoolMeta(pool, APPID, cnames, size, max_age, server_ms(r)))
+    publish(r, pool_keys(prefix, pool), PoolMeta(pool, APPID, cnames, size, max_age))
 
 
 def make_entry(

@@ -5,6 +5,7 @@ And the two ACLs the README documents (a pop-only starter, the daemon) are exact
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import re
 from collections.abc import Iterator
@@ -16,9 +17,10 @@ from ridpool import OutOfMemory, PermissionDenied, PoolClient, PoolEmpty, WrongT
 from ridpool.budget import Account
 from ridpool.keys import pool_keys
 from ridpool.testing import Simulator
+from structlog.testing import capture_logs
 
 from tests.conftest import PREFIX
-from tests.daemonkit import CUSTOMER_ID, SECRET, eventually, make_config, rooms_pool, running, web_pool
+from tests.daemonkit import CUSTOMER_ID, FAST, SECRET, eventually, make_config, rooms_pool, running, web_pool
 from tests.poolkit import fill, publish_pool
 from tests.servers import RedisProc, processes
 
@@ -208,11 +210,16 @@ async def test_the_documented_daemon_acl_fills_every_pool(admin: redis.Redis, se
     sim = Simulator(customer_id=CUSTOMER_ID, customer_secret=SECRET).start()
     try:
         config = make_config(f"redis://{name}:pw@127.0.0.1:{server.port}/0", sim.url, web_pool(3), rooms_pool(1))
-        async with running(config):
-            with PoolClient.from_url(server.url, prefix=PREFIX) as client:
-                await eventually(
-                    lambda: client.stats("web").size == 3 and client.stats("rooms").size == 3, 20, "both pools full"
-                )
-                assert client.stats("web").state == "ok" and client.stats("rooms").state == "ok"
+        timing = dataclasses.replace(FAST, sample=0.05, history_step=0.2)
+        with capture_logs() as logs:
+            async with running(config, timing=timing):
+                with PoolClient.from_url(server.url, prefix=PREFIX) as client:
+                    await eventually(
+                        lambda: client.stats("web").size == 3 and client.stats("rooms").size == 3, 20, "both pools full"
+                    )
+                    assert client.stats("web").state == "ok" and client.stats("rooms").state == "ok"
+                    await eventually(lambda: admin.hget(pool_keys(PREFIX, "web").history, "last"), what="a sample")
+        failed = [e for e in logs if e["log_level"] == "error"]
+        assert failed == [], failed  # every job (sample, publish, heartbeat, observe) ran under this ACL
     finally:
         sim.stop()

@@ -37,13 +37,13 @@ KEYS = pool_keys(PREFIX, "classes")
 
 
 def publish_announced(r: redis.Redis, prefix: str = PREFIX, *, scene: int = 0, grace: float = 300.0) -> None:
-    meta = PoolMeta("classes", APPID, (), 0, 270.0, server_ms(r), announced=True, scene=scene, grace=grace)
+    meta = PoolMeta("classes", APPID, (), 0, 270.0, announced=True, scene=scene, grace=grace)
     publish(r, pool_keys(prefix, "classes"), meta)
 
 
 def store_for(r: redis.Redis, cname: str, *, life: float = 200.0) -> None:
     entry = make_entry(r, "classes", cname=cname, life=life)
-    call = functions.add_call(KEYS, entry, queue_cname=cname, announced=True)
+    call = functions.add_call(KEYS, entry, queue_cname=cname)
     assert functions.parse_add(functions.execute(r, call)).value == "ADDED"
 
 
@@ -154,16 +154,20 @@ def test_announce_to_a_pool_that_takes_none_or_no_pool(r: redis.Redis, client: P
         client.announce("nowhere", "room-9", at=10)
 
 
-def test_the_daemon_view_replaces_an_entry_about_to_expire_while_pending(r: redis.Redis, client: PoolClient) -> None:
-    """ridpool_announced retires an entry that would expire within `ahead` and counts it to acquire again."""
+def test_the_daemon_sweep_replaces_an_entry_about_to_expire_while_pending(r: redis.Redis, client: PoolClient) -> None:
+    """ridpool_sweep retires an entry of a pending announcement that would expire within `retire_ms`, counts it to
+    acquire again, and names the channel in the change feed; a channel with no announcement is left as it is."""
     publish_announced(r)
     client.announce("classes", "c1", at=100, count=2)
     store_for(r, "c1", life=5)
     store_for(r, "c1", life=200)
-    call = functions.announced_call(KEYS, ["c1", "c2"], ahead_ms=10_000)
-    _, (state, other) = functions.parse_announced(["c1", "c2"], functions.execute(r, call))
-    assert state.live == 1 and state.announcement is not None and state.announcement.left == 1
-    assert other.live == 0 and other.announcement is None
+    r.delete(KEYS.changes)
+    call = functions.sweep_call(KEYS, ["c1", "c2"], retire_ms=10_000)
+    swept = functions.parse_sweep(functions.execute(r, call))
+    state, other = swept.states
+    assert (state.live, state.retired, other.live, other.retired) == (1, 1, 0, 0)
+    assert r.hget(KEYS.announced_left, "c1") == b"1" and r.hget(KEYS.announced_left, "c2") is None
+    assert r.zscore(KEYS.changes, "c1") is not None
 
 
 def test_the_readme_redis_cli_fcall_announces(r: redis.Redis, redis_server: RedisServer) -> None:
@@ -267,14 +271,12 @@ def test_leases_for_an_announced_channel_never_exceed_what_it_lacks(r: redis.Red
     client.announce("classes", "c1", at=10, count=2)
     store_for(r, "c1")  # one of the two is stored: one left
 
-    def reserve(base: str) -> list[functions.Lease]:
-        call = functions.reserve_call(
-            KEYS, queue_cname="c1", target=5, cap=10, want=5, lease_ms=15_000, token_base=base, announced=True
-        )
-        return functions.parse_reserve(functions.execute(r, call))
+    def reserve(base: str) -> tuple[functions.Lease, ...]:
+        call = functions.reserve_call(KEYS, [functions.Want("c1", 5, want=5)], cap=10, lease_ms=15_000, token_base=base)
+        return functions.parse_reserve(functions.execute(r, call)).slots[0].leases
 
     assert len(reserve("a")) == 1
-    assert reserve("b") == []  # the one left is leased already
+    assert reserve("b") == ()  # the one left is leased already
 
 
 def test_announce_with_redis_down_is_pool_unavailable() -> None:
@@ -310,7 +312,8 @@ def test_an_entry_is_not_replaced_once_its_announcement_has_ended(r: redis.Redis
     publish_announced(r, grace=0)
     client.announce("classes", "c1", at=0)  # ends at once: its instant is now and its grace 0
     store_for(r, "c1", life=5)
-    call = functions.announced_call(KEYS, ["c1"], ahead_ms=10_000)
-    _, [state] = functions.parse_announced(["c1"], functions.execute(r, call))
-    assert state.announcement is None and state.live == 1
+    functions.execute(r, functions.announce_end_call(KEYS))
+    call = functions.sweep_call(KEYS, ["c1"], retire_ms=10_000)
+    [state] = functions.parse_sweep(functions.execute(r, call)).states
+    assert state.retired == 0 and state.live == 1
     assert not r.exists(KEYS.announced, KEYS.announced_at, KEYS.announced_left)

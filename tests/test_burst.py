@@ -14,9 +14,11 @@ from pathlib import Path
 import pytest
 import redis
 import redis.asyncio
-from ridpool import AsyncPoolClient, PoolEmpty, functions
+from ridpool import AsyncPoolClient, PoolEmpty, functions, stats
 from ridpool.daemon import demand, planner
 from ridpool.daemon.planner import Demand
+from ridpool.daemon.service import Timing
+from ridpool.daemon.sources import SourceContext
 from ridpool.keys import pool_keys
 from ridpool.testing import Faults, Simulator
 from structlog.testing import capture_logs
@@ -120,15 +122,20 @@ async def test_status_and_stats_show_waste_over_the_last_samples(
     """One sample step after 5 adds, 2 pops and 3 expiries: acquired 5, popped 2, expired unused 3, waste 60%."""
     publish_pool(r, PREFIX, "web")
     keys = pool_keys(PREFIX, "web")
-    call = functions.sample_call(keys, [None], step_ms=300, retention_ms=60_000)
     functions.load_library(r)
-    assert functions.parse_sample(functions.execute(r, call)) is not None  # the first step: a baseline
+
+    def sample() -> int | None:
+        live = functions.run(r, stats.live(keys, "template"))
+        call = functions.sample_call(keys, step_ms=300, retention_ms=60_000, live=live)
+        return functions.parse_sample(functions.execute(r, call))
+
+    assert sample() is not None  # the first step: a baseline
     fill(r, PREFIX, "web", 5, life=0.4)
     for _ in range(2):
         await aclient.pop("web")
     await eventually(lambda: _expired(aclient), what="3 entries past their time")
     deadline = time.monotonic() + 5
-    while functions.parse_sample(functions.execute(r, call)) is None and time.monotonic() < deadline:
+    while sample() is None and time.monotonic() < deadline:
         await asyncio.sleep(0.05)  # the next step begins within 300 ms
     hour = (await aclient.stats("web")).hour
     assert (hour.acquired, hour.popped, hour.expired, hour.ratio) == (5, 2, 3, 0.6)
@@ -151,10 +158,12 @@ async def test_learned_demand_reads_recorded_history_from_redis_and_logs_each_ra
     for weeks in (1, 2):
         r.hset(keys.history, str(minute - weeks * demand.WEEK), "40 40 0 0")
     client = redis.asyncio.Redis.from_url(redis_url)
-    source = demand.LearnedSource(client, config.pools, {"web": keys})
+    source = demand.LearnedSource(SourceContext(client, config, Timing()))
     with capture_logs() as logs:
-        found = await source.demands((minute - 3) * 60_000)
-        again = await source.demands((minute - 2) * 60_000)
+        await source.refresh("web", (minute - 3) * 60_000, frozenset())
+        found = source.demands("web", (minute - 3) * 60_000)
+        await source.refresh("web", (minute - 2) * 60_000, frozenset())
+        again = source.demands("web", (minute - 2) * 60_000)
     await client.aclose()
     assert [(d.count, d.at_ms) for d in found] == [(28, minute * 60_000)] and again == found
     assert [e["event"] for e in logs] == ["demand.learned"] and logs[0]["pool"] == "web"
@@ -270,16 +279,7 @@ def test_pops_made_after_a_round_planned_use_its_warmup_target_up(
     keys = pool_keys(PREFIX, "web")
     publish_pool(r, PREFIX, "web")
     r.hset(keys.stats, "pops", 100 + pops_since_plan)
-    call = functions.reserve_call(
-        keys,
-        queue_cname=None,
-        target=14,
-        cap=50,
-        want=50,
-        lease_ms=15_000,
-        token_base="t",
-        consumable=12,
-        pops_seen=100,
-    )
+    want = functions.Want(None, 14, consumable=12, want=50)
+    call = functions.reserve_call(keys, [want], cap=50, lease_ms=15_000, token_base="t", pops_seen=100)
     functions.load_library(r)
-    assert len(functions.parse_reserve(functions.execute(r, call))) == leases
+    assert len(functions.parse_reserve(functions.execute(r, call)).slots[0].leases) == leases

@@ -401,3 +401,25 @@ def test_problems_are_worded_from_the_error_type_and_context_never_from_pydantic
     if ctx is not None:
         error["ctx"] = ctx
     assert _problem(error) == problem
+
+
+@pytest.mark.parametrize(
+    ("mutate", "named", "says"),
+    [
+        (
+            setter("pools[1].cnames", [f"room-{i}" for i in range(100_001)]),
+            "pools[1].cnames",
+            "names 100001 channels; a pool may name at most 100000",
+        ),
+        (setter("pools[0].size", 2000), "pools", "the standing sizes need 7.4 acquires/s"),
+    ],
+)
+def test_what_no_daemon_can_serve_is_refused_with_the_figure(
+    mutate: Callable[[dict[str, Any]], None], named: str, says: str
+) -> None:
+    """check-config refuses a pool of more channels than one daemon serves, and standing sizes the budget cannot
+    renew within max_age, saying by how much."""
+    data = valid()
+    mutate(data)
+    found = problems_of(data)
+    assert [p for p in found if p.startswith(f"{named}: ") and says in p], found

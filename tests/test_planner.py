@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import UTC, datetime
 
 import pytest
@@ -272,3 +273,31 @@ def test_auto_size_needs_a_max_size_no_smaller_than_size(extra: dict[str, object
     with pytest.raises(ConfigError) as caught:
         parse_config(data)
     assert any(p.startswith(problem) for p in caught.value.problems), caught.value.problems
+
+
+@pytest.mark.parametrize(
+    ("popped", "want"),
+    [
+        ({}, (100, 50)),  # nothing popped since either window began
+        ({("a", 10 * S): 30}, (70, 50)),  # the earliest running window takes the pops first
+        ({("a", 10 * S): 130}, (0, 20)),  # what it cannot take goes to the next one
+        ({("a", 10 * S): 500}, (0, 0)),  # never below nothing
+    ],
+)
+def test_pops_use_up_running_consumable_windows_earliest_first(
+    popped: dict[tuple[str, int], int], want: tuple[int, int]
+) -> None:
+    """A pop uses up one demand: the pool's pops since its earliest running window are credited in order; the
+    standing size and a window not yet running keep their counts."""
+    early, late = burst("a", 100, 10 * S), burst("a", 50, 20 * S)
+    early, late = (dataclasses.replace(d, consumable=True) for d in (early, late))
+    later = dataclasses.replace(burst("a", 10, 900 * S), consumable=True)
+    got = planner.left([size("a", 20), early, late, later], popped, now_ms=30 * S)
+    assert [d.count for d in got] == [20, *want, 10]
+
+
+def test_a_pool_of_several_channels_shares_its_pops_among_them() -> None:
+    """30 pops of a pool-wide window of 10 per channel over 4 channels leave ceil((40 - 30) / 4) = 3 each."""
+    d = dataclasses.replace(burst("a", 10, 10 * S), consumable=True)
+    [got] = planner.left([d], {("a", 10 * S): 30}, now_ms=11 * S, channels={"a": 4})
+    assert got.count == 3

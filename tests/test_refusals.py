@@ -36,15 +36,21 @@ CASES: list[tuple[str, str, tuple[str, ...], tuple[Any, ...]]] = [
     ("another pool's stats", "ridpool_pop", (ROOMS.meta, WEB.stats, ROOMS.queue("room-2")), ("room-2", 0, "1")),
     ("another pool's ann key", "ridpool_pop", (*POP, ROOMS.queue("room-2"), WEB.announced), ("room-2", 0, "1")),
     (
+        "another pool's change feed",
+        "ridpool_pop",
+        (*POP, ROOMS.queue("room-2"), ROOMS.announced, WEB.changes),
+        ("room-2", 0, "1"),
+    ),
+    (
         "a request key of another pool",
         "ridpool_pop",
-        (*POP, ROOMS.queue("room-2"), ROOMS.announced, WEB.popped("a" * 24)),
+        (*POP, ROOMS.queue("room-2"), ROOMS.announced, ROOMS.changes, WEB.popped("a" * 24)),
         ("room-2", 0, "1"),
     ),
     (
         "a request id too short",
         "ridpool_pop",
-        (*POP, ROOMS.queue("room-2"), ROOMS.announced, ROOMS.popped("abc")),
+        (*POP, ROOMS.queue("room-2"), ROOMS.announced, ROOMS.changes, ROOMS.popped("abc")),
         ("room-2", 0, "1"),
     ),
     ("min_ttl nan", "ridpool_pop", (*POP, ROOMS.queue("room-2")), ("room-2", "nan", "1")),

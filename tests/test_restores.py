@@ -90,6 +90,8 @@ def test_a_lagging_replica_promoted_hands_out_no_id_popped_on_the_old_primary() 
         replica = RedisProc("--replicaof", "127.0.0.1", str(primary.port))
         with processes(replica):
             r, rr = primary.client(), replica.client()
+            # A replica that accepts connections may not have synced yet: WAIT below counts only a synced one.
+            wait_for(lambda: rr.info("replication")["master_link_status"] == "up", 30, what="the replica synced")
             publish_pool(r, PREFIX, POOL)
             fill(r, PREFIX, POOL, 10)
             with PoolClient.from_url(primary.url, prefix=PREFIX) as client:

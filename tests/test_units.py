@@ -22,7 +22,7 @@ from ridpool.daemon.agora import (
 )
 from ridpool.daemon.config import Credentials
 from ridpool.daemon.limiter import cooldown_for, window_for
-from ridpool.daemon.planner import Slot, hold_for, next_slot
+from ridpool.daemon.planner import hold_for
 
 HOST = "https://api.sd-rtn.com"
 
@@ -60,22 +60,6 @@ def test_repeated_429s_double_the_shared_cooldown_up_to_a_cap(n: int, seconds: f
 def test_a_failing_pool_is_held_longer_each_time_but_tried_a_few_times_a_minute(n: int, seconds: float) -> None:
     """A rejected request (wrong secret) is retried at most every 20 s: Agora is never hammered."""
     assert hold_for(n) == seconds
-
-
-@pytest.mark.parametrize(
-    ("slots", "expected"),
-    [
-        ([Slot("a", None, 10, 9), Slot("b", None, 10, 2)], "b"),  # the emptiest relative to its size first
-        ([Slot("a", None, 100, 50), Slot("b", None, 4, 1)], "b"),  # 25% beats 50% although its deficit is smaller
-        ([Slot("a", None, 10, 10), Slot("b", None, 5, 5)], None),  # all full
-        ([Slot("a", None, 10, 5, pending=5), Slot("b", None, 0, 0)], None),  # leased up; size 0 needs nothing
-        ([Slot("a", "r1", 4, 2), Slot("a", "r2", 4, 2, pending=1)], "r1"),
-    ],
-)
-def test_the_emptiest_slot_is_refilled_first(slots: list[Slot], expected: str | None) -> None:
-    """When the budget is short the emptiest pools (relative to size) go first."""
-    chosen = next_slot(slots)
-    assert (None if chosen is None else (chosen.cname or chosen.pool)) == expected
 
 
 def _response(status: int, body: object = None, text: str | None = None) -> httpx.Response:
