@@ -221,9 +221,12 @@ class SimProcess:
 
     def __init__(self, *, rate_limit: int, latency: float, jitter: float) -> None:
         self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
         argv = [*ridpool_argv(), "simulate", "--host", "127.0.0.1", "--port", str(self.port)]
-        argv += ["--rate-limit", str(rate_limit), "--latency", str(latency), "--jitter", str(jitter)]
+        self.serve([*argv, "--rate-limit", str(rate_limit), "--latency", str(latency), "--jitter", str(jitter)])
+
+    def serve(self, argv: list[str]) -> None:
+        """Run `argv` (a simulator listening on self.port) and return once it answers."""
+        self.url = f"http://127.0.0.1:{self.port}"
         env = {**os.environ, "AGORA_CUSTOMER_ID": CUSTOMER_ID, "AGORA_CUSTOMER_SECRET": SECRET}
         self.process = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 15

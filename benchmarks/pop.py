@@ -299,7 +299,9 @@ def breakdown(r: redis.Redis, url: str, target: Target, n: int, rounds: int) -> 
     tuned = client.redis
     plain.ping()
     tuned.ping()
-    call = functions.pop_call(target.keys, None, 0.0)
+
+    def call() -> functions.Call:  # what PoolClient.pop sends: a request id of its own each time
+        return functions.pop_call(target.keys, None, 0.0, request=functions.request_id())
 
     def lpop() -> object:
         return plain.lpop(target.list_key)
@@ -308,7 +310,8 @@ def breakdown(r: redis.Redis, url: str, target: Target, n: int, rounds: int) -> 
         return tuned.lpop(target.list_key)
 
     def fcall() -> object:
-        return tuned.fcall(call.function, len(call.keys), *call.keys, *call.args)
+        c = call()
+        return tuned.fcall(c.function, len(c.keys), *c.keys, *c.args)
 
     def pop() -> object:
         return client.pop(POOL)
@@ -316,7 +319,7 @@ def breakdown(r: redis.Redis, url: str, target: Target, n: int, rounds: int) -> 
     steps = [
         ("bare LPOP", False, lpop),
         ("LPOP on PoolClient's connection settings", False, lpop_tuned),
-        (f"FCALL {call.function}, raw reply (same settings)", True, fcall),
+        (f"FCALL {call().function}, raw reply (same settings)", True, fcall),
         ("PoolClient.pop", True, pop),
     ]
     # Many short rounds and the median per step: on a shared machine a burst of someone else's work lands in a
@@ -351,7 +354,7 @@ def client_overhead_us(r: redis.Redis, n: int = 20_000) -> float:
         k = pool_keys(PREFIX, POOL)
         check_wait(0.0)
         time.monotonic()
-        functions.parse_pop(reply if functions.pop_call(k, None, 0.0) else None)
+        functions.parse_pop(reply if functions.pop_call(k, None, 0.0, request=functions.request_id()) else None)
     return (time.perf_counter() - start) / n * 1e6
 
 

@@ -460,6 +460,16 @@ def _first_pop(res: Results, add: Add) -> None:
         " hit costs the same one round trip."
     )
     add("")
+    if fp.first_calls:
+        add("The first call of a burst: fresh starter processes, each `PoolClient.from_config` (the daemon extra")
+        add("installed, so the acquirer is built too) and then five pool hits, each after the same 50 ms pause (a")
+        add("CPU back from idle answers any round trip slower); the first against the four after it.")
+        add("")
+        add("| call | processes | first, p50 (ms) | later, p50 (ms) | first / later |")
+        add("|---|---|---|---|---|")
+        for c in fp.first_calls:
+            add(f"| `{c.call}` | {c.processes} | {c.first_p50_ms:.3f} | {c.later_p50_ms:.3f} | {c.ratio:.2f}x |")
+        add("")
 
 
 def _cpu(res: Results, add: Add) -> None:

@@ -32,9 +32,10 @@ from pydantic import (
 )
 from pydantic_core import ErrorDetails, InitErrorDetails, PydanticCustomError
 from ridpool import channels, settings
-from ridpool.budget import Account, window_for
+from ridpool.budget import REFILL_MAX_WAIT, Account, window_for
 from ridpool.daemon import planner, warmups
 from ridpool.errors import ConfigError
+from ridpool.functions import MAX_WAIT
 from ridpool.keys import NAME_PATTERN, PREFIX_PATTERN
 from ridpool.settings import PoolInfo, RedisTarget, Settings
 
@@ -253,6 +254,11 @@ class AgoraSettings(_Frozen):
     # Seconds by which the network (or a busy host) may bunch requests on their way to Agora; every budget window
     # is this much longer than a second, so the sustained rate is floor(rate_limit) / (1 + jitter).
     jitter: Annotated[SFloat, _check(lambda j: 0 <= j <= 0.5, "must be from 0 to 0.5 seconds")] = 0.05
+    # Seconds a refill waits at most behind starters: starters' requests go first, and while they wait the refills of
+    # all replicas together still get one grant this often (a floor that keeps pools alive when a starter runs away).
+    refill_max_wait: Annotated[
+        SFloat, _check(lambda w: 0 < w <= MAX_WAIT, f"must be greater than 0 and at most {MAX_WAIT:g} seconds")
+    ] = REFILL_MAX_WAIT
 
     @property
     def in_flight(self) -> int:

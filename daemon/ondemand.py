@@ -9,11 +9,14 @@ background event loop.
 
 from __future__ import annotations
 
+import contextvars
 import dataclasses
 import os
 import random
 import time
+from typing import Any
 
+import anyio.lowlevel
 import httpx
 import redis.asyncio
 import structlog
@@ -22,13 +25,18 @@ from ridpool.daemon import log as log_setup
 from ridpool.daemon.agora import AcquireClient, AcquireError, RateLimited
 from ridpool.daemon.clock import ServerClock
 from ridpool.daemon.config import Config, Credentials, PoolConfig, load_config, load_credentials
-from ridpool.daemon.limiter import Budget
+from ridpool.daemon.limiter import Turns
 from ridpool.entry import Entry
 from ridpool.errors import CnameNotServed, PoolEmpty, UnknownPool
 from ridpool.keys import account_keys, pool_keys
 
 log = structlog.get_logger("ridpool.ondemand")
 UID_TRIES = 8  # rounds of random candidates before a uid_range pool is declared out of free uids
+# When the grant of the attempt under way arrived (time.monotonic) and its ticket (None: a turn the caller held),
+# per task: checked again just before the request leaves (`OnDemand._sending`).
+_GRANT: contextvars.ContextVar[tuple[float, str | None] | None] = contextvars.ContextVar(
+    "ridpool_ondemand_grant", default=None
+)
 
 
 class OnDemand:
@@ -48,8 +56,11 @@ class OnDemand:
         self.pools = {p.name: p for p in config.pools}
         self.redis = client
         self.http = http or httpx.AsyncClient(timeout=httpx.Timeout(config.agora.timeout, connect=5.0))
+        hooks = self.http.event_hooks
+        hooks["request"] = [*hooks["request"], self._still_fresh]
+        self.http.event_hooks = hooks
         self.acquirer = AcquireClient(self.http, config.agora.base_url, credentials, backoff_scale=backoff_scale)
-        self.budget = Budget(
+        self.turns = Turns(
             client,
             account_keys(config.redis.key_prefix, config.agora.account),
             config.agora.rate_limit,
@@ -63,22 +74,32 @@ class OnDemand:
         config = self.pools.get(pool)
         return config is not None and config.announced and bool(cname)
 
-    async def acquire(self, pool: str, cname: str | None) -> Entry:
-        """One ID acquired now for the pool's (appid, cname, uid)."""
+    async def acquire(self, pool: str, cname: str | None, *, granted_at: float | None = None) -> Entry:
+        """One ID acquired now for the pool's (appid, cname, uid); `granted_at`: see `ridpool.ondemand.Acquirer`."""
         config = self.pools.get(pool)
         if config is None:
             raise UnknownPool(f"pool {pool!r} is not in the config pop_or_acquire was given")
-        return await self._acquire(config, cname)
+        return await self._acquire(config, cname, granted_at)
 
-    async def _acquire(self, pool: PoolConfig, cname: str | None) -> Entry:
-        """The daemon's client, retries and budget."""
+    async def _acquire(self, pool: PoolConfig, cname: str | None, granted_at: float | None) -> Entry:
+        """The daemon's client and retries; each attempt a starter's turn at the budget."""
         label = _channel(pool, cname)
         keys = pool_keys(self.config.redis.key_prefix, pool.name)
         await self.clock.sync(self.redis)
         uid = await self._uid(pool)
+        given = [granted_at]
+
+        async def turn() -> None:
+            # The first attempt may use the turn the caller holds (start_slot's); every other takes its own.
+            at, given[0] = given[0], None
+            if at is not None and self.turns.fresh(at):
+                _GRANT.set((at, None))
+            else:
+                grant = await self.turns.take()
+                _GRANT.set((grant.at, grant.ticket))
 
         async def rate_limited(exc: RateLimited) -> None:
-            await self.budget.rate_limited()
+            await self.turns.rate_limited()
 
         try:
             got = await self.acquirer.acquire(
@@ -86,14 +107,16 @@ class OnDemand:
                 label,
                 uid,
                 pool.client_request(),
-                before_attempt=self.budget.take,
+                before_attempt=turn,
                 on_rate_limited=rate_limited,
             )
         except AcquireError as exc:
             await self.redis.hincrby(keys.stats, "errors", 1)
             log.error("ondemand.failed", pool=pool.name, cname=label, kind=exc.kind, request_id=exc.request_id)
             raise
-        self.budget.succeeded()
+        finally:
+            _GRANT.set(None)
+        self.turns.succeeded()
         entry = got.entry(pool, label, uid, self.clock.server_ms(got.sent_at))
         await self.redis.hincrby(keys.stats, "acquired_on_demand", 1)
         log.info("ondemand.acquired", pool=pool.name, cname=label, uid=uid, request_id=got.request_id)
@@ -113,6 +136,26 @@ class OnDemand:
             if uid:
                 return uid
         raise PoolEmpty(f"pool {pool.name!r}: no free uid found in uid_range {lo}..{hi}")
+
+    async def warm(self) -> None:
+        """The HTTP stack's first request loads anyio's event-loop backend (~30 ms): load it now instead."""
+        await anyio.lowlevel.checkpoint()
+
+    async def _still_fresh(self, request: httpx.Request) -> None:
+        """An attempt's request: checked again when httpcore is about to write its headers (its trace
+        extension), after the connection is made, so that nothing the process does after the grant (a connect, a
+        busy CPU) sends it late."""
+        if _GRANT.get() is not None:
+            request.extensions["trace"] = self._sending
+
+    async def _sending(self, event: str, info: dict[str, Any]) -> None:
+        # The last step before the request's bytes leave: a grant that went stale since it arrived is not used
+        # (a request left late would bunch with the grants after it), another turn is taken.
+        if event.endswith(".send_request_headers.started"):
+            held = _GRANT.get()
+            if held is not None and not self.turns.fresh(held[0]):
+                grant = await self.turns.take(again=held[1])  # its ticket asks again, at the head of the line
+                _GRANT.set((grant.at, grant.ticket))
 
     async def aclose(self) -> None:
         await self.http.aclose()

@@ -29,6 +29,7 @@ from ridpool.errors import (
     RedisRefused,
     RedisUnreachable,
     RidpoolError,
+    TooManyConnections,
     UnknownPool,
     WrongType,
 )
@@ -58,6 +59,7 @@ __all__ = [
     "RedisRefused",
     "RedisUnreachable",
     "RidpoolError",
+    "TooManyConnections",
     "UnknownPool",
     "WrongType",
 ]

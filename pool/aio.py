@@ -11,7 +11,7 @@ import redis.asyncio
 from ridpool import budget as budgets
 from ridpool import functions, plans, plugins, stats
 from ridpool.budget import Account
-from ridpool.client import ConfigSource, settings_of, socket_timeout
+from ridpool.client import ConfigSource, settings_of, slot_plans, socket_timeout
 from ridpool.connect import Mode, aconnect
 from ridpool.entry import Entry
 from ridpool.errors import CnameNotServed, PoolEmpty, RidpoolError
@@ -37,6 +37,7 @@ class AsyncPoolClient:
         self.acquirer = acquirer
         self.why_no_acquirer: RidpoolError | None = None
         self._slice = plans.wait_slice(socket_timeout(client))
+        self._trips = plans.RoundTrips()
 
     @classmethod
     def from_url(
@@ -67,6 +68,8 @@ class AsyncPoolClient:
         """See `PoolClient.warm`."""
         with contextlib.suppress(RidpoolError, redis.RedisError):
             await functions.acheck_library(self.redis)
+        if self.acquirer is not None:
+            await self.acquirer.warm()
 
     async def pop_or_acquire(
         self, pool: str, *, cname: str | None = None, min_ttl: float = 0.0, wait: float = 0.0
@@ -92,13 +95,37 @@ class AsyncPoolClient:
         """See `PoolClient.announce`."""
         return await functions.arun(self.redis, plans.announce(pool_keys(self.prefix, pool), cname, at, count))
 
+    @contextlib.asynccontextmanager
+    async def start_slot(
+        self, pool: str, *, cname: str | None = None, min_ttl: float = 0.0, wait: float = 0.0
+    ) -> AsyncIterator[Entry]:
+        """`async with aclient.start_slot("web") as entry: await start(...)`: see `PoolClient.start_slot`."""
+        plan, turn = slot_plans(
+            self.prefix,
+            self.account,
+            pool,
+            cname=cname,
+            min_ttl=min_ttl,
+            wait=wait,
+            slice_seconds=self._slice,
+            trips=self._trips,
+        )
+        slot = await functions.arun(self.redis, plan)
+        entry = slot.entry
+        if entry is None:
+            if slot.refused is not None and (self.acquirer is None or not self.acquirer.serves(pool, cname)):
+                raise slot.refused
+            if self.acquirer is None:
+                raise unavailable(self.why_no_acquirer)
+            entry = await self.acquirer.acquire(pool, cname, granted_at=slot.granted_at)
+            await functions.arun(self.redis, turn())
+        yield entry
+
     async def take(self, *, rate: float | None = None, account: str | None = None) -> float:
         """See `PoolClient.take`."""
         chosen = budgets.resolve(self.account, rate=rate, name=account)
-        window = chosen.window
-        return await functions.arun(
-            self.redis, plans.take(chosen.keys(self.prefix), limit=window.limit, window_ms=window.window_ms)
-        )
+        plan = plans.take(chosen.keys(self.prefix), chosen.window, trips=self._trips)
+        return (await functions.arun(self.redis, plan)).waited
 
     @contextlib.asynccontextmanager
     async def budget(self, *, rate: float | None = None, account: str | None = None) -> AsyncIterator[float]:

@@ -21,6 +21,10 @@ from ridpool.keys import AccountKeys, account_keys
 
 NETWORK_JITTER = 0.05  # default seconds of bunching between two requests on their way to Agora (agora.jitter)
 DEFAULT_ACCOUNT = "default"
+# Default seconds a refill waits at most behind starters (agora.refill_max_wait): while starters' requests wait
+# for the budget, the refills of all replicas together still get one grant this often. About 2% of the default
+# sustained rate: a burst of starts ends at most ~1.02x later than with no refill at all.
+REFILL_MAX_WAIT = 5.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,6 +35,11 @@ class Window:
     @property
     def sustained(self) -> float:
         return self.limit * 1000 / self.window_ms
+
+    @property
+    def spacing(self) -> float:
+        """Seconds between two grants at least: 90% of the even spacing (ridpool_take's own figure, server-side)."""
+        return 0.9 * self.window_ms / 1000 / self.limit
 
 
 def window_for(rate: float, jitter: float = NETWORK_JITTER) -> Window:

@@ -9,7 +9,7 @@ Exit codes (the README lists them): 0 done; 1 unexpected failure; 2 invalid conf
 that takes no announcements); 5 Redis unreachable; 6 the Redis user lacks a permission; 7 a key of the pool holds
 the wrong type; 8 Redis out of memory; 9 a Cluster addressed as one server (MOVED); 10 Redis holds a newer function
 library; 11 Redis may evict keys; 12 an acquire on the spot (pop --or-acquire) failed; 13 `status --check` found a
-pool not ok or no live replica.
+pool not ok or no live replica; 14 the client's own connection pool is at its cap (too many calls in flight at once).
 """
 
 from __future__ import annotations
@@ -39,6 +39,7 @@ from ridpool.errors import (
     PoolEmpty,
     PoolUnavailable,
     RidpoolError,
+    TooManyConnections,
     Unhealthy,
     UnknownPool,
     WrongType,
@@ -47,7 +48,7 @@ from ridpool.version import installed
 
 EXIT_OK, EXIT_FAILURE, EXIT_INVALID, EXIT_EMPTY, EXIT_UNKNOWN, EXIT_REDIS = 0, 1, 2, 3, 4, 5
 EXIT_PERMISSION, EXIT_WRONG_TYPE, EXIT_OOM, EXIT_MOVED, EXIT_LIBRARY, EXIT_EVICTION = 6, 7, 8, 9, 10, 11
-EXIT_ACQUIRE, EXIT_UNHEALTHY = 12, 13
+EXIT_ACQUIRE, EXIT_UNHEALTHY, EXIT_CONNECTIONS = 12, 13, 14
 _EXITS: list[tuple[type[RidpoolError], int]] = [
     (ConfigError, EXIT_INVALID),
     (InvalidArgument, EXIT_INVALID),
@@ -56,6 +57,7 @@ _EXITS: list[tuple[type[RidpoolError], int]] = [
     (CnameNotServed, EXIT_UNKNOWN),
     (NotAnnounced, EXIT_UNKNOWN),
     (PoolUnavailable, EXIT_REDIS),
+    (TooManyConnections, EXIT_CONNECTIONS),
     (Unhealthy, EXIT_UNHEALTHY),
     (AcquireFailed, EXIT_ACQUIRE),
     (PermissionDenied, EXIT_PERMISSION),

@@ -8,7 +8,7 @@ from __future__ import annotations
 import contextlib
 import os
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import datetime
 from typing import Any
 
@@ -19,7 +19,7 @@ from ridpool.budget import Account
 from ridpool.connect import Mode, connect
 from ridpool.entry import Entry
 from ridpool.errors import CnameNotServed, PoolEmpty, RidpoolError
-from ridpool.functions import Announced
+from ridpool.functions import Announced, Plan
 from ridpool.keys import check_prefix, pool_keys, registry
 from ridpool.ondemand import Acquirer, Background, unavailable
 
@@ -38,6 +38,34 @@ def settings_of(config: ConfigSource) -> settings.Settings:
     if isinstance(config, str | os.PathLike):
         return settings.read(config)
     return config.settings()  # type: ignore[no-any-return]
+
+
+def slot_plans(
+    prefix: str,
+    account: Account | None,
+    pool: str,
+    *,
+    cname: str | None,
+    min_ttl: float,
+    wait: float,
+    slice_seconds: float,
+    trips: plans.RoundTrips,
+) -> tuple[Plan[plans.Slot], Callable[[], Plan[plans.Grant]]]:
+    """What both clients' `start_slot` drive: the slot's plan, and the plan of a starter's turn (for the start
+    after an acquire on the spot) in the client's account."""
+    chosen = budgets.resolve(account, rate=None, name=None)
+    keys = chosen.keys(prefix)
+    plan = plans.start_slot(
+        pool_keys(prefix, pool),
+        keys,
+        chosen.window,
+        cname=cname,
+        min_ttl=min_ttl,
+        wait=wait,
+        slice_seconds=slice_seconds,
+        trips=trips,
+    )
+    return plan, lambda: plans.take(keys, chosen.window, trips=trips)
 
 
 class SyncAcquirer:
@@ -67,8 +95,11 @@ class SyncAcquirer:
     def serves(self, pool: str, cname: str | None) -> bool:
         return self.acquirer.serves(pool, cname)
 
-    def acquire(self, pool: str, cname: str | None) -> Entry:
-        return self.loop.run(self.acquirer.acquire(pool, cname))
+    def acquire(self, pool: str, cname: str | None, *, granted_at: float | None = None) -> Entry:
+        return self.loop.run(self.acquirer.acquire(pool, cname, granted_at=granted_at))
+
+    def warm(self) -> None:
+        self.loop.run(self.acquirer.warm())
 
     def close(self) -> None:
         async def close() -> None:
@@ -100,6 +131,7 @@ class PoolClient:
         self.acquirer = acquirer
         self.why_no_acquirer: RidpoolError | None = None  # why from_config could not build one
         self._slice = plans.wait_slice(socket_timeout(client))
+        self._trips = plans.RoundTrips()  # this client's fastest turn, the yardstick of a late grant
         self._lock = threading.Lock()
 
     @classmethod
@@ -135,10 +167,12 @@ class PoolClient:
         return client
 
     def warm(self) -> None:
-        """Open a connection and check the function library now (best effort: a Redis that is down is met, and
-        reported, by the first real call instead)."""
+        """Open a connection and check the function library now, and load what the acquirer's first acquire would
+        (best effort: a Redis that is down is met, and reported, by the first real call instead)."""
         with contextlib.suppress(RidpoolError, redis.RedisError):
             functions.check_library(self.redis)
+        if self.acquirer is not None:
+            self.acquirer.warm()
 
     def pop(self, pool: str, *, cname: str | None = None, min_ttl: float = 0.0, wait: float = 0.0) -> Entry:
         """Take the oldest entry with at least `min_ttl` seconds left, waiting up to `wait` seconds for one.
@@ -180,16 +214,47 @@ class PoolClient:
             raise unavailable(self.why_no_acquirer)
         return self.acquirer
 
+    @contextlib.contextmanager
+    def start_slot(
+        self, pool: str, *, cname: str | None = None, min_ttl: float = 0.0, wait: float = 0.0
+    ) -> Iterator[Entry]:
+        """`with client.start_slot("rooms", cname="room-2") as entry: recorder.start(...)`: waits for the starter's
+        turn at the shared budget (first come first served among starters, ahead of the daemon's refills), then
+        pops the oldest entry with at least `min_ttl` seconds left; the turn's grant is the one the start call in
+        the block uses, so the entry does not age in line. `entry.source` is "pool". When the pool has nothing fit
+        (after `wait` seconds, if given), it acquires on the spot inside the budget (with that grant) and takes a
+        second turn for the start: `entry.source` is "acquired" (that needs from_config and the daemon extra).
+
+        Same arguments and errors as `pop_or_acquire`; the budget is the client's account (from_config, or
+        `account=` given to from_url).
+        """
+        plan, turn = slot_plans(
+            self.prefix,
+            self.account,
+            pool,
+            cname=cname,
+            min_ttl=min_ttl,
+            wait=wait,
+            slice_seconds=self._slice,
+            trips=self._trips,
+        )
+        slot = functions.run(self.redis, plan)
+        entry = slot.entry
+        if entry is None:
+            if slot.refused is not None and (self.acquirer is None or not self.acquirer.serves(pool, cname)):
+                raise slot.refused
+            entry = self._acquirer().acquire(pool, cname, granted_at=slot.granted_at)
+            functions.run(self.redis, turn())
+        yield entry
+
     def take(self, *, rate: float | None = None, account: str | None = None) -> float:
-        """Wait for one request's grant from the account's shared budget, the one the daemon's acquires draw from
-        (`ridpool_take`); returns the seconds waited. A client made by `from_config` knows the account and rate;
-        otherwise give the daemon's `agora.rate_limit` (and `agora.account` when it is not "default").
+        """Wait for one request's turn at the account's shared budget, the one the daemon's acquires draw from
+        (`ridpool_take`): starters are served first come first served, ahead of the daemon's refills. Returns the
+        seconds waited. A client made by `from_config` knows the account and rate; otherwise give the daemon's
+        `agora.rate_limit` (and `agora.account` when it is not "default").
         """
         chosen = budgets.resolve(self.account, rate=rate, name=account)
-        window = chosen.window
-        return functions.run(
-            self.redis, plans.take(chosen.keys(self.prefix), limit=window.limit, window_ms=window.window_ms)
-        )
+        return functions.run(self.redis, plans.take(chosen.keys(self.prefix), chosen.window, trips=self._trips)).waited
 
     @contextlib.contextmanager
     def budget(self, *, rate: float | None = None, account: str | None = None) -> Iterator[float]:

@@ -31,6 +31,11 @@ class PoolUnavailable(RidpoolError):
     """Redis could not be reached (down, refused, timed out); nothing was popped."""
 
 
+class TooManyConnections(RidpoolError):
+    """The client's own connection pool is at its cap (redis-py's `max_connections`): as many calls are in flight
+    as it may open connections. Redis itself was not asked; nothing was popped."""
+
+
 RedisUnreachable = PoolUnavailable  # the same error, by the name the other Redis errors below go by
 
 

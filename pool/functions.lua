@@ -12,7 +12,7 @@ Every key that holds an ID expires (PEXPIREAT) with the longest-lived ID it hold
 itself even when no daemon runs.
 ]]
 
-local LIBRARY_VERSION = '3'
+local LIBRARY_VERSION = '4'
 -- How every entry of the version this library reads starts: a 9-element msgpack array (0x99) whose first
 -- element, the version, is 1.
 local ENTRY_HEAD = '\153\001'
@@ -179,13 +179,8 @@ end
 -- A pop that fails removes nothing: checks and reads come first; whether the user may put an entry back (ZADD) is
 -- asked before anything is taken; whatever fails after a take puts the entry back. Out of memory is refused by
 -- Redis before the function starts (it is not flagged allow-oom).
-local function take_checked(keys, args)
+local function take_checked(keys, cname, min_ttl)
   local meta, stats, queue = keys[1], keys[2], keys[3]
-  local cname = args[1]
-  local min_ttl = tonumber(args[2])
-  if min_ttl == nil or min_ttl < 0 or min_ttl >= MAX_LIFE_MS then
-    return nil, redis.error_reply('BAD_ARGUMENT min_ttl_ms must be a number from 0 to below 300000')
-  end
   local known = redis.call('HMGET', meta, 'mode', 'c:' .. cname, 'e:' .. cname)
   local mode = known[1]
   if not mode then
@@ -263,12 +258,80 @@ local function take_checked(keys, args)
   return found[1], expires_at, now
 end
 
+local RETAIN_MS = 30000 -- how long a pop's result is kept for a retry of the same request (its reply lost)
+local REQUEST = '^[%w_%-]+$'
+
+-- The pop's keys and arguments, checked before anything is read: every key of the pool of KEYS[1], and the queue
+-- the one of the cname given (a pop for room-1 never reads room-2's queue). Returns min_ttl; or nil, error reply.
+local function pop_args(keys, args)
+  local tag, rest = key_parts(keys[1] or '')
+  if rest ~= ':meta' then
+    return nil, redis.error_reply('BAD_ARGUMENT KEYS[1] must be PREFIX:{POOL}:meta')
+  end
+  local cname = args[1]
+  if cname == nil or #keys < 3 or #keys > 6 then
+    return nil, redis.error_reply('BAD_ARGUMENT a pop takes 3 to 6 keys and a cname, min_ttl_ms and record_miss')
+  end
+  if keys[2] ~= tag .. ':stats' then
+    return nil, redis.error_reply('BAD_ARGUMENT KEYS[2] must be ' .. tag .. ':stats')
+  end
+  if keys[3] ~= queue_of(tag, cname) then
+    return nil, redis.error_reply('BAD_ARGUMENT KEYS[3] must be the queue of the cname given, ' .. queue_of(tag, cname))
+  end
+  if keys[4] and keys[4] ~= tag .. ':ann' then
+    return nil, redis.error_reply('BAD_ARGUMENT KEYS[4] must be ' .. tag .. ':ann')
+  end
+  if keys[5] and keys[5] ~= tag .. ':changes' then
+    return nil, redis.error_reply('BAD_ARGUMENT KEYS[5] must be ' .. tag .. ':changes')
+  end
+  local record = keys[6]
+  if record and (string.sub(record, 1, #tag + 8) ~= tag .. ':popped:' or #record < #tag + 24
+      or #record > #tag + 72 or not string.find(record, REQUEST, #tag + 9)) then
+    return nil, redis.error_reply('BAD_ARGUMENT KEYS[6] must be ' .. tag .. ':popped:<request id: 16 to 64 of '
+      .. 'A-Z a-z 0-9 _ ->')
+  end
+  local min_ttl = whole(args[2], 0, MAX_LIFE_MS - 1)
+  if not min_ttl then
+    return nil, redis.error_reply('BAD_ARGUMENT min_ttl_ms must be a whole number from 0 to below 300000')
+  end
+  if args[3] ~= '0' and args[3] ~= '1' then
+    return nil, redis.error_reply("BAD_ARGUMENT record_miss must be '0' or '1'")
+  end
+  return min_ttl
+end
+
 -- The pop itself, shared by ridpool_pop and ridpool_pop_packed: checks, then takes the entry out.
 -- Returns member, expires_at, now; or nil, error reply; or nil, nil for a miss (counted when ARGV[3] is '1').
+-- With KEYS[6], the entry popped is kept there (as 'expiresAt\nmember', for as long as it has min_ttl left, at
+-- most RETAIN_MS), and the same call sent again (a retry after its reply was lost) gets that entry again.
+-- Reading and writing the record may be refused (a user without GET or SET): the pop goes on without it.
 local function take_entry(keys, args)
-  local member, expires_at, now = take_checked(keys, args)
-  if member == nil and expires_at == nil and args[3] == '1' then
-    redis.call('HINCRBY', keys[2], 'misses', 1)
+  local min_ttl, bad = pop_args(keys, args)
+  if not min_ttl then
+    return nil, bad
+  end
+  local record = keys[6]
+  if record then
+    local done = redis.pcall('GET', record)
+    local cut = type(done) == 'string' and string.find(done, '\n', 1, true)
+    if cut then
+      local now = now_ms()
+      local expires_at = tonumber(string.sub(done, 1, cut - 1))
+      if expires_at and expires_at - now >= math.max(min_ttl, 1) then
+        return string.sub(done, cut + 1), expires_at, now
+      end
+    end
+  end
+  local member, expires_at, now = take_checked(keys, args[1], min_ttl)
+  if member == nil then
+    if expires_at == nil and args[3] == '1' then
+      redis.call('HINCRBY', keys[2], 'misses', 1)
+    end
+    return member, expires_at, now
+  end
+  if record then
+    local keep = math.max(1, math.min(RETAIN_MS, expires_at - now - min_ttl))
+    redis.pcall('SET', record, expires_at .. '\n' .. member, 'PX', keep)
   end
   return member, expires_at, now
 end
@@ -281,13 +344,15 @@ KEYS[3] queue  PREFIX:{POOL}:q (template pool) or PREFIX:{POOL}:q:<encoded cname
 KEYS[4] ann    PREFIX:{POOL}:ann (read for an `announced` pool)
 KEYS[5] changes PREFIX:{POOL}:changes (the daemon's change feed: written for named and announced channels)
         (a template pool may be popped with KEYS[1..3] alone)
+KEYS[6] popped PREFIX:{POOL}:popped:<request id> (optional, with KEYS[4..5]): a request id unique to this pop (16
+               to 64 of A-Z a-z 0-9 _ -); the same call sent again after its reply was lost returns the same entry
 ARGV[1] cname        '' for a template pool, else the channel to pop for (as written, not encoded)
-ARGV[2] min_ttl_ms   the least remaining life the caller accepts (integer ms, 0 <= min_ttl_ms < 300000)
+ARGV[2] min_ttl_ms   the least remaining life the caller accepts (whole ms, 0 <= min_ttl_ms < 300000)
 ARGV[3] record_miss  '1' to count an empty answer as a miss ('0' for the early tries of a waiting pop)
 Reply: a flat array of field/value pairs: resourceId, appid, cname, uid, pool, sentAt (server ms), expiresAt
 (server ms), expiresIn (ms), requestId; or nil when nothing fresh enough is there.
-Errors: 'UNKNOWN_POOL ...', 'CNAME_REQUIRED ...', 'CNAME_NOT_SERVED ...', 'BAD_ARGUMENT ...', 'BAD_ENTRY ...';
-Redis's own (WRONGTYPE, OOM, a command the user may not run): in every case nothing was removed.
+Errors: 'UNKNOWN_POOL ...', 'CNAME_REQUIRED ...', 'CNAME_NOT_SERVED ...', 'BAD_ARGUMENT ...' (keys not of one pool,
+or the queue not the cname's; an argument out of range), 'BAD_ENTRY ...'; Redis's own (WRONGTYPE, OOM, a command the user may not run): in every case nothing was removed.
 The first pop on a queue filled in another data set (see check_data_set) drops its entries and misses.
 ]]
 local function pop(keys, args)
@@ -771,57 +836,249 @@ local function publish_channels(keys, args)
 end
 
 --[[
-ridpool_take: draw one request from an account's shared budget: at most `limit` grants in any `window_ms`,
-and grants at least 0.9 * window_ms / limit apart.
+The account's shared budget: a sliding log of grants (zset PREFIX:{acct:NAME}:rate, member -> the server time in
+us the grant's request may leave), read by every replica and every starter. At most `limit` grants in any
+`window_ms`, and each at least 0.9 * window_ms / limit after the one before.
 A sliding log, not a token bucket: a ceiling on every window, even when requests reach Agora bunched together.
 The spacing keeps grants from leaving in bursts, which the network and the senders bunch up the most.
-KEYS[1] rate       PREFIX:{acct:NAME}:rate
-KEYS[2] cooldown   PREFIX:{acct:NAME}:cooldown
-ARGV[1] limit      grants per window (integer >= 1)
-ARGV[2] window_ms  the window (integer ms)
-ARGV[3] member     a unique id for this grant
-Reply: 0 when granted, else the ms to wait before asking again.
+
+Starters first: a starter's request (its start, query or stop, an acquire on the spot) waits in line for its turn
+(ridpool_take), first come first served across processes, hosts and languages, and the daemon's refills
+(ridpool_take_refills) take only what no starter waits for. A ticket in line lapses when its starter stops asking
+(a dead process), so it never holds the line for long. While starters wait, the refills of all replicas together
+still get one grant per `floor_ms`, so a starter that runs away cannot starve the pools.
+]]
+
+local MAX_LIMIT = 1000000 -- grants per window
+local MAX_WINDOW_MS = 100000000 -- about 28 hours: a rate of one request a day still fits
+local MAX_WAIT_MS = 60000 -- the longest hold or cooldown anyone may set (ridpool_hold, ridpool_cooldown)
+local TURN_ASK_MS = 5000 -- a starter in line asks again at least this often (a thousand far back: ~200 asks/s) ...
+local COOLDOWN_ASK_MS = 1000 -- ... every second during a cooldown (so that one deleted is noticed) ...
+local TURN_GRACE_MS = 500 -- ... and its ticket lapses once it is this much later than it was told to come
+local MAX_BATCH = 64 -- grants one refill call may book
+local LEAD_US = 5000 -- refills book at most this far ahead (see ridpool_take_refills)
+local ID = '^[%w_:%-]+$' -- tickets and call ids: 1 to 64 of A-Z a-z 0-9 _ : -
+
+local function now_us()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000000 + tonumber(t[2])
+end
+
+-- The checks every budget call makes: keys of one account with the suffixes asked for, limit and window in range,
+-- an id. Returns limit, window_ms; or nil, the error reply.
+local function budget_args(keys, args, rests)
+  local bad = check_keys(keys, rests)
+  if bad then
+    return nil, bad
+  end
+  if not string.find(keys[1], '{acct:', 1, true) then
+    return nil, redis.error_reply('BAD_ARGUMENT KEYS[1] must be an account key, PREFIX:{acct:NAME}' .. rests[1])
+  end
+  local limit, window = whole(args[1], 1, MAX_LIMIT), whole(args[2], 1, MAX_WINDOW_MS)
+  if not limit then
+    return nil, redis.error_reply('BAD_ARGUMENT limit must be a whole number from 1 to ' .. MAX_LIMIT)
+  end
+  if not window then
+    return nil, redis.error_reply('BAD_ARGUMENT window_ms must be a whole number from 1 to ' .. MAX_WINDOW_MS)
+  end
+  local id = args[3]
+  if id == nil or #id > 64 or not string.find(id, ID) then
+    return nil, redis.error_reply('BAD_ARGUMENT the ticket must be 1 to 64 of A-Z a-z 0-9 _ : -')
+  end
+  return limit, window
+end
+
+-- The earliest server time (us) at which the log allows one more grant. Grants are logged in time order (each at
+-- least a spacing after the newest), so the limit-th newest decides the window.
+local function next_free(rate, now, limit, window_us, spacing)
+  local n = redis.call('ZCARD', rate)
+  if n == 0 then
+    return now
+  end
+  local free = math.max(now, tonumber(redis.call('ZRANGE', rate, -1, -1, 'WITHSCORES')[2]) + spacing)
+  if n >= limit then
+    free = math.max(free, tonumber(redis.call('ZRANGE', rate, n - limit, n - limit, 'WITHSCORES')[2]) + window_us)
+  end
+  return free
+end
+
+-- Log one grant. A member already logged (a ticket used again within a window) gets a grant of its own: a reused
+-- name never hides a grant from the count.
+local function log_grant(rate, at, member)
+  if redis.call('ZADD', rate, 'NX', at, member) == 0 then
+    redis.call('ZADD', rate, at, member .. '/' .. at)
+  end
+end
+
+-- Forget tickets whose starters stopped asking, a bounded number per call (the others go on the next calls).
+local function drop_lapsed(turns, leases, now_ms)
+  for _ = 1, 8 do
+    local gone = redis.call('ZRANGEBYSCORE', leases, '-inf', now_ms, 'LIMIT', 0, 64)
+    if #gone == 0 then
+      return
+    end
+    redis.call('ZREM', leases, unpack(gone))
+    redis.call('ZREM', turns, unpack(gone))
+    if #gone < 64 then
+      return
+    end
+  end
+end
+
+-- The line's two keys live as long as its latest lease.
+local function expire_line(turns, leases)
+  local top = redis.call('ZRANGE', leases, -1, -1, 'WITHSCORES')
+  if top[2] then
+    redis.call('PEXPIREAT', leases, top[2])
+    redis.call('PEXPIREAT', turns, top[2])
+  else
+    redis.call('DEL', leases, turns)
+  end
+end
+
+--[[
+ridpool_take: a starter's turn at the account's budget, before each of its own calls to Agora (start, query,
+stop, an acquire on the spot). Starters are served in the order they first asked, ahead of the daemon's refills.
+KEYS[1] rate         PREFIX:{acct:NAME}:rate
+KEYS[2] cooldown     PREFIX:{acct:NAME}:cooldown
+KEYS[3] turns        PREFIX:{acct:NAME}:turns (zset: waiting tickets -> when they first asked, us)
+KEYS[4] turns:lease  PREFIX:{acct:NAME}:turns:lease (zset: waiting tickets -> the ms by which they must ask again)
+ARGV[1] limit        grants per window (whole number >= 1): floor(rate_limit)
+ARGV[2] window_ms    the window (whole ms): ceil(1000 * (1 + jitter))
+ARGV[3] ticket       this request's place in line, the same on every ask until it is granted (1 to 64 of
+                     A-Z a-z 0-9 _ : -); a new one for the next request. Asking again with a ticket granted less
+                     than a window ago (its grant came too late to use) puts it at the head of the line, once.
+Reply: 0 when granted (send the request now), else the ms to wait before asking again with the same ticket
+(at most 5000; 1000 during a 429 cooldown). A ticket that does not ask again within 500 ms of that lapses and
+loses its place.
+Errors: 'BAD_ARGUMENT ...'.
 ]]
 local function take(keys, args)
-  local rate, cooldown = keys[1], keys[2]
-  local limit, window = tonumber(args[1]), tonumber(args[2])
+  local limit, window = budget_args(keys, args, {':rate', ':cooldown', ':turns', ':turns:lease'})
+  if not limit then
+    return window
+  end
+  local rate, cooldown, turns, leases, ticket = keys[1], keys[2], keys[3], keys[4], args[3]
+  local now = now_us()
+  local now_ms = math.floor(now / 1000)
+  drop_lapsed(turns, leases, now_ms)
+  -- A ticket granted within the window asking again: its grant came too late to be used (a slow reply, a busy
+  -- starter; or the reply was lost and this is the retry). It goes to the head of the line, once: the late grant
+  -- stays counted, the second is logged as '<ticket>+', and a third ask waits at the back like a new request.
+  local again = redis.call('ZSCORE', rate, ticket) and not redis.call('ZSCORE', rate, ticket .. '+')
+  if again then
+    redis.call('ZADD', turns, 0, ticket)
+  else
+    redis.call('ZADD', turns, 'NX', now, ticket)
+  end
+  local rank = redis.call('ZRANK', turns, ticket)
+  local window_us = window * 1000
+  local spacing = 0.9 * window_us / limit
+  local wait = math.min(redis.call('PTTL', cooldown), COOLDOWN_ASK_MS)
+  if wait <= 0 then
+    redis.call('ZREMRANGEBYSCORE', rate, '-inf', now - window_us)
+    local free = next_free(rate, now, limit, window_us, spacing)
+    if rank == 0 and free <= now then
+      log_grant(rate, now, again and ticket .. '+' or ticket)
+      redis.call('PEXPIREAT', rate, math.ceil(tonumber(redis.call('ZRANGE', rate, -1, -1, 'WITHSCORES')[2]) / 1000) + window)
+      redis.call('ZREM', turns, ticket)
+      redis.call('ZREM', leases, ticket)
+      expire_line(turns, leases)
+      return 0
+    end
+    -- Its turn comes after the free instant and a spacing per starter ahead of it, or later (the window's ceiling,
+    -- the refills' floor): an estimate that errs early, so that the head never keeps the line waiting.
+    wait = math.ceil((free - now + rank * spacing) / 1000)
+  end
+  wait = math.max(1, math.min(wait, TURN_ASK_MS))
+  redis.call('ZADD', leases, now_ms + wait + TURN_GRACE_MS, ticket)
+  expire_line(turns, leases)
+  return wait
+end
+
+--[[
+ridpool_take_refills: the daemon's refills draw from the same budget, after the starters. One call may book
+several grants, spaced as the log requires, the first now or a little ahead, all within LEAD_US (5 ms) of now:
+one replica draws every grant the window allows at any rate (at 2,000/s a spacing, 0.47 ms, is shorter than a
+round trip plus asyncio's 1 ms timer, so one grant per call would reach half the window), and neither a starter
+arriving next nor a cooldown set by a 429 waits more than those 5 ms behind grants already booked. While starters
+wait, refills get one grant per floor_ms (all replicas together) and book no more.
+KEYS[1] rate  KEYS[2] cooldown  KEYS[3] turns  KEYS[4] turns:lease (as ridpool_take)
+KEYS[5] refilled     PREFIX:{acct:NAME}:refilled (string: exists for floor_ms after a refill was granted)
+ARGV[1] limit        ARGV[2] window_ms (as ridpool_take)
+ARGV[3] call id      unique per call (1 to 64 of A-Z a-z 0-9 _ : -): grants are logged as '<id>/<n>'
+ARGV[4] count        grants wanted (1 to 64)
+ARGV[5] floor_ms     while starters wait, refills get one grant per this many ms (1 to 60000)
+Reply: {0, offset_us, ...}: grants booked, each to be sent offset_us after the server time of this call (the
+first may be 0); or {ms}: none now, ask again after ms.
+Errors: 'BAD_ARGUMENT ...'.
+]]
+local function take_refills(keys, args)
+  local limit, window = budget_args(keys, args, {':rate', ':cooldown', ':turns', ':turns:lease', ':refilled'})
+  if not limit then
+    return window
+  end
+  local count, floor = whole(args[4], 1, MAX_BATCH), whole(args[5], 1, MAX_WAIT_MS)
+  if not count or not floor then
+    return redis.error_reply('BAD_ARGUMENT count must be 1 to ' .. MAX_BATCH .. ' and floor_ms 1 to ' .. MAX_WAIT_MS)
+  end
+  local rate, cooldown, turns, leases, refilled = keys[1], keys[2], keys[3], keys[4], keys[5]
   local wait = redis.call('PTTL', cooldown)
   if wait > 0 then
-    return wait
+    return {wait}
   end
-  local t = redis.call('TIME')
-  local now_us = tonumber(t[1]) * 1000000 + tonumber(t[2])
+  local now = now_us()
   local window_us = window * 1000
-  redis.call('ZREMRANGEBYSCORE', rate, '-inf', now_us - window_us)
-  local newest = redis.call('ZRANGE', rate, -1, -1, 'WITHSCORES')
-  -- 90% of the even spacing: smooth enough against bursts, and a grant that came late (a sleeper woken late)
-  -- lets the next come a little sooner. The ceiling itself is the log below, not the spacing.
-  local spaced = newest[2] and tonumber(newest[2]) + 0.9 * window_us / limit or now_us
-  if spaced > now_us then
-    return math.max(1, math.ceil((spaced - now_us) / 1000))
+  local spacing = 0.9 * window_us / limit
+  local lead = LEAD_US
+  redis.call('ZREMRANGEBYSCORE', rate, '-inf', now - window_us)
+  drop_lapsed(turns, leases, math.floor(now / 1000))
+  local free = next_free(rate, now, limit, window_us, spacing)
+  if redis.call('EXISTS', turns) == 1 then
+    -- Starters wait: only the floor's grant, once it is due (ask again then).
+    local held = redis.call('PTTL', refilled)
+    if held > 0 then
+      return {held}
+    end
+    count = 1
   end
-  if redis.call('ZCARD', rate) < limit then
-    redis.call('ZADD', rate, now_us, args[3])
-    redis.call('PEXPIRE', rate, window)
-    return 0
+  if free > now + lead then
+    -- Come back a little before the next free instant (rounded down), ahead of a starter told to come at it.
+    return {math.max(1, math.floor((free - now - lead) / 1000))}
   end
-  local oldest = redis.call('ZRANGE', rate, 0, 0, 'WITHSCORES')
-  return math.max(1, math.ceil((tonumber(oldest[2]) + window_us - now_us) / 1000))
+  local out = {0}
+  local at = free
+  for n = 1, count do
+    log_grant(rate, at, args[3] .. '/' .. n)
+    out[#out + 1] = math.floor(at - now)
+    local following = n < count and next_free(rate, now, limit, window_us, spacing)
+    if not following or following > now + lead then
+      break
+    end
+    at = following
+  end
+  redis.call('PEXPIREAT', rate, math.ceil(at / 1000) + window)
+  redis.call('SET', refilled, '1', 'PX', floor)
+  return out
 end
 
 --[[
 ridpool_hold and ridpool_cooldown: make every replica wait at least `ms` from now, in one atomic step that never
 shortens a longer wait another replica set. ridpool_hold holds a pool after failed acquires (its hold key stops
-ridpool_reserve); ridpool_cooldown pauses an account's budget after a 429 (its cooldown key stops ridpool_take).
-KEYS[1] hold       PREFIX:{POOL}:hold, or PREFIX:{acct:NAME}:cooldown for ridpool_cooldown
-ARGV[1] ms         how long to wait (integer > 0)
+ridpool_reserve); ridpool_cooldown pauses an account's budget after a 429 (its cooldown key stops the takes).
+KEYS[1] hold       PREFIX:{POOL}:hold (ridpool_hold), PREFIX:{acct:NAME}:cooldown (ridpool_cooldown)
+ARGV[1] ms         how long to wait (whole ms, 1 to 60000: the longest wait anyone may set)
 Reply: the wait now in force, ms.
 Errors: 'BAD_ARGUMENT ...'.
 ]]
-local function wait_at_least(keys, args)
-  local ms = tonumber(args[1])
-  if ms == nil or ms <= 0 then
-    return redis.error_reply('BAD_ARGUMENT the wait must be a positive number of ms')
+local function wait_at_least(keys, args, rest)
+  local bad = check_keys(keys, {rest})
+  if bad then
+    return bad
+  end
+  local ms = whole(args[1], 1, MAX_WAIT_MS)
+  if not ms then
+    return redis.error_reply('BAD_ARGUMENT the wait must be a whole number of ms from 1 to ' .. MAX_WAIT_MS)
   end
   if redis.call('PTTL', keys[1]) < ms then
     redis.call('SET', keys[1], '1', 'PX', ms)
@@ -829,12 +1086,23 @@ local function wait_at_least(keys, args)
   return redis.call('PTTL', keys[1])
 end
 
+local function hold(keys, args)
+  return wait_at_least(keys, args, ':hold')
+end
+
+local function cooldown(keys, args)
+  if keys[1] and not string.find(keys[1], '{acct:', 1, true) then
+    return redis.error_reply('BAD_ARGUMENT KEYS[1] must be an account key, PREFIX:{acct:NAME}:cooldown')
+  end
+  return wait_at_least(keys, args, ':cooldown')
+end
+
 --[[
 ridpool_report: a starter says how `start` went with a popped entry, so failure rates by ID age can be seen
 and max_age tuned on evidence rather than argued.
 KEYS[1] starts   PREFIX:{POOL}:starts (hash of counters; holds no ID)
 KEYS[2] meta     PREFIX:{POOL}:meta (only a published pool takes reports)
-ARGV[1] sent_at_ms   the entry's sentAt
+ARGV[1] sent_at_ms   the entry's sentAt (whole ms)
 ARGV[2] outcome      'ok' or 'failed'
 ARGV[3] code         Agora's error code for a failure ('' when none): an integer, else counted as 'other'
 Fields counted: '<outcome>:<age bucket>' with buckets of 30 s by age at report time ('0-29', '30-59', ...,
@@ -844,11 +1112,16 @@ Errors: 'UNKNOWN_POOL ...', 'BAD_ARGUMENT ...'.
 ]]
 local MAX_FIELDS = 64
 local REPORTS_KEPT_MS = 7 * 24 * 3600 * 1000
+local MAX_MS = 2 ^ 50 -- a server time in ms, with room to spare
 local function report(keys, args)
-  local sent = tonumber(args[1])
+  local bad = check_keys(keys, {':starts', ':meta'})
+  if bad then
+    return bad
+  end
+  local sent = whole(args[1], 0, MAX_MS)
   local outcome = args[2]
-  if sent == nil or (outcome ~= 'ok' and outcome ~= 'failed') then
-    return redis.error_reply("BAD_ARGUMENT report takes sent_at_ms and 'ok' or 'failed'")
+  if sent == nil or (outcome ~= 'ok' and outcome ~= 'failed') or args[3] == nil then
+    return redis.error_reply("BAD_ARGUMENT report takes sent_at_ms (whole ms), 'ok' or 'failed', and a code or ''")
   end
   if redis.call('EXISTS', keys[2]) == 0 then
     return redis.error_reply('UNKNOWN_POOL no daemon has published this pool; reports are kept only for pools')
@@ -1080,15 +1353,31 @@ end
 ridpool_hold_uid: hold a uid of a uid_range pool for an ID acquired on the spot (pop_or_acquire), so that no
 pooled entry gets the same uid while that ID can live.
 KEYS[1] uids      PREFIX:{POOL}:uids
-ARGV[1] hold ms   ARGV[2..] candidates, tried in order
+ARGV[1] hold ms   whole ms, 1 to 300000 (no ID lives longer)
+ARGV[2..] candidates, tried in order: 1 to 64 uids, each a whole number from 1 to 4294967295
 Reply: the uid held, or '' when every candidate is taken (ask again with others).
+Errors: 'BAD_ARGUMENT ...'.
 ]]
+local MAX_UID = 4294967295
 local function hold_uid(keys, args)
+  local bad = check_keys(keys, {':uids'})
+  if bad then
+    return bad
+  end
+  local ms = whole(args[1], 1, MAX_LIFE_MS)
+  if not ms or #args < 2 or #args > 65 then
+    return redis.error_reply('BAD_ARGUMENT hold_uid takes a hold of 1 to 300000 ms and 1 to 64 candidate uids')
+  end
+  for i = 2, #args do
+    if not whole(args[i], 1, MAX_UID) or string.find(args[i], '[^0-9]') then
+      return redis.error_reply('BAD_ARGUMENT a candidate uid must be a whole number from 1 to ' .. MAX_UID)
+    end
+  end
   local now = now_ms()
   redis.call('ZREMRANGEBYSCORE', keys[1], '-inf', now)
   for i = 2, #args do
     if not redis.call('ZSCORE', keys[1], args[i]) then
-      redis.call('ZADD', keys[1], now + tonumber(args[1]), args[i])
+      redis.call('ZADD', keys[1], now + ms, args[i])
       expire_with_top(keys[1])
       return args[i]
     end
@@ -1107,8 +1396,9 @@ redis.register_function { function_name = 'ridpool_count', callback = count_live
 redis.register_function('ridpool_publish', publish)
 redis.register_function('ridpool_channels', publish_channels)
 redis.register_function('ridpool_take', take)
-redis.register_function('ridpool_cooldown', wait_at_least)
-redis.register_function('ridpool_hold', wait_at_least)
+redis.register_function('ridpool_take_refills', take_refills)
+redis.register_function('ridpool_cooldown', cooldown)
+redis.register_function('ridpool_hold', hold)
 redis.register_function('ridpool_announce', announce)
 redis.register_function { function_name = 'ridpool_announcements', callback = announcements, flags = { 'no-writes' } }
 redis.register_function('ridpool_announce_end', announce_end)

@@ -11,9 +11,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
+import functools
 import hashlib
 import json
 import math
+import os
 import re
 import time
 import weakref
@@ -40,6 +42,7 @@ from ridpool.errors import (
     PoolUnavailable,
     RedisRefused,
     RidpoolError,
+    TooManyConnections,
     UnknownPool,
     WrongType,
 )
@@ -63,16 +66,37 @@ class Call:
 # -- pop -------------------------------------------------------------------------------------------------
 
 
-def pop_call(keys: PoolKeys, cname: str | None, min_ttl: float, *, record_miss: bool = True) -> Call:
+def check_pop(cname: str | None, min_ttl: float) -> None:
+    """A pop's own arguments, checked before Redis is reached."""
     if not (type(min_ttl) in (int, float) and 0 <= min_ttl < 300):  # NaN fails the comparison
         raise InvalidArgument(f"min_ttl must be a number of seconds from 0 to below 300, got {min_ttl!r}")
     if cname == "":
         raise InvalidArgument("cname must not be empty; leave it out to pop from a template pool")
+
+
+def request_id() -> str:
+    """A pop's request id: random (fork-safe, unlike a counter), so no two pops anywhere share one."""
+    return os.urandom(12).hex()
+
+
+def pop_call(
+    keys: PoolKeys, cname: str | None, min_ttl: float, *, record_miss: bool = True, request: str | None = None
+) -> Call:
+    """`request`: the pop's request id (`request_id()`): the same call sent again after its reply was lost (redis-py
+    re-sends it on a timeout or a cut connection) returns the same entry instead of taking another."""
+    check_pop(cname, min_ttl)
+    base = _pop_keys(keys, cname)
     return Call(
         "ridpool_pop_packed",
-        (keys.meta, keys.stats, keys.queue(cname), keys.announced, keys.changes),
+        (*base, keys.popped(request)) if request else base,
         (cname or "", math.ceil(min_ttl * 1000), "1" if record_miss else "0"),
     )
+
+
+@functools.lru_cache(maxsize=4096)
+def _pop_keys(keys: PoolKeys, cname: str | None) -> tuple[str, ...]:
+    # Built once per channel: every pop's path, where each formatted key name costs.
+    return (keys.meta, keys.stats, keys.queue(cname), keys.announced, keys.changes)
 
 
 def text(value: Any) -> str:
@@ -420,8 +444,19 @@ def hold_uid_call(keys: PoolKeys, *, hold_ms: int, candidates: Sequence[int]) ->
 # -- the shared budget -----------------------------------------------------------------------------------
 
 
-def take_call(keys: AccountKeys, *, limit: int, window_ms: int, member: str) -> Call:
-    return Call("ridpool_take", (keys.rate, keys.cooldown), (limit, window_ms, member))
+# The longest hold or cooldown anyone may set, and the most grants one refill call books (functions.lua's figures).
+MAX_WAIT = int(re.search(r"local MAX_WAIT_MS = (\d+)", LIBRARY).group(1)) / 1000  # type: ignore[union-attr]
+MAX_BATCH = int(re.search(r"local MAX_BATCH = (\d+)", LIBRARY).group(1))  # type: ignore[union-attr]
+
+
+def ticket() -> str:
+    """A starter's place in line for one request (sent on every ask until granted); random, so fork-safe."""
+    return os.urandom(12).hex()
+
+
+def take_call(keys: AccountKeys, *, limit: int, window_ms: int, ticket: str) -> Call:
+    """A starter's turn (ridpool_take); reply: parse_wait."""
+    return Call("ridpool_take", (keys.rate, keys.cooldown, keys.turns, keys.turns_lease), (limit, window_ms, ticket))
 
 
 def parse_wait(reply: Any) -> float:
@@ -429,17 +464,50 @@ def parse_wait(reply: Any) -> float:
     return int(reply) / 1000
 
 
-def _whole_ms(seconds: float) -> int:
+def take_refills_call(
+    keys: AccountKeys, *, limit: int, window_ms: int, call_id: str, count: int, floor_ms: int
+) -> Call:
+    """Up to `count` grants for the daemon's refills (ridpool_take_refills), after the starters; reply:
+    parse_booking."""
+    return Call(
+        "ridpool_take_refills",
+        (keys.rate, keys.cooldown, keys.turns, keys.turns_lease, keys.refilled),
+        (limit, window_ms, call_id, max(1, min(count, MAX_BATCH)), floor_ms),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Booking:
+    """What ridpool_take_refills granted: the grants' send times, in seconds after the server's time of the call
+    (none: ask again after `wait` seconds)."""
+
+    wait: float
+    offsets: tuple[float, ...] = ()
+
+
+def parse_booking(reply: Any) -> Booking:
+    first, *offsets = (int(x) for x in reply)
+    if offsets:
+        return Booking(0.0, tuple(us / 1e6 for us in offsets))
+    return Booking(first / 1000)
+
+
+def _wait_ms(seconds: float) -> int:
+    if not (type(seconds) in (int, float) and 0 < seconds <= MAX_WAIT):
+        raise InvalidArgument(
+            f"a hold or cooldown must be a number of seconds above 0 up to {MAX_WAIT:g}, got {seconds!r}"
+        )
     return max(1, math.ceil(seconds * 1000))
 
 
 def cooldown_call(keys: AccountKeys, seconds: float) -> Call:
-    return Call("ridpool_cooldown", (keys.cooldown,), (_whole_ms(seconds),))
+    """Pause the account's budget (every replica and starter) for at least `seconds`, at most MAX_WAIT."""
+    return Call("ridpool_cooldown", (keys.cooldown,), (_wait_ms(seconds),))
 
 
 def hold_call(keys: PoolKeys, seconds: float) -> Call:
-    """Hold the pool (no new leases, on any replica) for at least `seconds`; reply: parse_wait."""
-    return Call("ridpool_hold", (keys.hold,), (_whole_ms(seconds),))
+    """Hold the pool (no new leases, on any replica) for at least `seconds`, at most MAX_WAIT; reply: parse_wait."""
+    return Call("ridpool_hold", (keys.hold,), (_wait_ms(seconds),))
 
 
 # -- execution -------------------------------------------------------------------------------------------
@@ -523,7 +591,8 @@ def connection_defaults(kwargs: dict[str, Any], *, asyncio: bool) -> dict[str, A
     """Client settings for a starter: fail within about a second when Redis is down, and retry a command once
     its connection turns out stale (after a Redis restart), pipelines included.
 
-    A pop retried after a lost reply may take a second entry and waste the first; it can never hand one out twice.
+    A pop retried this way is sent with its request id, so it returns the entry the first attempt took (see
+    `pop_call`); it can never hand one out twice.
     """
     kwargs.setdefault("socket_timeout", 5.0)
     kwargs.setdefault("socket_connect_timeout", 2.0)
@@ -538,8 +607,18 @@ def failure(client: AnyRedis, exc: redis.RedisError, subject: str = "") -> Ridpo
     server, an error reply the RedisRefused subclass that says what it is (about `subject`)."""
     if isinstance(exc, redis.AuthenticationError):
         return refused(exc, subject or f"Redis at {where(client)}")
+    if isinstance(exc, redis.exceptions.MaxConnectionsError):
+        return TooManyConnections(
+            f"this client's connection pool to Redis at {where(client)} is at its cap ({exc}): as many commands are "
+            "in flight as it may open connections; share fewer concurrent calls per client, or raise "
+            "max_connections (from_url(..., max_connections=N)); nothing was popped"
+        )
     if isinstance(exc, redis.ConnectionError | redis.TimeoutError | redis.exceptions.ClusterError):
-        _checked.discard(client)  # the next connection may reach another server: check its library again
+        if not _is_cluster(client):
+            # The next connection may reach another server (a restart, a Sentinel failover): check its library
+            # again. A Cluster's nodes each answer "function not found" when they lack it (see `fcall`), and a
+            # check of every primary after each failure would meet a dead one on every pop.
+            _checked.discard(client)
         return unavailable(exc, where(client))
     if isinstance(exc, redis.ResponseError):
         return refused(exc, subject or f"Redis at {where(client)}")
@@ -564,53 +643,62 @@ def _is_cluster(client: AnyRedis) -> bool:
     return isinstance(client, redis.RedisCluster | redis.asyncio.RedisCluster)
 
 
-def _versions_call(client: AnyRedis) -> tuple[tuple[Any, ...], dict[str, Any]]:
-    # On a Cluster, every primary answers (each holds its own copy of the library).
+def _targets(client: AnyRedis) -> list[dict[str, Any]]:
+    """Where the library is checked: the server, or each primary of a Cluster (each holds its own copy)."""
     if _is_cluster(client):
-        return ("FCALL", "ridpool_version", 0), {"target_nodes": redis.RedisCluster.PRIMARIES}
-    return ("FCALL", "ridpool_version", 0), {}
+        return [{"target_nodes": node} for node in client.get_primaries()]
+    return [{}]
 
 
-def _versions(reply: Any, cluster: bool) -> list[int]:
-    values = list(reply.values()) if cluster and isinstance(reply, dict) else [reply]
-    return [int(text(v)) for v in values]
-
-
-def _needs_load(versions: list[int], where_: str) -> bool:
-    newer = [v for v in versions if v > LIBRARY_VERSION]
-    if newer:
+def _needs_load(version: int, where_: str) -> bool:
+    if version > LIBRARY_VERSION:
         raise LibraryMismatch(
-            f"Redis at {where_} runs ridpool function library version {max(newer)}, newer than this client's "
+            f"Redis at {where_} runs ridpool function library version {version}, newer than this client's "
             f"{LIBRARY_VERSION}; upgrade ridpool here (an older client must not replace it)"
         )
-    return any(v < LIBRARY_VERSION for v in versions)
+    return version < LIBRARY_VERSION
+
+
+# A Cluster primary that cannot be reached is skipped: its own pools fail on their own (and reload the library
+# when they meet "function not found"), the others go on. One dead node must not stop every pool.
+_SKIP_NODE = (redis.ConnectionError, redis.TimeoutError)
 
 
 def check_library(client: AnyRedis) -> None:
     """Load the library where Redis lacks it or holds an older one; refuse a newer one (LibraryMismatch)."""
-    args, options = _versions_call(client)
-    try:
-        versions = _versions(client.execute_command(*args, **options), _is_cluster(client))
-    except redis.ResponseError as exc:
-        if not _missing_library(exc):
-            raise
-        versions = [0]
-    if _needs_load(versions, where(client)):
-        load_library(client)
+    cluster = _is_cluster(client)
+    for options in _targets(client):
+        try:
+            try:
+                version = int(text(client.execute_command("FCALL", "ridpool_version", 0, **options)))
+            except redis.ResponseError as exc:
+                if not _missing_library(exc):
+                    raise
+                version = 0
+            if _needs_load(version, where(client)):
+                client.execute_command("FUNCTION", "LOAD", "REPLACE", LIBRARY, **options)
+        except _SKIP_NODE:
+            if not cluster:
+                raise
     _checked.add(client)
 
 
 async def acheck_library(client: AnyRedis) -> None:
     """The asyncio twin of `check_library`."""
-    args, options = _versions_call(client)
-    try:
-        versions = _versions(await client.execute_command(*args, **options), _is_cluster(client))
-    except redis.ResponseError as exc:
-        if not _missing_library(exc):
-            raise
-        versions = [0]
-    if _needs_load(versions, where(client)):
-        await aload_library(client)
+    cluster = _is_cluster(client)
+    for options in _targets(client):
+        try:
+            try:
+                version = int(text(await client.execute_command("FCALL", "ridpool_version", 0, **options)))
+            except redis.ResponseError as exc:
+                if not _missing_library(exc):
+                    raise
+                version = 0
+            if _needs_load(version, where(client)):
+                await client.execute_command("FUNCTION", "LOAD", "REPLACE", LIBRARY, **options)
+        except _SKIP_NODE:
+            if not cluster:
+                raise
     _checked.add(client)
 
 

@@ -26,8 +26,13 @@ else: the daemon, the clients, the tests and the docs all go through these funct
                                            announcement (named and announced pools); holds no ID, trimmed
     PREFIX:{POOL}:baselines         hash   a consumable window's start (server ms) -> the pool's pops counter then
     PREFIX:{POOL}:history           hash   per-minute demand counters (minute -> added pops misses expired)
+    PREFIX:{POOL}:popped:<id>       string the entry one pop took (request id <id>), kept briefly so that the same
+                                           call sent again after a lost reply gets it again (expires with its life)
     PREFIX:{acct:NAME}:rate         zset   the account's shared request log (sliding window)
     PREFIX:{acct:NAME}:cooldown     string set after a 429: every replica waits out its PTTL
+    PREFIX:{acct:NAME}:turns        zset   starters waiting for a turn (ticket -> when it first asked, server us)
+    PREFIX:{acct:NAME}:turns:lease  zset   the same tickets -> the server ms by which each must ask again
+    PREFIX:{acct:NAME}:refilled     string exists for `refill_max_wait` after a refill's grant (the refills' floor)
     PREFIX:pools                    set    names of the pools ever published
     PREFIX:replicas                 zset   replica id -> last heartbeat (server ms)
     PREFIX:replica:<id>             hash   what a live replica says about itself (expires with its heartbeat)
@@ -131,6 +136,10 @@ class PoolKeys:
     def ready(self, cname: str | None) -> str:
         return f"{self.queue(cname)}:ready"
 
+    def popped(self, request_id: str) -> str:
+        """Where the pop with this request id keeps its entry for a retry (see ridpool_pop's KEYS[6])."""
+        return f"{self.tag}:popped:{request_id}"
+
 
 def encode_cname(cname: str) -> str:
     """A channel name as it appears in a key: '%' and ':' percent-encoded, so that no channel's queue can be
@@ -158,6 +167,18 @@ class AccountKeys:
     @property
     def cooldown(self) -> str:
         return f"{self.prefix}:{{acct:{self.account}}}:cooldown"
+
+    @property
+    def turns(self) -> str:
+        return f"{self.prefix}:{{acct:{self.account}}}:turns"
+
+    @property
+    def turns_lease(self) -> str:
+        return f"{self.prefix}:{{acct:{self.account}}}:turns:lease"
+
+    @property
+    def refilled(self) -> str:
+        return f"{self.prefix}:{{acct:{self.account}}}:refilled"
 
 
 def account_keys(prefix: str, account: str) -> AccountKeys:

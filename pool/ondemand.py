@@ -26,8 +26,14 @@ class Acquirer(Protocol):
     def serves(self, pool: str, cname: str | None) -> bool:
         """Whether it may acquire for a channel a pop called not served (an announced pool's new channel)."""
 
-    async def acquire(self, pool: str, cname: str | None) -> Entry:
-        """The ID as an entry with `source == "acquired"`; raises AcquireFailed (or CnameNotServed, UnknownPool)."""
+    async def acquire(self, pool: str, cname: str | None, *, granted_at: float | None = None) -> Entry:
+        """The ID as an entry with `source == "acquired"`; raises AcquireFailed (or CnameNotServed, UnknownPool).
+
+        `granted_at`: when (time.monotonic) a starter's turn was granted for this acquire (start_slot's turn): its
+        first attempt uses that grant while it is fresh; None: every attempt takes a turn of its own."""
+
+    async def warm(self) -> None:
+        """Load now what its first acquire would load (from_config calls it), so that the first costs what any does."""
 
     async def aclose(self) -> None:
         """Close its HTTP connections."""

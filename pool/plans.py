@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import math
 import time
-import uuid
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime
 
 from ridpool import channels, functions, stats
+from ridpool.budget import Window
 from ridpool.entry import Entry
-from ridpool.errors import InvalidArgument, PoolEmpty
+from ridpool.errors import CnameNotServed, InvalidArgument, PoolEmpty
 from ridpool.functions import Plan
 from ridpool.keys import AccountKeys, PoolKeys
 
@@ -53,15 +54,18 @@ def pop(
     *,
     slice_seconds: float = WAIT_SLICE,
     clock: Callable[[], float] = time.monotonic,
+    miss: bool = True,
 ) -> Plan[Entry]:
     """Take the oldest entry with at least `min_ttl` s left, blocking on the wake-up list up to `wait` s.
 
-    Only the last try counts a miss, so a waiting pop that succeeds is not a miss.
+    Only the last try counts a miss (none with `miss` False), so a waiting pop that succeeds is not a miss. Every
+    try carries the pop's request id: a try sent again after its reply was lost returns the entry it took.
     """
     deadline = clock() + check_wait(wait)
+    request = functions.request_id()
     while True:
         last = clock() >= deadline
-        call = functions.pop_call(keys, cname, min_ttl, record_miss=last)
+        call = functions.pop_call(keys, cname, min_ttl, record_miss=last and miss, request=request)
         entry = functions.parse_pop((yield from functions.fcall(call)))
         if entry is not None:
             return entry
@@ -115,13 +119,113 @@ def announce(keys: PoolKeys, cname: str, at: datetime | float, count: int) -> Pl
     return functions.parse_announce(cname, (yield from functions.fcall(call)))
 
 
-def take(keys: AccountKeys, *, limit: int, window_ms: int) -> Plan[float]:
-    """Wait for a grant from the account's shared budget (`ridpool_take`); returns the seconds waited."""
-    waited = 0.0
+# A grant whose reply came back this much slower than the client's fastest ask is not used: the request would
+# leave late, bunched with the grants after it (the window's margin is the account's jitter, 50 ms by default;
+# half of it is left for the network).
+LATE = 0.025
+
+
+@dataclass(slots=True)
+class RoundTrips:
+    """The fastest turn a client's asks have taken, the yardstick of a late reply. It drifts up a millisecond per
+    ask, so that a lasting change of network path is learnt. One per client, shared by its requests: the first ask
+    of a burst (many starters asking at once in one process) is judged against the calm before it."""
+
+    fastest: float = math.inf
+
+    def seen(self, seconds: float) -> float:
+        self.fastest = min(seconds, self.fastest + 0.001)
+        return self.fastest
+
+
+@dataclass(frozen=True, slots=True)
+class Grant:
+    """A starter's turn: when its grant arrived (by the plan's clock), how long the starter waited for it, and the
+    ticket it was granted to (asking again with it, soon, puts the request at the head of the line)."""
+
+    at: float
+    waited: float
+    ticket: str
+
+
+def take(
+    keys: AccountKeys,
+    window: Window,
+    *,
+    again: str | None = None,
+    trips: RoundTrips | None = None,
+    clock: Callable[[], float] = time.monotonic,
+) -> Plan[Grant]:
+    """Wait for a starter's turn at the account's shared budget (`ridpool_take`): in line with every other
+    starter's request, first come first served, ahead of the daemon's refills. One ticket per request, sent on
+    every ask; a grant whose reply came back late is not used: the same ticket asks again, at the head of the line.
+    `again`: the ticket of a grant that went stale before it could be used (the same: the head of the line)."""
+    started = clock()
+    ticket, trips = again or functions.ticket(), trips or RoundTrips()
     while True:
-        call = functions.take_call(keys, limit=limit, window_ms=window_ms, member=uuid.uuid4().hex)
-        wait = functions.parse_wait((yield from functions.fcall(call)))
+        while True:
+            call = functions.take_call(keys, limit=window.limit, window_ms=window.window_ms, ticket=ticket)
+            sent = clock()
+            wait = functions.parse_wait((yield from functions.fcall(call)))
+            arrived = clock()
+            fastest = trips.seen(arrived - sent)
+            if wait <= 0:
+                break
+            yield functions.Sleep(wait)
+        if arrived - sent - fastest <= LATE:
+            return Grant(arrived, arrived - started, ticket)
+        if again == ticket:  # its one turn at the head came late too: a new request, at the back
+            ticket = functions.ticket()
+        again = ticket
+
+
+@dataclass(frozen=True, slots=True)
+class Slot:
+    """What `start_slot`'s plan found: the entry popped after the starter's turn, or none (acquire on the spot,
+    with the turn granted at `granted_at` when it is still fresh); `refused`: the pop's CnameNotServed (a channel an
+    acquirer may still serve)."""
+
+    entry: Entry | None
+    granted_at: float | None
+    refused: CnameNotServed | None = None
+
+
+def start_slot(
+    keys: PoolKeys,
+    account: AccountKeys,
+    window: Window,
+    *,
+    cname: str | None,
+    min_ttl: float,
+    wait: float,
+    slice_seconds: float = WAIT_SLICE,
+    trips: RoundTrips | None = None,
+    clock: Callable[[], float] = time.monotonic,
+) -> Plan[Slot]:
+    """Wait for the starter's turn, then pop the oldest entry with `min_ttl` left: the turn's grant is the one the
+    start call uses, and the entry does not age while the starter waits in line.
+
+    With nothing fit and a `wait`, the pop blocks up to `wait` s for an entry and then takes a new turn (the first
+    grant went stale meanwhile); with nothing at all, the plan returns no entry and the caller acquires on the spot.
+    """
+    functions.check_pop(cname, min_ttl)
+    check_wait(wait)
+    trips = trips or RoundTrips()
+    grant = yield from take(account, window, trips=trips, clock=clock)
+    try:
+        entry = yield from pop(keys, cname, min_ttl, 0.0, clock=clock, miss=wait <= 0)
+        if clock() - grant.at > LATE:
+            # The pop's reply came late (a busy process): the grant would leave late; its ticket asks again, at
+            # the head of the line, while the entry waits.
+            grant = yield from take(account, window, again=grant.ticket, trips=trips, clock=clock)
+        return Slot(entry, grant.at)
+    except PoolEmpty:
         if wait <= 0:
-            return waited
-        yield functions.Sleep(wait)
-        waited += wait
+            return Slot(None, grant.at)
+    except CnameNotServed as exc:
+        return Slot(None, grant.at, exc)
+    try:
+        entry = yield from pop(keys, cname, min_ttl, wait, slice_seconds=slice_seconds, clock=clock)
+    except PoolEmpty:
+        return Slot(None, None)
+    return Slot(entry, (yield from take(account, window, trips=trips, clock=clock)).at)

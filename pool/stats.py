@@ -70,6 +70,7 @@ class PoolStats:
     target_reason: str = ""  # why: "size 20", "warmup 0 9 * * 1-5 at 2026-11-26T09:00:00+01:00 +200; size 20", ...
     next_warmup: str = ""  # the next warm-up instant, ISO 8601, or ""
     hour: Waste = field(default_factory=Waste)
+    held_for: float | None = None  # seconds the pool's hold has left (no replica leases meanwhile); None: not held
 
     @property
     def size(self) -> int:
@@ -98,6 +99,7 @@ def first_round(keys: PoolKeys) -> list[tuple[str, ...]]:
         ("ZCARD", keys.inflight),
         ("HGETALL", keys.starts),
         ("HGET", keys.history, "last"),
+        ("PTTL", keys.hold),
     ]
 
 
@@ -213,7 +215,7 @@ def build(
     history: Sequence[Any] | None,
 ) -> PoolStats:
     """The pool's state from what `read` gathered."""
-    time_reply, _, stats_raw, in_flight, starts_raw, _ = first
+    time_reply, _, stats_raw, in_flight, starts_raw, _, hold_ms = first
     now_ms = server_ms(time_reply)
     raw = decode_hash(stats_raw)
     max_age_ms = int(meta.get("max_age_ms") or "0")
@@ -245,4 +247,5 @@ def build(
         target_reason=raw.get("target_reason", ""),
         next_warmup=raw.get("next_warmup", ""),
         hour=_hour(history),
+        held_for=int(hold_ms) / 1000 if int(hold_ms) > 0 else None,
     )

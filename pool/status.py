@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -78,6 +79,7 @@ def as_json(status: Status) -> dict[str, Any]:
                 "inFlight": s.in_flight,
                 "maxAge": s.max_age,
                 "state": s.state,
+                "heldFor": s.held_for,
                 "lastError": s.last_error,
                 "starts": dict(s.starts),
                 **({"announcements": announcements(s)} if s.mode == "announced" else {}),
@@ -109,6 +111,7 @@ COLUMNS = (
     "acquires",
     "errors",
     "state",
+    "held",
     "last error",
 )
 _LEFT = {"pool", "state", "last error"}
@@ -119,7 +122,7 @@ def rows(status: Status) -> list[tuple[str, ...]]:
     out: list[tuple[str, ...]] = []
     for s in status.pools:
         if not s.known:
-            out.append((s.pool, "-", "-", "-", "-", "-", "-", "-", "-", "unknown", "no daemon published it"))
+            out.append((s.pool, "-", "-", "-", "-", "-", "-", "-", "-", "unknown", "-", "no daemon published it"))
             continue
         c = s.counters
         out.append(
@@ -134,6 +137,7 @@ def rows(status: Status) -> list[tuple[str, ...]]:
                 str(c["acquires"]),
                 str(c["errors"]),
                 s.state,
+                "-" if s.held_for is None else f"{math.ceil(s.held_for)}s",
                 s.last_error[:60],
             )
         )

@@ -94,22 +94,33 @@ def processes(*procs: RedisProc) -> Iterator[list[RedisProc]]:
 
 
 @contextlib.contextmanager
-def cluster(primaries: int = 3) -> Iterator[list[RedisProc]]:
-    """A real Redis Cluster of `primaries` primaries (no replicas) on loopback, slots spread by redis-cli."""
-    nodes = [
-        RedisProc("--cluster-enabled", "yes", "--cluster-node-timeout", "2000", "--cluster-port", str(free_port()))
-        for _ in range(primaries)
-    ]
+def cluster(primaries: int = 3, *, replicas: int = 0, node_timeout_ms: int = 2000) -> Iterator[list[RedisProc]]:
+    """A real Redis Cluster on loopback: `primaries` primaries, each with `replicas` replicas, slots spread by
+    redis-cli. The nodes come back primaries first (redis-cli's order); a replica fails over once its primary has
+    been unreachable for `node_timeout_ms`."""
+    settings = ("--cluster-enabled", "yes", "--cluster-node-timeout", str(node_timeout_ms))
+    nodes = [RedisProc(*settings, "--cluster-port", str(free_port())) for _ in range(primaries * (1 + replicas))]
     with processes(*nodes):
         addresses = [f"127.0.0.1:{n.port}" for n in nodes]
         subprocess.run(
-            ["redis-cli", "--cluster", "create", *addresses, "--cluster-replicas", "0", "--cluster-yes"],
+            ["redis-cli", "--cluster", "create", *addresses, "--cluster-replicas", str(replicas), "--cluster-yes"],
             check=True,
             capture_output=True,
             timeout=60,
         )
         clients = [n.client() for n in nodes]
-        wait_for(lambda: all(c.cluster("info")["cluster_state"] == "ok" for c in clients), 30, what="cluster ok")
+
+        def formed() -> bool:
+            if not all(c.cluster("info")["cluster_state"] == "ok" for c in clients):
+                return False
+            # Every replica attached and in sync, so that a failover has something to promote.
+            return all(
+                c.info("replication")["master_link_status"] == "up"
+                for c in clients
+                if c.info("replication")["role"] == "slave"
+            )
+
+        wait_for(formed, 60, what="cluster ok, replicas in sync")
         for c in clients:
             c.close()
         yield nodes

@@ -7,12 +7,14 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import redis
 from ridpool import OutOfMemory, PermissionDenied, PoolClient, PoolEmpty, WrongType, functions
+from ridpool.budget import Account
 from ridpool.keys import pool_keys
 from ridpool.testing import Simulator
 from structlog.testing import capture_logs
@@ -68,7 +70,9 @@ def user(r: redis.Redis, name: str, commands: list[str]) -> str:
 
 
 def starter(server: RedisProc, name: str) -> PoolClient:
-    return PoolClient.from_url(f"redis://{name}:pw@127.0.0.1:{server.port}/0", prefix=PREFIX)
+    return PoolClient.from_url(
+        f"redis://{name}:pw@127.0.0.1:{server.port}/0", prefix=PREFIX, account=Account(rate_limit=10)
+    )
 
 
 def queue_state(r: redis.Redis) -> tuple[set[bytes], int]:
@@ -181,6 +185,23 @@ def test_the_documented_starter_acl_pops_and_waits(admin: redis.Redis, server: R
         assert client.pop(POOL, min_ttl=10)
         with pytest.raises(PoolEmpty):
             client.pop(POOL, wait=0.2)
+
+
+def test_the_documented_starter_acl_with_its_budget_additions_takes_a_slot(
+    admin: redis.Redis, server: RedisProc
+) -> None:
+    """The starter ACL plus what the README adds for start_slot, take() and budget(): a slot and a turn."""
+    readme = README.read_text()
+    found = re.search(r"add ((?:\+\S+ )+)for start_slot", readme)
+    assert found, "the README names what start_slot needs"
+    publish_pool(admin, PREFIX, POOL)
+    fill(admin, PREFIX, POOL, 1)
+    functions.load_library(admin)
+    name = user(admin, "slotted", [*CONNECTION, *STARTER_COMMANDS, *found[1].split()])
+    with starter(server, name) as client:
+        with client.start_slot(POOL, min_ttl=10) as entry:
+            assert entry.source == "pool"
+        assert client.take(rate=10) >= 0
 
 
 async def test_the_documented_daemon_acl_fills_every_pool(admin: redis.Redis, server: RedisProc) -> None:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import redis
-from ridpool import PoolClient
+from ridpool import PoolClient, functions
 from ridpool.keys import pool_keys
 from ridpool.testing import Simulator
 
@@ -69,6 +69,24 @@ def test_status_shows_pools_and_counters_as_table_and_json(r: redis.Redis, redis
     data = json.loads(ridpool("status", "--json", "--redis-url", redis_url, "--prefix", PREFIX).stdout)
     [web] = data["pools"]
     assert (web["size"], web["target"], web["pops"], web["state"]) == (2, 4, 1, "ok")
+
+
+def test_a_held_pool_shows_as_held_in_stats_and_status(r: redis.Redis, redis_url: str) -> None:
+    """A pool held after failures (ridpool_hold, 30 s): stats().held_for, the status table's `held` column and
+    `heldFor` in --json say how long; every other figure is as it was; an unheld pool shows none."""
+    publish_pool(r, PREFIX, "web", size=4)
+    fill(r, PREFIX, "web", 2)
+    client = PoolClient(redis.Redis.from_url(redis_url), prefix=PREFIX)
+    assert client.stats("web").held_for is None
+    functions.execute(client.redis, functions.hold_call(pool_keys(PREFIX, "web"), 30))
+    held = client.stats("web").held_for
+    assert held is not None and 29 < held <= 30
+    table = ridpool("status", "--redis-url", redis_url, "--prefix", PREFIX)
+    header, _, row = table.stdout.splitlines()[:3]
+    assert "held" in header.split() and "30s" in row.split() and "2/4" in row.split()
+    data = json.loads(ridpool("status", "--json", "--redis-url", redis_url, "--prefix", PREFIX).stdout)
+    [web] = data["pools"]
+    assert 29 < web["heldFor"] <= 30 and (web["size"], web["target"], web["state"]) == (2, 4, "ok")
 
 
 def test_ridpool_run_fills_pools_and_exits_0_within_5_s_of_sigterm(

@@ -41,22 +41,22 @@ async def test_concurrent_takers_never_exceed_the_limit_in_any_window(redis_url:
     await asyncio.gather(watcher(takers), takers)
     await client.aclose()
     window = budgets[0].window
-    grants = sorted(us / 1e6 for us in log.values())
+    grants = sorted(round(us) for us in log.values())  # whole us, as the log keeps them
     assert len(grants) >= 40 and len(grants) == sum(b.granted + b.stale for b in budgets)
     for i in range(len(grants) - window.limit):
-        assert grants[i + window.limit] - grants[i] >= window.window_ms / 1000
+        assert grants[i + window.limit] - grants[i] >= window.window_ms * 1000
     gaps = [b - a for a, b in itertools.pairwise(grants)]
-    assert min(gaps) >= 0.9 * window.window_ms / window.limit / 1e3 - 1e-6
+    assert min(gaps) >= 0.9 * window.window_ms * 1000 / window.limit - 1
 
 
 def test_grants_are_spaced_and_a_cooldown_stops_everyone(r: redis.Redis) -> None:
     """A second take right after a grant waits window/limit; during a cooldown every take waits it out."""
     keys = account_keys(PREFIX, "acct")
-    take = functions.take_call(keys, limit=10, window_ms=1050, member="a")
+    take = functions.take_call(keys, limit=10, window_ms=1050, ticket="a")
     assert functions.parse_wait(functions.execute(r, take)) == 0
-    wait = functions.parse_wait(functions.execute(r, functions.take_call(keys, limit=10, window_ms=1050, member="b")))
+    wait = functions.parse_wait(functions.execute(r, functions.take_call(keys, limit=10, window_ms=1050, ticket="b")))
     assert 0.09 < wait <= 0.095
     functions.execute(r, functions.cooldown_call(keys, 5.0))
-    assert 4.9 < functions.parse_wait(functions.execute(r, take)) <= 5.0
+    assert functions.parse_wait(functions.execute(r, take)) == 1.0  # a starter asks again within a second
     functions.execute(r, functions.cooldown_call(keys, 1.0))  # never shortens a longer wait
     assert r.pttl(keys.cooldown) > 4000
