@@ -32,6 +32,7 @@ from ridpool.daemon import log
 from ridpool.daemon.limiter import window_for
 from ridpool.daemon.localredis import LocalRedis
 
+from benchmarks import page
 from benchmarks.common import APPID, CUSTOMER_ID, PREFIX, ROOT, SECRET, UID, SimProcess, ridpool_argv, terminate
 
 RATE = 10  # the daemon's agora.rate_limit: the simulator's own window, so any excess is a 429
@@ -43,6 +44,7 @@ ENV = {**os.environ, "AGORA_CUSTOMER_ID": CUSTOMER_ID, "AGORA_CUSTOMER_SECRET": 
 LOGS = ROOT / "benchmarks" / "out"
 DOC = ROOT / "docs" / "benchmarks.md"
 BEGIN, END = "<!-- announce:begin -->", "<!-- announce:end -->"
+SECTION = page.Section(BEGIN, END)
 COMMAND = ".venv/bin/python -m benchmarks.announce"
 
 
@@ -335,24 +337,6 @@ share the same budget) against {theirs.last_id:.1f} s.
 {END}"""
 
 
-def replace_section(doc: str, text: str) -> str:
-    """`doc` with its announce section replaced by `text` (appended when it has none)."""
-    if BEGIN in doc and END in doc:
-        return doc[: doc.index(BEGIN)] + text + doc[doc.index(END) + len(END) :]
-    return doc.rstrip("\n") + "\n\n" + text + "\n"
-
-
-def carry(old: str, new: str) -> str:
-    """The page `benchmarks.run` renders (`new`), keeping the announce section of the page it replaces."""
-    if BEGIN not in old or END not in old:
-        return new
-    return replace_section(new, old[old.index(BEGIN) : old.index(END) + len(END)])
-
-
-def write(text: str) -> None:
-    DOC.write_text(replace_section(DOC.read_text() if DOC.exists() else "", text))
-
-
 def main() -> int:
     os.environ.update(ENV)  # the in-process starters' pop_or_acquire reads the credentials from the environment
     log.configure(level="warning", json=False)  # the starters' own events: only trouble is worth seeing here
@@ -380,7 +364,7 @@ def main() -> int:
             daemon.stop()
         sim.stop()
         server.stop()
-    write(section(a, bursts, window_for(RATE).sustained))
+    SECTION.write(section(a, bursts, window_for(RATE).sustained))
     print(f"wrote {DOC}", flush=True)
     return 0
 

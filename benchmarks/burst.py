@@ -22,7 +22,6 @@ import asyncio
 import contextlib
 import dataclasses
 import random
-import re
 import shlex
 import shutil
 import sys
@@ -30,7 +29,6 @@ import time
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -41,11 +39,12 @@ from ridpool import AsyncPoolClient, PoolEmpty
 from ridpool.daemon import log, planner
 from ridpool.daemon.agora import AcquireClient
 from ridpool.daemon.config import Config
-from ridpool.daemon.limiter import Budget, window_for
+from ridpool.daemon.limiter import Turns, window_for
 from ridpool.daemon.localredis import LocalRedis
 from ridpool.entry import Entry
 from ridpool.keys import account_keys
 
+from benchmarks import page
 from benchmarks.common import (
     APPID,
     CREDENTIALS,
@@ -178,7 +177,7 @@ class Burst:
 
 
 async def _starter(
-    aclient: AsyncPoolClient, delay: float, on_demand: AcquireClient | None, budget: Budget | None
+    aclient: AsyncPoolClient, delay: float, on_demand: AcquireClient | None, turns: Turns | None
 ) -> tuple[bool, float, float, tuple[str, str, str] | None]:
     await asyncio.sleep(delay)
     t0 = time.perf_counter()
@@ -188,18 +187,22 @@ async def _starter(
         return True, popped, popped, (entry.resource_id, entry.cname, entry.uid)
     except PoolEmpty:
         popped = time.perf_counter() - t0
-        if on_demand is None or budget is None:
+        if on_demand is None or turns is None:
             return False, popped, popped, None
         cname = f"web-{uuid.uuid4().hex}"
+
+        async def turn() -> None:
+            await turns.take()  # a starter's turn: ahead of the daemon's refills
+
         got = await on_demand.acquire(
-            APPID, cname, UID, {"scene": 1}, before_attempt=budget.take, on_rate_limited=_rate_limited(budget)
+            APPID, cname, UID, {"scene": 1}, before_attempt=turn, on_rate_limited=_rate_limited(turns)
         )
         return False, time.perf_counter() - t0, popped, (got.resource_id, cname, UID)
 
 
-def _rate_limited(budget: Budget) -> Any:
+def _rate_limited(turns: Turns) -> Any:
     async def slow_down(_exc: object) -> None:
-        await budget.rate_limited()
+        await turns.rate_limited()
 
     return slow_down
 
@@ -244,13 +247,13 @@ async def burst(r: redis.Redis, url: str, shape: Shape, *, warmup: bool, replica
             running(config, replicas=replicas, timing=timing),
         ):
             on_demand = AcquireClient(http, [sim.url], CREDENTIALS)
-            budget = Budget(redis.asyncio.Redis.from_url(url), account_keys(PREFIX, "default"), CEILING)
+            turns = Turns(redis.asyncio.Redis.from_url(url), account_keys(PREFIX, "default"), CEILING)
             await until_server_ms(r, instant)
             results = await asyncio.gather(
-                *(_starter(aclient, rng.uniform(0, BURST_SPREAD), on_demand, budget) for _ in range(shape.burst))
+                *(_starter(aclient, rng.uniform(0, BURST_SPREAD), on_demand, turns) for _ in range(shape.burst))
             )
             await asyncio.sleep(2.0)
-            await budget.redis.aclose()
+            await turns.redis.aclose()
         issued = sim.stats_sync().acquired
         ids = [got for _, _, _, got in results if got is not None]
         started = await _start_all(sim, ids)
@@ -387,6 +390,7 @@ async def waste(r: redis.Redis, url: str, shape: Shape, *, warmup: bool) -> Wast
 # -- the report ----------------------------------------------------------------------------------------------
 
 BEGIN, END = "<!-- bursts: begin (benchmarks/burst.py writes this section) -->", "<!-- bursts: end -->"
+SECTION = page.Section(BEGIN, END)
 
 
 def render(
@@ -478,21 +482,6 @@ def render(
     return "\n".join(lines) + "\n"
 
 
-def section_of(text: str) -> str:
-    """The Bursts section of a report, markers included, or ""."""
-    found = re.search(re.escape(BEGIN) + ".*?" + re.escape(END) + "\n?", text, flags=re.S)
-    return found.group(0) if found else ""
-
-
-def write_section(md: Path, section: str) -> None:
-    text = md.read_text() if md.exists() else "# Benchmarks\n"
-    if BEGIN in text and END in text:
-        text = re.sub(re.escape(BEGIN) + ".*?" + re.escape(END) + "\n?", lambda _: section, text, flags=re.S)
-    else:
-        text = text.rstrip("\n") + "\n\n" + section
-    md.write_text(text)
-
-
 async def run(url: str, r: redis.Redis, shape: Shape) -> tuple[list[RefillRate], list[Burst], Limit, list[Waste]]:
     refills = [await refill_rate(r, url, shape, latency) for latency in (LATENCY, 0.5)]
     print("refill", refills, flush=True)
@@ -529,7 +518,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         server.stop()
         shutil.rmtree(server.dir, ignore_errors=True)
-    write_section(md, render(command, time.monotonic() - began, load, cpu, refills, bursts, bound, wastes, args.quick))
+    SECTION.write(render(command, time.monotonic() - began, load, cpu, refills, bursts, bound, wastes, args.quick), md)
     print(f"wrote {md}", flush=True)
     return 0
 

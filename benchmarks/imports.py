@@ -16,15 +16,16 @@ import statistics
 import subprocess
 import sys
 from dataclasses import dataclass
-from pathlib import Path
 
 from ridpool.daemon.localredis import free_port
 
+from benchmarks import page
 from benchmarks.common import ROOT
 
 ROUNDS = 7
 TARGET_MS = 100.0
 BEGIN, END = "<!-- imports:begin -->", "<!-- imports:end -->"
+SECTION = page.Section(BEGIN, END)
 _LINE = re.compile(r"^import time:\s+(\d+) \|\s+(\d+) \|( *)(\S+)")
 
 
@@ -87,22 +88,11 @@ development install (`pip install -e`), whose import hook adds a few ms that a w
 """
 
 
-def write(doc: Path, text: str) -> None:
-    """Replace this benchmark's section of the report, or append it."""
-    current = doc.read_text() if doc.exists() else ""
-    if BEGIN in current and END in current:
-        head, rest = current.split(BEGIN, 1)
-        current = head + text.strip() + rest.split(END, 1)[1]
-    else:
-        current = current.rstrip() + "\n\n" + text
-    doc.write_text(current.rstrip() + "\n")
-
-
 def main() -> int:
     results = run()
     text = section(results)
     print(text)
-    write(ROOT / "docs" / "benchmarks.md", text)
+    SECTION.write(text)
     return 0
 
 

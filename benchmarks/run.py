@@ -22,7 +22,7 @@ import redis
 from ridpool.daemon import log
 from ridpool.daemon.localredis import LocalRedis
 
-from benchmarks import announce, burst, cpu, first_pop, imports, memory, pop, refill, timeline
+from benchmarks import announce, burst, cpu, first_pop, imports, memory, pop, refill, scale, starts, timeline
 from benchmarks.common import FULL, QUICK, ROOT, load_average, machine
 from benchmarks.report import Results, render
 
@@ -78,15 +78,14 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         server.stop()
         shutil.rmtree(server.dir, ignore_errors=True)
-    # The "Bursts" section is written by benchmarks/burst.py, a run of its own: keep it; and so is the
-    # announce section (benchmarks/announce.py).
+    # The sections other benchmarks write, each a run of its own, are kept as they were.
     old = md.read_text() if md.exists() else ""
-    kept = burst.section_of(old) if old else ""
-    md.write_text(announce.carry(old, render(results)))
-    if kept:
-        burst.write_section(md, kept)
+    new = render(results)
+    for section in (burst.SECTION, announce.SECTION, starts.SECTION, scale.SECTION):
+        new = section.carry(old, new)
+    md.write_text(new)
     print("CLI imports", flush=True)
-    imports.write(md, imports.section(imports.run()))
+    imports.SECTION.write(imports.section(imports.run()), md)
     raw = ROOT / "benchmarks" / "out" / ("results-quick.json" if args.quick else "results.json")
     raw.parent.mkdir(parents=True, exist_ok=True)
     raw.write_text(json.dumps(asdict(results), indent=1, default=str))

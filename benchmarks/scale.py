@@ -19,7 +19,6 @@ import dataclasses
 import json
 import os
 import random
-import re
 import shlex
 import shutil
 import subprocess
@@ -40,6 +39,7 @@ from ridpool.daemon.publish import meta_of
 from ridpool.keys import pool_keys
 from ridpool.meta import publish
 
+from benchmarks import page
 from benchmarks.common import (
     APPID,
     CUSTOMER_ID,
@@ -550,6 +550,7 @@ def wait(condition: Any, timeout: float) -> float:
 # -- the report ----------------------------------------------------------------------------------------------------
 
 BEGIN, END = "<!-- scale: begin (benchmarks/scale.py writes this section) -->", "<!-- scale: end -->"
+SECTION = page.Section(BEGIN, END)
 
 
 @dataclass
@@ -659,15 +660,6 @@ def render(res: Results, command: str, seconds: float, load: str, quick: bool) -
     return "\n".join(lines) + "\n"
 
 
-def write_section(md: Path, section: str) -> None:
-    text = md.read_text() if md.exists() else "# Benchmarks\n"
-    if BEGIN in text and END in text:
-        text = re.sub(re.escape(BEGIN) + ".*?" + re.escape(END) + "\n?", lambda _: section, text, flags=re.S)
-    else:
-        text = text.rstrip("\n") + "\n\n" + section
-    md.write_text(text)
-
-
 def run(sizes: Sizes, only: set[str]) -> Results:
     res = Results()
     if not only or "idle" in only:
@@ -716,7 +708,7 @@ def main(argv: list[str] | None = None) -> int:
     load = load_average()
     began = time.monotonic()
     res = run(sizes, set(args.only))
-    write_section(md, render(res, command, time.monotonic() - began, load, args.quick))
+    SECTION.write(render(res, command, time.monotonic() - began, load, args.quick), md)
     print(f"wrote {md}", flush=True)
     return 0
 

@@ -47,6 +47,7 @@ from ridpool.entry import Entry
 from ridpool.errors import ConfigError
 from ridpool.keys import account_keys
 
+from benchmarks import page
 from benchmarks.common import (
     APPID,
     CUSTOMER_ID,
@@ -78,6 +79,7 @@ WINDOW = 26.0  # a warm-up window's duration: shorter than 60 s - LEAD_IN, so th
 ENV = {"AGORA_CUSTOMER_ID": CUSTOMER_ID, "AGORA_CUSTOMER_SECRET": SECRET}
 DOC = ROOT / "docs" / "benchmarks.md"
 BEGIN, END = "<!-- starts:begin (benchmarks/starts.py writes this section) -->", "<!-- starts:end -->"
+SECTION = page.Section(BEGIN, END)
 COMMAND = ".venv/bin/python -m benchmarks.starts"
 
 
@@ -411,20 +413,6 @@ def render(
     return "\n".join(lines) + "\n"
 
 
-def replace_section(text: str, section: str) -> str:
-    """`text` with its starts section replaced by `section` (or `section` added at the end)."""
-    if BEGIN in text and END in text:
-        return text[: text.index(BEGIN)] + section.rstrip("\n") + text[text.index(END) + len(END) :]
-    return text.rstrip("\n") + "\n\n" + section
-
-
-def carry(old: str, new: str) -> str:
-    """The page `benchmarks.run` renders (`new`), keeping the starts section of the page it replaces."""
-    if BEGIN not in old or END not in old:
-        return new
-    return replace_section(new, old[old.index(BEGIN) : old.index(END) + len(END)])
-
-
 async def measure(
     url: str, r: redis.Redis, plan: Sequence[Scenario], hog_seconds: float
 ) -> tuple[list[Outcome], Hogged]:
@@ -473,7 +461,7 @@ def main(argv: list[str] | None = None) -> int:
         server.stop()
         shutil.rmtree(server.dir, ignore_errors=True)
     section = render(outcomes, hogged, command=command, seconds=time.monotonic() - began, load=load, cpu=cpu)
-    md.write_text(replace_section(md.read_text() if md.exists() else "# Benchmarks\n", section))
+    SECTION.write(section, md)
     print(f"wrote {md}", flush=True)
     return 0
 

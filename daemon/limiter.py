@@ -115,14 +115,20 @@ class Budget(_Account):
         # would wake at each expiry and ask, and all but one be refused: load on Redis for nothing.
         self.queue = asyncio.Lock()
 
-    async def take(self) -> None:
-        """Return once a request may be sent. Raises PoolUnavailable when Redis cannot be reached."""
+    async def take(self) -> float:
+        """Return once a request may be sent, with when the grant was handed out (this clock). Raises
+        PoolUnavailable when Redis cannot be reached."""
         self.wanted += 1
         try:
             async with self.queue:
                 await self._take()
         finally:
             self.wanted -= 1
+        return self.clock()
+
+    def fresh(self, granted_at: float) -> bool:
+        """Whether a grant handed out at `granted_at` (this clock) may still be used for a request sent now."""
+        return self.clock() - granted_at <= self.late
 
     async def _take(self) -> None:
         while True:

@@ -9,12 +9,10 @@ background event loop.
 
 from __future__ import annotations
 
-import contextvars
 import dataclasses
 import os
 import random
 import time
-from typing import Any
 
 import anyio.lowlevel
 import httpx
@@ -22,6 +20,7 @@ import redis.asyncio
 import structlog
 from ridpool import channels, functions
 from ridpool.daemon import log as log_setup
+from ridpool.daemon import sending
 from ridpool.daemon.agora import AcquireClient, AcquireError, RateLimited
 from ridpool.daemon.clock import ServerClock
 from ridpool.daemon.config import Config, Credentials, PoolConfig, load_config, load_credentials
@@ -32,11 +31,6 @@ from ridpool.keys import account_keys, pool_keys
 
 log = structlog.get_logger("ridpool.ondemand")
 UID_TRIES = 8  # rounds of random candidates before a uid_range pool is declared out of free uids
-# When the grant of the attempt under way arrived (time.monotonic) and its ticket (None: a turn the caller held),
-# per task: checked again just before the request leaves (`OnDemand._sending`).
-_GRANT: contextvars.ContextVar[tuple[float, str | None] | None] = contextvars.ContextVar(
-    "ridpool_ondemand_grant", default=None
-)
 
 
 class OnDemand:
@@ -55,10 +49,7 @@ class OnDemand:
         self.config = config
         self.pools = {p.name: p for p in config.pools}
         self.redis = client
-        self.http = http or httpx.AsyncClient(timeout=httpx.Timeout(config.agora.timeout, connect=5.0))
-        hooks = self.http.event_hooks
-        hooks["request"] = [*hooks["request"], self._still_fresh]
-        self.http.event_hooks = hooks
+        self.http = sending.guard(http or httpx.AsyncClient(timeout=httpx.Timeout(config.agora.timeout, connect=5.0)))
         self.acquirer = AcquireClient(self.http, config.agora.base_url, credentials, backoff_scale=backoff_scale)
         self.turns = Turns(
             client,
@@ -88,15 +79,24 @@ class OnDemand:
         await self.clock.sync(self.redis)
         uid = await self._uid(pool)
         given = [granted_at]
+        ticket: list[str | None] = [None]  # the held grant's (None: a turn the caller held)
+
+        async def take(again: str | None = None) -> float:
+            grant = await self.turns.take(again=again)
+            ticket[0] = grant.ticket
+            return grant.at
+
+        async def again(held: sending.Held) -> float:
+            return await take(again=ticket[0])  # a stale grant's ticket asks again, at the head of the line
 
         async def turn() -> None:
             # The first attempt may use the turn the caller holds (start_slot's); every other takes its own.
             at, given[0] = given[0], None
             if at is not None and self.turns.fresh(at):
-                _GRANT.set((at, None))
+                ticket[0] = None
             else:
-                grant = await self.turns.take()
-                _GRANT.set((grant.at, grant.ticket))
+                at = await take()
+            sending.hold(sending.Held(at, self.turns.fresh, again))
 
         async def rate_limited(exc: RateLimited) -> None:
             await self.turns.rate_limited()
@@ -115,7 +115,7 @@ class OnDemand:
             log.error("ondemand.failed", pool=pool.name, cname=label, kind=exc.kind, request_id=exc.request_id)
             raise
         finally:
-            _GRANT.set(None)
+            sending.hold(None)
         self.turns.succeeded()
         entry = got.entry(pool, label, uid, self.clock.server_ms(got.sent_at))
         await self.redis.hincrby(keys.stats, "acquired_on_demand", 1)
@@ -140,22 +140,6 @@ class OnDemand:
     async def warm(self) -> None:
         """The HTTP stack's first request loads anyio's event-loop backend (~30 ms): load it now instead."""
         await anyio.lowlevel.checkpoint()
-
-    async def _still_fresh(self, request: httpx.Request) -> None:
-        """An attempt's request: checked again when httpcore is about to write its headers (its trace
-        extension), after the connection is made, so that nothing the process does after the grant (a connect, a
-        busy CPU) sends it late."""
-        if _GRANT.get() is not None:
-            request.extensions["trace"] = self._sending
-
-    async def _sending(self, event: str, info: dict[str, Any]) -> None:
-        # The last step before the request's bytes leave: a grant that went stale since it arrived is not used
-        # (a request left late would bunch with the grants after it), another turn is taken.
-        if event.endswith(".send_request_headers.started"):
-            held = _GRANT.get()
-            if held is not None and not self.turns.fresh(held[0]):
-                grant = await self.turns.take(again=held[1])  # its ticket asks again, at the head of the line
-                _GRANT.set((grant.at, grant.ticket))
 
     async def aclose(self) -> None:
         await self.http.aclose()

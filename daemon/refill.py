@@ -30,7 +30,7 @@ from collections.abc import Mapping, Sequence
 import redis.asyncio
 import structlog
 from ridpool import functions
-from ridpool.daemon import planner, ticker
+from ridpool.daemon import planner, sending, ticker
 from ridpool.daemon.agora import AcquireClient, AcquireError, Attempt, RateLimited
 from ridpool.daemon.clock import ServerClock
 from ridpool.daemon.config import Config, PoolConfig
@@ -582,9 +582,13 @@ class Refiller:
         uid = lease.uid or str(pool.uid)
         granted_at = [0.0]
 
+        async def again(held: sending.Held) -> float:
+            return await self._take(pool)
+
         async def take() -> None:
-            await self._take(pool)
+            at = await self._take(pool)
             granted_at[0] = self.clock.monotonic()
+            sending.hold(sending.Held(at, self.budget.fresh, again))
 
         try:
             try:
@@ -616,6 +620,7 @@ class Refiller:
                 await asyncio.wait_for(functions.aexecute(self.redis, functions.release_call(keys, lease)), 0.5)
             raise
         finally:
+            sending.hold(None)
             self.leases.pop(lease.token, None)
             self.tasks.discard(asyncio.current_task())
             channel = self.model.channel(pool.name, slot)
@@ -644,10 +649,12 @@ class Refiller:
         )
         return result
 
-    async def _take(self, pool: PoolConfig) -> None:
+    async def _take(self, pool: PoolConfig) -> float:
+        """A grant for one of the pool's requests; returns when it was handed out (the budget's clock)."""
         started = self.clock.monotonic()
-        await self.budget.take()
+        at = await self.budget.take()
         self.metrics.budget_wait.labels(pool.name).observe(self.clock.monotonic() - started)
+        return at
 
     async def _attempted(self, pool: PoolConfig, keys: PoolKeys, cname: str, attempt: Attempt) -> None:
         """Every HTTP attempt: timed; a failed one counted in `errors` (and `errors:<kind>`), retried or not."""

@@ -28,7 +28,7 @@ import structlog
 from ridpool import functions, stats
 from ridpool import keys as keyspace
 from ridpool.aio import AsyncPoolClient
-from ridpool.daemon import ticker
+from ridpool.daemon import sending, ticker
 from ridpool.daemon.agora import AcquireClient
 from ridpool.daemon.clock import ServerClock
 from ridpool.daemon.config import Config, Credentials
@@ -85,9 +85,12 @@ class Daemon:
         self.replica_id = replica_id or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self.prefix = config.redis.key_prefix
         self.redis = config.redis.target().aconnect(health_check_interval=30)
-        self.http = http or httpx.AsyncClient(
-            timeout=httpx.Timeout(config.agora.timeout, connect=min(5.0, config.agora.timeout)),
-            limits=httpx.Limits(max_connections=config.agora.in_flight * 2, keepalive_expiry=30),
+        self.http = sending.guard(
+            http
+            or httpx.AsyncClient(
+                timeout=httpx.Timeout(config.agora.timeout, connect=min(5.0, config.agora.timeout)),
+                limits=httpx.Limits(max_connections=config.agora.in_flight * 2, keepalive_expiry=30),
+            )
         )
         self.clock = clock or ServerClock()
         self.metrics = Metrics()
@@ -96,6 +99,7 @@ class Daemon:
             keyspace.account_keys(self.prefix, config.agora.account),
             config.agora.rate_limit,
             jitter=config.agora.jitter,
+            refill_max_wait=config.agora.refill_max_wait,
         )
         self.health = RedisHealth(
             self.clock.monotonic,
