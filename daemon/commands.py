@@ -10,15 +10,17 @@ from __future__ import annotations
 import argparse
 import asyncio
 import importlib.util
+import json
 import os
 import signal
 import sys
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ridpool.cli import number
-from ridpool.errors import MissingExtra
+from ridpool.errors import InvalidArgument, MissingExtra
 from ridpool.plugins import DAEMON_EXTRA
 
 if TYPE_CHECKING:
@@ -109,6 +111,18 @@ class Simulate:
                 default=0.0,
                 help=f"probability of a {fault} answer",
             )
+        parser.add_argument(
+            "--start-fail-after",
+            type=number("--start-fail-after", 0, 300),
+            default=0.0,
+            help="starts of IDs older than this many seconds fail with --p-start-fail (400 code 433)",
+        )
+        parser.add_argument(
+            "--p-start-fail",
+            type=number("--p-start-fail", 0, 1, high_included=True),
+            default=0.0,
+            help="probability that a start of an ID older than --start-fail-after fails",
+        )
         parser.add_argument("--seed", type=int, default=None)
 
     def __call__(self, args: argparse.Namespace) -> int:
@@ -123,6 +137,8 @@ class Simulate:
             p_malformed=args.p_malformed,
             p_429=args.p_429,
             p_overload=args.p_overload,
+            start_fail_after=args.start_fail_after,
+            p_start_fail=args.p_start_fail,
         )
         sim = Simulator(
             customer_id=os.environ.get("AGORA_CUSTOMER_ID", "demo-customer"),
@@ -158,4 +174,46 @@ class Demo:
         return run_demo(redis_url=args.redis_url, duration=args.duration)
 
 
-RUN, CHECK_CONFIG, SIMULATE, DEMO = Run(), CheckConfig(), Simulate(), Demo()
+def _instant(text: str) -> datetime:
+    """--now: an ISO-8601 instant with its offset (tests and what-ifs plan from it instead of Redis's clock)."""
+    try:
+        at = datetime.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--now must be ISO-8601 with an offset, got {text!r}") from None
+    if at.tzinfo is None:
+        raise argparse.ArgumentTypeError(f"--now needs a UTC offset (such as +00:00 or Z), got {text!r}")
+    return at
+
+
+@dataclass(frozen=True)
+class Plan:
+    name: str = "plan"
+    help: str = "show what the daemon plans, minute by minute, without acting (table, --json, --chart)"
+
+    def configure(self, parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("-c", "--config", type=Path, required=True)
+        parser.add_argument(
+            "--hours", type=number("--hours", 1, 168, high_included=True), default=24.0, help="how far ahead (24)"
+        )
+        parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+        parser.add_argument("--chart", type=Path, help="draw the plan into this PNG file (needs matplotlib)")
+        parser.add_argument("--now", type=_instant, help=argparse.SUPPRESS)  # plan from this instant (tests)
+
+    def __call__(self, args: argparse.Namespace) -> int:
+        config = load(args.config)
+        from ridpool.daemon import planchart, planview
+
+        if args.chart is not None and not planchart.available():
+            raise InvalidArgument(f"--chart needs matplotlib, which is not installed: {planchart.CHART_EXTRA}")
+        now_ms = None if args.now is None else round(args.now.timestamp() * 1000)
+        inputs = planview.gather(config, hours=args.hours, now_ms=now_ms)
+        if not inputs.redis:
+            print(f"ridpool plan: {inputs.note}", file=sys.stderr)
+        view = planview.build(inputs)
+        if args.chart is not None:
+            planchart.chart(view, args.chart)
+        print(json.dumps(planview.as_json(view)) if args.json else planview.render(view))
+        return 0
+
+
+RUN, CHECK_CONFIG, SIMULATE, DEMO, PLAN = Run(), CheckConfig(), Simulate(), Demo(), Plan()

@@ -116,6 +116,12 @@ def _redis_url(url: str) -> str:
     return url
 
 
+def _auto_size(value: object) -> object:
+    if value is True or value is False or value == "forecast":
+        return value
+    raise ValueError(f'must be true, false or "forecast" (got {_show(value)})')
+
+
 def _uid(value: object) -> object:
     if isinstance(value, int) and not isinstance(value, bool):
         raise ValueError(f'must be a string: write uid = "{value}"')
@@ -325,11 +331,21 @@ class PoolConfig(_Frozen):
     # Across replicas. None: derived from the budget and Agora's observed latency (planner.in_flight_cap).
     max_in_flight: AtLeastOne | None = None
     warmups: tuple[WarmupConfig, ...] = ()
-    auto_size: Annotated[bool, Strict()] = False  # raise the target ahead of demand learned from history
+    # Learn demand from history: true raises the target ahead of it; "forecast" only shows what it would add
+    # (`ridpool plan`, status, ridpool_pool_forecast), so that an operator can judge it before letting it act.
+    auto_size: Annotated[Literal[False, True, "forecast"], BeforeValidator(_auto_size)] = False
     max_size: Annotated[SInt, _check(lambda n: n >= 0, "must be 0 or more")] | None = None
     start_parameter: Annotated[dict[str, Any], AfterValidator(_json_only)] | None = None
     exclude_resource_ids: tuple[Annotated[SStr, _check(bool, "must not be empty")], ...] | None = None
     region_affinity: Annotated[SInt, _check(lambda r: 0 <= r <= 4, "must be 0 to 4")] | None = None
+    # Freshness from evidence (daemon/freshness.py): offer younger entries when starters' reports show older ones
+    # failing at start more often. max_age stays the ceiling, min_max_age the floor; max_start_failure is the
+    # start failure rate by age that is too high (per pool: pools of other App IDs or regions may differ).
+    auto_max_age: Annotated[bool, Strict()] = False
+    min_max_age: Annotated[SFloat, _check(lambda a: 2 <= a < 300, "must be from 2 to below 300 seconds")] = 20.0
+    max_start_failure: Annotated[
+        SFloat, _check(lambda p: 0 < p < 1, "must be greater than 0 and below 1 (a share of starts)")
+    ] = 0.05
     # A pool of channels announced at run time (`ridpool announce`) instead of listed here.
     announced: Annotated[bool, Strict()] = False
     # Seconds after an announcement's instant during which entries about to expire unpopped are replaced.
@@ -343,6 +359,20 @@ class PoolConfig(_Frozen):
     @property
     def max_age_ms(self) -> int:
         return round(self.max_age * 1000)
+
+    @property
+    def min_max_age_ms(self) -> int:
+        return round(self.min_max_age * 1000)
+
+    @property
+    def learns(self) -> bool:
+        """Learned demand is computed (auto_size true or "forecast")."""
+        return self.auto_size is not False and self.max_size is not None
+
+    @property
+    def acts_on_learned(self) -> bool:
+        """Learned demand raises the target (auto_size true); "forecast" only shows it."""
+        return self.auto_size is True and self.max_size is not None
 
     @property
     def is_template(self) -> bool:
@@ -418,7 +448,12 @@ def _pool_rules(v: dict[str, Any], _raw: Mapping[str, Any]) -> list[Problem]:
             why = f"holds {hi - lo + 1} uids but the pool can have {live} live entries ({per} + max_in_flight"
             problems.append((("uid_range",), f"{why} {in_flight}) (got {_show([lo, hi])})", [lo, hi]))
     if v.get("auto_size") and v.get("max_size") is None and "max_size" in v:
-        problems.append((("max_size",), "required with auto_size = true (the most entries per channel)", None))
+        why = f"required with auto_size = {_show(v['auto_size'])} (the most entries per channel)"
+        problems.append((("max_size",), why, None))
+    floor, ceiling = v.get("min_max_age"), v.get("max_age")
+    if v.get("auto_max_age") is True and isinstance(floor, float) and isinstance(ceiling, float) and floor >= ceiling:
+        why = f"must be below max_age {_show(ceiling)} (the ceiling auto_max_age never exceeds)"
+        problems.append((("min_max_age",), f"{why} (got {_show(floor)})", floor))
     if v.get("max_size") is not None and isinstance(v.get("size"), int) and v["max_size"] < v["size"]:
         problems.append((("max_size",), f"must be at least size {v['size']} (got {v['max_size']})", v["max_size"]))
     return problems
@@ -612,6 +647,9 @@ def _warnings(config: Config) -> tuple[str, ...]:
             "make sure Agora raised it for this account"
         )
     for i, pool in enumerate(config.pools):
+        unused = sorted({"min_max_age", "max_start_failure"} & pool.model_fields_set) if not pool.auto_max_age else []
+        if unused:
+            found.append(f"pools[{i}]: {' and '.join(unused)} only take effect with auto_max_age = true")
         field, top = ("uid", int(pool.uid)) if pool.uid else ("uid_range", pool.uid_range[1] if pool.uid_range else 0)
         if top > UID_WARN_ABOVE:
             found.append(
@@ -640,13 +678,13 @@ def overlap_warnings(config: Config, now: datetime) -> tuple[str, ...]:
                 until = at_ms + round(w.duration * 1000)
                 demands.append(planner.Demand(pool.name, None, w.size, at_ms, until, f"pools[{i}].warmups[{j}]"))
     found: dict[str, str] = {}
-    spans = planner.schedule(
-        demands,
+    spans = planner.timed_spans(
+        [*standing, *demands],
+        now_ms=warmups.to_ms(now),
         rate=rate,
         max_age_ms=max_age,
         channels=config.channels,
         start_rate=config.sustained_rate,
-        standing=planner.standing_entries(standing, config.channels),
     )
     for d, span in planner.shortfalls(spans):
         if d.source in found:

@@ -1,5 +1,7 @@
 """Learned demand (`auto_size = true`, `max_size = N`): raise a pool's target ahead of demand that recurs at the
-same minute of the day or of the week, from the per-minute history the daemon samples (`ridpool_sample`).
+same minute of the day or of the week, from the per-minute history the daemon samples (`ridpool_sample`). With
+`auto_size = "forecast"` the same forecast is computed and shown (status, `ridpool_pool_forecast`, `ridpool
+plan`) without raising anything, so that an operator can judge it before letting it act.
 
 The history holds, per pool and minute, what was added, popped, missed and expired unused: counters, never an
 ID. Demand in a minute is its pops plus its misses (a miss is a start the pool could not serve). A minute is
@@ -22,6 +24,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 import structlog
@@ -67,6 +70,12 @@ def forecast(history: Mapping[int, int], minute: int, day: int = DAY) -> Forecas
     return max(found, key=lambda f: f.count) if found else None
 
 
+def planning_horizon(max_age_ms: int, step_ms: int = 60_000) -> int:
+    """Steps ahead the daemon plans learned demand over: as far as an entry acquired now could live, and one more
+    (within it the room to max_size is shared)."""
+    return math.ceil(max_age_ms / step_ms) + 1
+
+
 def learned_demands(
     pool: str,
     cnames: Sequence[str | None],
@@ -77,19 +86,22 @@ def learned_demands(
     room: int,
     step_ms: int = 60_000,
     channels: int | None = None,
+    window: int | None = None,
 ) -> list[Demand]:
     """Demands for the minutes after `now_minute` up to `horizon` minutes ahead, per channel, adding together
-    at most `room` (max_size - size) to any channel; `channels` (default: one per cname) shares a pool's
-    forecast among its channels."""
+    at most `room` (max_size - size) to any channel within any `window` minutes (None: the whole horizon, what
+    the daemon plans over each minute; `ridpool plan` looks a day ahead with the daemon's horizon as the window);
+    `channels` (default: one per cname) shares a pool's forecast among its channels."""
     out: list[Demand] = []
-    left = room
+    given: dict[int, int] = {}  # minute -> per channel, for the room left within the window
     share = channels or len(cnames)
     for minute in range(now_minute + 1, now_minute + horizon + 1):
         f = forecast(history, minute, 86_400_000 // step_ms)
+        left = room - sum(n for m, n in given.items() if window is None or m > minute - window)
         if f is None or left <= 0:
             continue
         per_channel = min(left, math.ceil(f.count / share))
-        left -= per_channel
+        given[minute] = per_channel
         at = minute * step_ms
         out += [Demand(pool, c, per_channel, at, at, f.reason) for c in cnames]
     return out
@@ -107,13 +119,14 @@ def parse_history(minutes: Sequence[int], replies: Sequence[object]) -> dict[int
 
 class LearnedSource:
     """Learned demands of the pools with auto_size, from their history in Redis (read once per step, a minute).
-    A demand source (`daemon/sources.py`)."""
+    A demand source (`daemon/sources.py`). With auto_size = "forecast" it computes the same demands and only
+    shows them (`notes`: what they would add, in the stats hash for status and ridpool_pool_forecast)."""
 
     def __init__(self, context: SourceContext) -> None:
         # The history's step (a minute; tests shorten it, and a day is then 86400 s / step steps).
         self.step_ms = round(context.timing.history_step * 1000)
         self.redis = context.redis
-        self.configs = {p.name: p for p in context.config.pools if p.auto_size and p.max_size is not None}
+        self.configs = {p.name: p for p in context.config.pools if p.learns}
         self.keys = {name: context.keys(name) for name in self.configs}
         self.found: dict[str, tuple[int, list[Demand]]] = {}  # pool -> (the step read at, its demands)
         self.logged: set[tuple[str, int]] = set()  # (pool, minute) raises already logged
@@ -128,7 +141,7 @@ class LearnedSource:
             return
         config = self.configs[pool]
         day = 86_400_000 // self.step_ms
-        horizon = math.ceil(config.max_age_ms / self.step_ms) + 1
+        horizon = planning_horizon(config.max_age_ms, self.step_ms)
         wanted = sorted({lag for m in range(minute + 1, minute + horizon + 1) for lag in lags(m, day)})
         with functions.reaching(self.redis):
             replies = await self.redis.hmget(self.keys[pool].history, [str(m) for m in wanted])
@@ -142,15 +155,30 @@ class LearnedSource:
             step_ms=self.step_ms,
             channels=max(1, len(config.slots)),
         )
+        event = "demand.learned" if config.acts_on_learned else "demand.forecast"
         for d in found:
             if (pool, d.at_ms) not in self.logged:
                 self.logged.add((pool, d.at_ms))
-                log.info("demand.learned", pool=pool, at_ms=d.at_ms, per_channel=d.count, reason=d.source)
+                log.info(event, pool=pool, at_ms=d.at_ms, per_channel=d.count, reason=d.source)
         self.logged = {(p, at) for p, at in self.logged if at > now_ms}
         self.found[pool] = (minute, found)
 
     def demands(self, pool: str, now_ms: int) -> Sequence[Demand]:
-        return self.found.get(pool, (-1, []))[1]
+        return self.found.get(pool, (-1, []))[1] if self.configs[pool].acts_on_learned else ()
 
     def notes(self, pool: str, now_ms: int) -> Mapping[str, str]:
-        return {}
+        return forecast_notes(self.found.get(pool, (-1, []))[1], max(1, len(self.configs[pool].slots)))
+
+
+def forecast_notes(found: Sequence[Demand], channels: int) -> dict[str, str]:
+    """What learned demand adds (or, in forecast mode, would add) to the pool within the planning horizon, for
+    its stats hash: `forecast` (entries, all channels), `forecast_at` (its first minute, ISO 8601 UTC, or ""),
+    `forecast_reason` (the largest minute's reason)."""
+    if not found:
+        return {"forecast": "0", "forecast_at": "", "forecast_reason": ""}
+    first = min(d.at_ms for d in found)
+    return {
+        "forecast": str(sum(d.count for d in found) * channels),
+        "forecast_at": datetime.fromtimestamp(first / 1000, UTC).isoformat(timespec="seconds"),
+        "forecast_reason": max(found, key=lambda d: (d.count, -d.at_ms)).source,
+    }

@@ -43,6 +43,7 @@ AGORA_RATE_LIMITED = "ridpool_agora_rate_limited_total"
 ACQUIRE_DURATION = "ridpool_acquire_duration_seconds"
 BUDGET_WAIT = "ridpool_budget_wait_seconds"
 REDIS_UP = "ridpool_redis_up"
+POOL_FORECAST = "ridpool_pool_forecast"
 NAMES = (
     POOL_READY,
     POOL_TARGET,
@@ -57,6 +58,7 @@ NAMES = (
     ACQUIRE_DURATION,
     BUDGET_WAIT,
     REDIS_UP,
+    POOL_FORECAST,
 )
 STATES = ("ok", "retrying", "error")
 ERROR_FIELD = "errors:"  # stats hash fields `errors:<kind>`: failed acquire attempts by kind
@@ -109,6 +111,12 @@ class PoolCollector(Collector):
             AGORA_RATE_LIMITED: ("rate_limited", "429 answers from Agora (pool-wide)."),
         }
         families = {name: CounterMetricFamily(name, why, labels=["pool"]) for name, (_, why) in counters.items()}
+        forecast = GaugeMetricFamily(
+            POOL_FORECAST,
+            'Entries learned demand adds (auto_size true) or would add ("forecast") within the planning horizon, '
+            "all channels (pool-wide).",
+            labels=["pool"],
+        )
         errors = CounterMetricFamily(
             AGORA_ERRORS, "Failed acquire attempts by kind, retried or not (pool-wide).", labels=["pool", "kind"]
         )
@@ -129,9 +137,11 @@ class PoolCollector(Collector):
                 families[name].add_metric([s.pool], s.counters[field])
             for kind, count in sorted({**dict.fromkeys(KINDS, 0), **errors_by_kind(s)}.items()):
                 errors.add_metric([s.pool, kind], count)
+            if s.extra.get("forecast", "").isdigit():  # written by the daemon for pools that learn demand
+                forecast.add_metric([s.pool], int(s.extra["forecast"]))
         up = GaugeMetricFamily(REDIS_UP, "1 when this replica's last look at Redis succeeded.")
         up.add_metric([], 1.0 if snap.reached else 0.0)
-        yield from (ready, target, in_flight, state, *families.values(), errors, up)
+        yield from (ready, target, in_flight, state, forecast, *families.values(), errors, up)
 
 
 class Metrics:

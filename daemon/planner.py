@@ -144,6 +144,7 @@ def schedule(
     start_rate: float | None = None,
     standing: Mapping[str, int] = NO_CHANNELS,
     look_ms: int = LOOK_MS,
+    begun: Iterable[tuple[float, float]] = (),
 ) -> dict[Demand, Span]:
     """Earliest deadline first, as late as possible: the span of every timed demand (see the module docstring);
     `channels` says how many channels a pool-wide demand (cname None) asks for.
@@ -155,13 +156,16 @@ def schedule(
     within max_age when its starter's turn comes: the first one acquired is started first, after the pool's
     `standing` entries (which may be older: popped first), so a span may begin no earlier than the instant +
     standing / start_rate + margin - max_age, and `look_ms` (the plan's look-ahead: a ramp's first acquire goes
-    out that much before its span begins) later still."""
+    out that much before its span begins) later still. `begun`: the (instant, end) of start phases already
+    running, blocked the same way."""
     groups: dict[int, list[Demand]] = defaultdict(list)
     for d in demands:
         if d.count > 0 and d.until_ms is not None:
             groups[d.at_ms].append(d)
     work = {at: sum(d.count * d.width(channels) for d in group) for at, group in groups.items()}
-    phases = sorted((at, at + n * 1000 / start_rate) for at, n in work.items()) if start_rate and start_rate > 0 else []
+    phases: list[tuple[float, float]] = [*begun]
+    if start_rate and start_rate > 0:
+        phases += [(at, at + n * 1000 / start_rate) for at, n in work.items()]
     spans: dict[Demand, Span] = {}
     cursor = math.inf
     for at in sorted(groups, reverse=True):
@@ -190,6 +194,48 @@ def _back(end: float, need: float, blocked: list[tuple[float, float]]) -> float:
     return t - left
 
 
+def timed_spans(
+    demands: Iterable[Demand],
+    *,
+    now_ms: int,
+    rate: float,
+    max_age_ms: Mapping[str, int],
+    channels: Mapping[str, int] = NO_CHANNELS,
+    start_rate: float | None = None,
+    lead_ms: int = LEAD_MS,
+    look_ms: int = LOOK_MS,
+    begun: Iterable[tuple[float, float]] = (),
+) -> dict[Demand, Span]:
+    """The spans of the timed demands still ahead of `now`, scheduled with their start phases (and `begun`, those
+    of bursts whose instant has passed: see `start_phases`) and the pools' standing entries (which `demands` holds
+    too): what the daemon plans by (`plan`), what `ridpool plan` shows and what check-config warns about, computed
+    the one way."""
+    demands = list(demands)
+    return schedule(
+        [d for d in demands if d.at_ms > now_ms],
+        rate=rate,
+        max_age_ms=max_age_ms,
+        lead_ms=lead_ms,
+        channels=channels,
+        start_rate=start_rate,
+        standing=standing_entries(demands, channels),
+        look_ms=look_ms,
+        begun=begun,
+    )
+
+
+def start_phases(
+    demands: Iterable[Demand], channels: Mapping[str, int], start_rate: float
+) -> dict[tuple[str, int], float]:
+    """(pool, instant) -> when the burst's start phase ends: its entries, all timed demands of the pool at that
+    instant, started one each 1 / start_rate from the instant."""
+    work: dict[tuple[str, int], int] = defaultdict(int)
+    for d in demands:
+        if d.until_ms is not None and d.count > 0:
+            work[(d.pool, d.at_ms)] += d.count * d.width(channels)
+    return {(pool, at): at + n * 1000 / start_rate for (pool, at), n in work.items() if start_rate > 0}
+
+
 def plan(
     demands: Iterable[Demand],
     *,
@@ -200,20 +246,21 @@ def plan(
     ahead_ms: int = LOOK_MS,
     channels: Mapping[str, int] = NO_CHANNELS,
     start_rate: float | None = None,
+    begun: Iterable[tuple[float, float]] = (),
 ) -> dict[SlotKey, Target]:
     """Every slot's target now: standing sizes and running windows in full, plus the ramps of what is due. A slot
     (pool, None) is what every channel of the pool wants; (pool, cname) what that channel wants besides."""
     demands = list(demands)
-    timed = [d for d in demands if d.at_ms > now_ms]
-    spans = schedule(
-        timed,
+    spans = timed_spans(
+        demands,
+        now_ms=now_ms,
         rate=rate,
         max_age_ms=max_age_ms,
         lead_ms=lead_ms,
         channels=channels,
         start_rate=start_rate,
-        standing=standing_entries(demands, channels),
         look_ms=ahead_ms,
+        begun=begun,
     )
     counts: dict[SlotKey, int] = defaultdict(int)
     consumable: dict[SlotKey, int] = defaultdict(int)

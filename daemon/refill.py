@@ -141,7 +141,7 @@ class Refiller:
         self.demands: list[planner.Demand] = []  # the last round's demands, as what is left of them
         self.targets: dict[planner.SlotKey, planner.Target] = {}  # the last round's plan, per slot
         self.baseline: dict[tuple[str, int], int] = {}  # (pool, window start) -> the pool's pops then
-        self.phases: dict[tuple[str, int], int] = {}  # (pool, burst instant) -> when its start phase ends
+        self.phases: dict[tuple[str, int], float] = {}  # (pool, burst instant) -> when its start phase ends
         self.published: dict[str, dict[str, str]] = {}  # what each pool's stats hash says of its plan
         self.logged: dict[str, str] = {}  # the last reason logged per pool
         self.changed: dict[str, set[str]] = {}  # per pool, the channels the change feed named this round
@@ -357,6 +357,7 @@ class Refiller:
             max_age_ms=self.max_age_ms,
             channels=self.channels,
             start_rate=self.config.sustained_rate,
+            begun=[(at, end) for (_, at), end in self.phases.items() if at <= now],
         )
         own: dict[str, dict[Slot, planner.Target]] = defaultdict(dict)
         for (pool, cname), target in self.targets.items():
@@ -371,14 +372,12 @@ class Refiller:
     def _remember_start_phases(self, now_ms: int) -> None:
         """Each pool's bursts still to come, as start phases: from the instant, the burst's entries are started in
         order at the sustained rate (the budget is the starters'). Kept from before the instant (when the burst's
-        whole size is known) until the phase ends."""
-        work: dict[tuple[str, int], int] = defaultdict(int)
-        for d in self.demands:
-            if d.until_ms is not None and d.at_ms > now_ms:
-                work[(d.pool, d.at_ms)] += d.count * d.width(self.channels)
-        for (pool, at), n in work.items():
-            self.phases[(pool, at)] = at + round(n * 1000 / self.config.sustained_rate)
-        self.phases = {k: end for k, end in self.phases.items() if end > now_ms}
+        whole size is known) until no later burst's span can reach back into it (a max_age after it ends), so that
+        a later burst's span stays what it was planned to be before the instant."""
+        ahead = [d for d in self.demands if d.at_ms > now_ms]
+        self.phases.update(planner.start_phases(ahead, self.channels, self.config.sustained_rate))
+        reach = max(self.max_age_ms.values(), default=0)
+        self.phases = {k: end for k, end in self.phases.items() if end + reach > now_ms}
 
     def starting(self, pool: str, now_ms: int) -> bool:
         """Whether one of the pool's bursts is in its start phase: its entries will be reached in turn, so none is

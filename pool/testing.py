@@ -5,7 +5,8 @@ meant to be at least as strict as the real service as the project's `agora-acqui
 HTTP Basic auth, a strict 1-second sliding-window rate limit over every Cloud Recording call, the documented
 parameter checks and error bodies, and a ledger that binds each resourceId to its (appid, cname, uid), expires
 it `validity` seconds after issue and refuses to start it twice. Injectable faults (latency, 5xx, malformed
-200s, spurious 429s, overload, dropped connections) let callers prove they never mistake a bad answer for an ID.
+200s, spurious 429s, overload, dropped connections) let callers prove they never mistake a bad answer for an ID;
+starts of old IDs can be made to fail (`Faults.start_fail_after`, `p_start_fail`) to test freshness by age.
 
 Only the standard library serves HTTP, so the simulator runs wherever the project does.
 """
@@ -63,6 +64,14 @@ class Faults:
     p_malformed: float = 0.0
     p_429: float = 0.0
     p_overload: float = 0.0
+    # Starts of IDs older than `start_fail_after` seconds (since their acquire was issued, by the simulator's
+    # clock) fail with probability `p_start_fail`, as Agora warns batch-acquired IDs may ("batch fetching
+    # resource IDs followed by batch start requests may cause failures", without saying which). Agora documents
+    # no code for it; the answer is the one it gives a stale ID, 400 code 433 "resource expired". The draw is
+    # made once per ID: a retried start of a failed ID fails again. 0 s with p > 0: failures that do not depend
+    # on age.
+    start_fail_after: float = 0.0
+    p_start_fail: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -80,6 +89,7 @@ class SimStats:
     timeouts: int = 0
     overloaded: int = 0  # injected 400 code 406, kept apart from genuine client errors
     bad_requests: int = 0  # 4xx other than 429 and injected overload
+    start_failed: int = 0  # starts refused because the ID was older than Faults.start_fail_after (injected)
     max_in_window: int = 0
 
 
@@ -90,6 +100,7 @@ class _Issued:
     uid: str
     issued_at: float
     used: bool = False
+    doomed: bool | None = None  # drawn at its first start older than Faults.start_fail_after: it fails
 
 
 @dataclass(frozen=True)
@@ -270,7 +281,8 @@ class Simulator:
         return f"http://{self._host}:{server.server_address[1]}"
 
     def check(self, resource_id: str, *, appid: str, cname: str, uid: str) -> str | None:
-        """None if the ID may be started now (and mark it started), else a short reason why not."""
+        """None if the ID may be started now (and mark it started), else a short reason why not: "unknown",
+        "wrong appid" (cname, uid), "used", "expired", or "start failed" (injected by age, see Faults)."""
         with self._lock:
             rec = self._ledger.get(resource_id)
             if rec is None:
@@ -282,8 +294,16 @@ class Simulator:
             if rec.used:
                 self._counts["reused"] += 1
                 return "used"
-            if self._clock() - rec.issued_at >= self._validity:
+            age = self._clock() - rec.issued_at
+            if age >= self._validity:
                 return "expired"
+            f = self.faults
+            if rec.doomed is None and f.p_start_fail > 0 and age > f.start_fail_after:
+                with self._rng_lock:
+                    rec.doomed = self._rng.random() < f.p_start_fail
+            if rec.doomed:
+                self._counts["start_failed"] += 1
+                return "start failed"
             rec.used = True
             self._counts["started"] += 1
             return None
@@ -374,6 +394,8 @@ class Simulator:
             raise _Reject(404, {"code": 404, "reason": "resource not found"})
         if reason == "expired":
             raise _Reject(400, {"code": 433, "reason": "resource expired"})
+        if reason == "start failed":  # injected by age (Faults.start_fail_after), counted by check()
+            raise _Reject(400, {"code": 433, "reason": "resource expired"}, None)
         if reason == "used":  # already counted as `reused` by check()
             raise _Reject(201, {"code": 7, "reason": "resource already used by another session"}, None)
         raise _Reject(400, {"code": 432, "reason": f"resource was acquired with a different {reason[6:]}"})

@@ -34,10 +34,17 @@ def wait_for(condition: Callable[[], object], timeout: float = 10.0, interval: f
 
 class RedisProc:
     """One redis-server (or sentinel) process with any extra settings, in its own directory, started and
-    restarted by the tests. Ready once its log says so (works for TLS-only ports, ACL users and sentinels)."""
+    restarted by the tests. Ready once its log says so (works for TLS-only ports, ACL users and sentinels).
+    `{port}` in an argument is replaced by the process's port."""
 
-    def __init__(self, *args: str, port: int | None = None, sentinel_conf: str | None = None) -> None:
+    def __init__(
+        self, *args: str, port: int | None = None, sentinel_conf: str | None = None, cluster_bus: bool = False
+    ) -> None:
+        # A port picked here is free now, not when redis-server binds it (another test's connection can take it
+        # meanwhile): until the first start succeeds, a port found taken is replaced; after it, a restart keeps it.
+        self.settled = port is not None
         self.port = port or free_port()
+        self.bus_port = free_port() if cluster_bus else None
         self.args = list(args)
         self.dir = Path(tempfile.mkdtemp(prefix="ridpool-proc-"))
         self.sentinel_conf = sentinel_conf
@@ -47,7 +54,19 @@ class RedisProc:
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
 
-    def start(self, timeout: float = 15.0) -> RedisProc:
+    def start(self, timeout: float = 15.0, attempts: int = 5) -> RedisProc:
+        for _ in range(attempts):
+            if self._launch(timeout):
+                self.settled = True
+                return self
+            self.port = free_port()
+            if self.bus_port is not None:
+                self.bus_port = free_port()
+        raise AssertionError(f"redis-server found its port taken {attempts} times; see {self.dir}")
+
+    def _launch(self, timeout: float) -> bool:
+        """Start the process and wait until it is ready (True), or it exited because its port was taken and the
+        port may still change (False). Any other exit, or no readiness by the deadline, fails with the log's tail."""
         log = self.dir / "redis.log"
         seen = log.stat().st_size if log.exists() else 0
         if self.sentinel_conf is not None:
@@ -58,15 +77,28 @@ class RedisProc:
         else:
             command = ["redis-server", "--save", "", "--appendonly", "no"]
         command += ["--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.dir), "--logfile", str(log)]
-        self.process = subprocess.Popen([*command, *self.args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        if self.bus_port is not None:
+            command += ["--cluster-port", str(self.bus_port)]
+        process = self.process = subprocess.Popen(
+            [*command, *(a.replace("{port}", str(self.port)) for a in self.args)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         marks = (b"Ready to accept connections", b"Sentinel ID is")
-
-        def ready() -> bool:
-            assert self.process is not None and self.process.poll() is None, f"exited; see {log}"
-            return log.exists() and any(m in log.read_bytes()[seen:] for m in marks)
-
-        wait_for(ready, timeout, what=f"redis-server on port {self.port} to be ready")
-        return self
+        deadline = time.monotonic() + timeout
+        while True:
+            written = log.read_bytes()[seen:] if log.exists() else b""
+            if any(m in written for m in marks):
+                return True
+            if process.poll() is not None:
+                self.process = None
+                if b"Address already in use" in written and not self.settled:
+                    return False
+                tail = written.decode(errors="replace").strip().splitlines()[-3:]
+                raise AssertionError(f"redis-server on port {self.port} exited ({process.returncode}): {tail}")
+            if time.monotonic() > deadline:
+                raise AssertionError(f"timed out after {timeout} s waiting for redis-server on port {self.port}")
+            time.sleep(0.01)
 
     def client(self, **kwargs: Any) -> redis.Redis:
         return redis.Redis(host="127.0.0.1", port=self.port, **kwargs)
@@ -99,7 +131,7 @@ def cluster(primaries: int = 3, *, replicas: int = 0, node_timeout_ms: int = 200
     redis-cli. The nodes come back primaries first (redis-cli's order); a replica fails over once its primary has
     been unreachable for `node_timeout_ms`."""
     settings = ("--cluster-enabled", "yes", "--cluster-node-timeout", str(node_timeout_ms))
-    nodes = [RedisProc(*settings, "--cluster-port", str(free_port())) for _ in range(primaries * (1 + replicas))]
+    nodes = [RedisProc(*settings, cluster_bus=True) for _ in range(primaries * (1 + replicas))]
     with processes(*nodes):
         addresses = [f"127.0.0.1:{n.port}" for n in nodes]
         subprocess.run(

@@ -8,13 +8,17 @@ import os
 import re
 import signal
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+from ridpool import cli, testing
 from ridpool.testing import Faults, Simulator, serve_forever
 
 CUSTOMER_ID = "c0ffee-customer"
@@ -617,6 +621,88 @@ def test_seeded_simulators_inject_the_same_faults(make_sim: Callable[..., Simula
             outcomes.append([acquire(client).status_code for _ in range(20)])
     assert outcomes[0] == outcomes[1]
     assert len(set(outcomes[0])) > 1
+
+
+# start failures by ID age
+
+
+@pytest.mark.parametrize(
+    ("age", "p", "fails"),
+    [
+        (59.0, 1.0, False),  # not older than start_fail_after: never fails
+        (60.0, 1.0, False),  # exactly as old: "older than" is strict
+        (61.0, 1.0, True),
+        (200.0, 0.0, False),  # p 0: never
+    ],
+)
+def test_a_start_of_an_id_older_than_start_fail_after_fails_with_code_433(
+    client: httpx.Client, sim: Simulator, clock: FakeClock, age: float, p: float, fails: bool
+) -> None:
+    """Faults(start_fail_after=60, p_start_fail=p): by the simulator's clock since issue, 400 code 433, counted."""
+    sim.faults = Faults(start_fail_after=60, p_start_fail=p)
+    rid = acquired_id(client)
+    clock.advance(age)
+    response = start(client, rid)
+    if fails:
+        assert (response.status_code, response.json()) == (400, {"code": 433, "reason": "resource expired"})
+        assert has_request_id(response)
+    else:
+        assert response.status_code == 200, response.text
+    assert (sim.stats().start_failed, sim.stats().started, sim.stats().bad_requests) == (
+        (1, 0, 0) if fails else (0, 1, 0)
+    )
+
+
+def test_start_failures_hit_about_p_of_old_ids_and_a_failed_id_keeps_failing(
+    make_sim: Callable[..., Simulator], clock: FakeClock
+) -> None:
+    """p 0.3 over 400 old IDs fails about 30% of them (seeded); a retried start of a failed ID fails again."""
+    sim = make_sim(rate_limit=10_000, faults=Faults(start_fail_after=60, p_start_fail=0.3))
+    with httpx.Client(base_url=sim.url, auth=(CUSTOMER_ID, SECRET)) as client:
+        rids = [acquired_id(client) for _ in range(400)]
+    clock.advance(90)
+    verdicts = [sim.check(rid, appid=APPID, cname=CNAME, uid=UID) for rid in rids]
+    failed = [rid for rid, v in zip(rids, verdicts, strict=True) if v == "start failed"]
+    assert 0.22 < len(failed) / len(rids) < 0.38
+    assert set(verdicts) == {None, "start failed"}
+    assert all(sim.check(rid, appid=APPID, cname=CNAME, uid=UID) == "start failed" for rid in failed[:10])
+    assert (sim.stats().started, sim.stats().start_failed) == (400 - len(failed), len(failed) + 10)
+
+
+def test_start_fail_after_zero_fails_starts_of_every_age_alike(
+    make_sim: Callable[..., Simulator], clock: FakeClock
+) -> None:
+    """p_start_fail without start_fail_after: failures that do not depend on age, young IDs fail as often."""
+    sim = make_sim(rate_limit=10_000, faults=Faults(p_start_fail=0.5))
+    with httpx.Client(base_url=sim.url, auth=(CUSTOMER_ID, SECRET)) as client:
+        rids = [acquired_id(client) for _ in range(200)]
+    clock.advance(1)
+    young = sum(sim.check(rid, appid=APPID, cname=CNAME, uid=UID) == "start failed" for rid in rids)
+    assert 70 < young < 130
+
+
+def test_simulate_passes_the_start_failure_flags_to_the_simulator(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`ridpool simulate --start-fail-after 60 --p-start-fail 0.3` serves a simulator with those faults."""
+    served: list[Simulator] = []
+    monkeypatch.setattr(testing, "serve_forever", served.append)
+    assert cli.main(["simulate", "--port", "0", "--start-fail-after", "60", "--p-start-fail", "0.3"]) == 0
+    assert (served[0].faults.start_fail_after, served[0].faults.p_start_fail) == (60.0, 0.3)
+
+
+@pytest.mark.parametrize(
+    ("argv", "named"),
+    [
+        (["--p-start-fail", "1.5"], "--p-start-fail must be from 0 to 1, got '1.5'"),
+        (["--start-fail-after", "-1"], "--start-fail-after must be from 0 to below 300, got '-1'"),
+        (["--start-fail-after", "soon"], "--start-fail-after must be a number, got 'soon'"),
+    ],
+)
+def test_bad_start_failure_flags_exit_2_naming_the_flag(argv: list[str], named: str) -> None:
+    """A probability outside [0, 1] or an age outside [0, 300) is refused in one line with exit 2."""
+    ridpool_command = Path(sys.executable).with_name("ridpool")
+    command = [str(ridpool_command), "simulate", *argv]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=30, check=False)
+    assert done.returncode == 2 and named in done.stderr and "Traceback" not in done.stderr
 
 
 # stats, lifecycle, CLI entry

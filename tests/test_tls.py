@@ -41,12 +41,11 @@ def tls(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[RedisProc, P
     certs = tmp_path_factory.mktemp("certs")
     ca = make_ca(certs)
     proc = RedisProc(
-        "--port", "0", "--tls-port", "0",  # replaced below by the process's own port
+        "--port", "0", "--tls-port", "{port}",  # TLS only, on the process's own port
         "--tls-cert-file", str(certs / "server.crt"), "--tls-key-file", str(certs / "server.key"),
         "--tls-ca-cert-file", str(ca), "--tls-auth-clients", "no",
         "--user", USER, "on", f">{PASSWORD}", "~*", "&*", "+@all", "--user", "default", "off",
     )  # fmt: skip
-    proc.args[3] = str(proc.port)
     with processes(proc):
         yield proc, ca
 
