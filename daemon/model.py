@@ -3,11 +3,12 @@ is stored. Pure: no I/O; the refill feeds it what Redis says (sweeps, reserves, 
 it which channels to look at and which to lease for.
 
 Per channel: its live entries and the expiry of its oldest (as last swept), the acquires this replica has in
-flight for it, and when to look at it again. Three heaps carry the work between rounds:
+flight for it, and when to look at it again. Heaps carry the work between rounds:
 
 - `due`: when a channel's oldest entry expires (it must be swept then: it lost an entry by itself);
-- `short`: channels that lack entries, emptiest first relative to their target (the next lease goes to the top:
-  O(log n) per lease, whatever the number of channels);
+- `short`, one per pool: its channels that lack entries, emptiest first relative to their target (the pools that
+  lack take turns, and a pool's next lease goes to the top of its heap: O(log n) per lease, whatever the number
+  of channels);
 - `later`: channels that lacked entries but were leased by another replica (or refused): asked again then.
 
 Entries in a heap are never updated in place: each carries the channel's version, and a stale one is skipped when
@@ -17,6 +18,7 @@ it comes up, so a change costs one push.
 from __future__ import annotations
 
 import heapq
+from collections import deque
 from dataclasses import dataclass, field
 
 from ridpool.daemon.planner import Target
@@ -56,6 +58,7 @@ class PoolModel:
     data_set: str = ""  # the Redis process its queues were last seen in (another: a restore, a failover)
     looked_ms: int = 0  # when every channel was last looked at (resync)
     unseen: set[Slot] = field(default_factory=set)  # channels with a target not looked at since the last resync
+    short: list[tuple[float, int, str, int]] = field(default_factory=list)  # (fill, -needs, slot key, version)
 
 
 class Model:
@@ -64,7 +67,7 @@ class Model:
     def __init__(self, pools: dict[str, tuple[Slot, ...]]) -> None:
         self.pools = {name: PoolModel(name, slots) for name, slots in pools.items()}
         self.due: list[tuple[int, str, str]] = []  # (ms, pool, slot key), slot key '' for None
-        self.short: list[tuple[float, int, str, str, int]] = []  # (fill, -needs, pool, slot key, version)
+        self.turn = ""  # the pool the last lease went to: the next call takes up after it
         self.later: list[tuple[int, str, str]] = []  # (ms, pool, slot key)
 
     # -- channels ------------------------------------------------------------------------------------------
@@ -168,7 +171,7 @@ class Model:
         needs = target - channel.live - channel.pending
         if needs > 0 and channel.known:
             fill = (channel.live + channel.pending) / target
-            heapq.heappush(self.short, (fill, -needs, pool, _key(slot), channel.version))
+            heapq.heappush(self.pools[pool].short, (fill, -needs, _key(slot), channel.version))
 
     def later_at(self, pool: str, slot: Slot, at_ms: int) -> None:
         """Leased by another replica (or refused): weigh it again at `at_ms`."""
@@ -183,42 +186,54 @@ class Model:
                 self.evaluate(pool, _slot(key))
 
     def wants(self, free: int, now_ms: int) -> tuple[list[Want], list[tuple[str, Slot]]]:
-        """Up to `free` leases to ask for, one at a time to the emptiest channel relative to its target (so that
-        channels fill side by side, not one after the other): the wants per channel, and the order of the leases
-        (acquires should start in it); a pool blocked (capped, held) is passed over and its channels kept."""
+        """Up to `free` leases to ask for, one at a time: the pools that lack entries take turns, and within a
+        pool the lease goes to its emptiest channel relative to its target (so that channels fill side by side,
+        not one after the other, and a pool of thousands of empty channels does not make a small pool wait for
+        all of them). The wants per channel, and the order of the leases (acquires should start in it); a pool
+        blocked (capped, held) is passed over and its channels kept."""
         asked: dict[tuple[str, Slot], int] = {}
         order: list[tuple[str, Slot]] = []
-        kept: list[tuple[float, int, str, str, int]] = []
-        while self.short and free > 0:
-            item = heapq.heappop(self.short)
-            _, _, pool, key, version = item
-            model = self.pools.get(pool)
-            slot = _slot(key)
-            channel = model.channels.get(slot) if model is not None else None
-            if model is None or channel is None or channel.version != version:
-                continue  # stale: the channel changed since this was pushed
-            if model.blocked_until > now_ms:
-                kept.append(item)
-                continue
-            n = asked.get((pool, slot), 0)
-            target = self.target(pool, slot).count
-            needs = target - channel.live - channel.pending - n
-            if needs <= 0:
-                continue
-            asked[(pool, slot)] = n + 1
-            order.append((pool, slot))
-            free -= 1
-            if needs > 1:
-                fill = (channel.live + channel.pending + n + 1) / target
-                heapq.heappush(self.short, (fill, -(needs - 1), pool, key, version))
-        for item in kept:
-            heapq.heappush(self.short, item)
+        names = sorted(n for n, m in self.pools.items() if m.short and m.blocked_until <= now_ms)
+        if names:
+            first = next((i for i, n in enumerate(names) if n > self.turn), 0)  # take up after the last served
+            names = names[first:] + names[:first]
+        turns = deque(names)
+        while turns and free > 0:
+            pool = turns.popleft()
+            leased = self._lease_one(self.pools[pool], asked)
+            if leased is not None:
+                order.append(leased)
+                self.turn = pool
+                free -= 1
+            if self.pools[pool].short:
+                turns.append(pool)
         out = []
         for (pool, slot), n in asked.items():
             aim = self.target(pool, slot)
             out.append(Want(pool, slot, aim.count, aim.consumable, n))
             self.channel(pool, slot).version += 1  # taken off the heap: the reply weighs it again
         return out, order
+
+    def _lease_one(self, model: PoolModel, asked: dict[tuple[str, Slot], int]) -> tuple[str, Slot] | None:
+        """One lease to the pool's emptiest channel that still lacks one (stale heap entries are dropped): (pool,
+        that channel), or None."""
+        while model.short:
+            _, _, key, version = heapq.heappop(model.short)
+            slot = _slot(key)
+            channel = model.channels.get(slot)
+            if channel is None or channel.version != version:
+                continue  # stale: the channel changed since this was pushed
+            n = asked.get((model.name, slot), 0)
+            target = self.target(model.name, slot).count
+            needs = target - channel.live - channel.pending - n
+            if needs <= 0:
+                continue
+            asked[(model.name, slot)] = n + 1
+            if needs > 1:
+                fill = (channel.live + channel.pending + n + 1) / target
+                heapq.heappush(model.short, (fill, -(needs - 1), key, version))
+            return (model.name, slot)
+        return None
 
     def next_due_ms(self) -> int | None:
         """When the next channel expires by itself or is put off until (the refill loop may sleep till then)."""

@@ -31,12 +31,29 @@ def filled(m: Model, pool: str, slot: str | None, live: int, target: int) -> Non
     ],
 )
 def test_the_emptiest_channel_is_leased_for_first(channels: dict[str, tuple[int, int]], first: str | None) -> None:
-    """When the budget is short the emptiest channels (relative to their target) go first."""
-    m = model(**{name: (None,) for name in channels})
-    for name, (target, live) in channels.items():
-        filled(m, name, None, live, target)
+    """When the budget is short the pool's emptiest channels (relative to their target) go first."""
+    m = model(classes=())
+    m.set_targets(
+        "classes", Target(0, ""), {name: Target(target, "announced") for name, (target, _) in channels.items()}
+    )
+    for name, (_, live) in channels.items():
+        m.swept("classes", name, live, None)
     found = wants(m, 1)
-    assert (found[0].pool if found else None) == first
+    assert (found[0].slot if found else None) == first
+
+
+def test_pools_take_turns_so_a_small_pool_never_waits_for_a_large_one_to_fill() -> None:
+    """A template pool short by 2 and a pool of 9,000 empty channels, one lease free at a time: the small one's
+    comes second, not after the 9,000 (one pool's bulk refill must not starve a pool that starters pop from)."""
+    m = model(web=(None,), classes=())
+    filled(m, "web", None, 1, 3)
+    rooms = {f"room-{i}": Target(1, "announced") for i in range(9000)}
+    m.set_targets("classes", Target(0, ""), rooms)
+    for room in rooms:
+        m.swept("classes", room, 0, None)
+    _, order = m.wants(1, now_ms=0)
+    _, more = m.wants(1, now_ms=0)  # the next call takes up after the last pool served
+    assert [pool for pool, _ in order + more] == ["classes", "web"]
 
 
 def test_a_lease_costs_one_heap_step_and_asks_at_most_what_is_free() -> None:
@@ -58,7 +75,7 @@ def test_leases_go_one_at_a_time_to_the_emptiest_so_channels_fill_side_by_side()
     for r in ("r1", "r2", "r3"):
         m.swept("rooms", r, 0, None)
     _, order = m.wants(6, now_ms=0)
-    assert order == [("web", None), ("rooms", "r1"), ("rooms", "r2"), ("rooms", "r3"), ("web", None), ("web", None)]
+    assert order == [("rooms", "r1"), ("web", None), ("rooms", "r2"), ("web", None), ("rooms", "r3"), ("web", None)]
 
 
 def test_a_channel_never_swept_is_not_leased_for_but_listed_to_sweep() -> None:
