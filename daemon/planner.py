@@ -92,6 +92,13 @@ class Span:
     needed_ms: float  # where the schedule wants it to begin
     end_ms: float
     earliest_ms: float  # before this its entries would die before the instant
+    gaps: tuple[tuple[float, float], ...] = ()  # earlier bursts' start phases within it: no acquiring then
+
+    def open_ms(self, a: float, b: float) -> float:
+        """The time in [a, b] outside the gaps: when the ramp can acquire."""
+        if b <= a:
+            return 0.0
+        return (b - a) - sum(max(0.0, min(b, g1) - max(a, g0)) for g0, g1 in self.gaps)
 
     @property
     def start_ms(self) -> float:
@@ -171,11 +178,13 @@ def schedule(
     for at in sorted(groups, reverse=True):
         end = min(at - lead_ms, cursor)
         need = work[at] * 1000 / rate if rate > 0 else math.inf
-        start = _back(end, need, [p for p in phases if p[0] < at])
+        blocked = [p for p in phases if p[0] < at]
+        start = _back(end, need, blocked)
         cursor = start
         for d in groups[at]:
             queued = standing.get(d.pool, 0) * 1000 / start_rate if start_rate and start_rate > 0 else 0.0
-            spans[d] = Span(start, end, d.at_ms + queued + MARGIN_MS + look_ms - max_age_ms[d.pool])
+            gaps = tuple(sorted((max(b0, start), min(b1, end)) for b0, b1 in blocked if b0 < end and b1 > start))
+            spans[d] = Span(start, end, d.at_ms + queued + MARGIN_MS + look_ms - max_age_ms[d.pool], gaps)
     return spans
 
 
@@ -319,12 +328,14 @@ def left(
 
 
 def ramp(count: int, span: Span, at_ms: float) -> int:
-    """How many of `count` entries the linear ramp over `span` has reached at `at_ms`."""
+    """How many of `count` entries the ramp over `span` has reached at `at_ms`: linear in the span's open time
+    (it stands still through the gaps, when the budget is the starters')."""
     if at_ms < span.start_ms:
         return 0
-    if at_ms >= span.end_ms or span.end_ms <= span.start_ms:
+    total = span.open_ms(span.start_ms, span.end_ms)
+    if at_ms >= span.end_ms or total <= 0:
         return count
-    return min(count, math.ceil(count * (at_ms - span.start_ms) / (span.end_ms - span.start_ms)))
+    return min(count, math.ceil(count * span.open_ms(span.start_ms, at_ms) / total))
 
 
 def _reason(parts: list[tuple[int, str]]) -> str:

@@ -339,6 +339,10 @@ def test_a_bursts_start_phase_is_budget_an_earlier_bursts_acquires_cannot_use() 
     # The earlier burst's starts run 100..110 s: the later one's 10 s of acquiring end at 105 s but skip 100..105.
     assert (phased[second].start_ms, phased[second].end_ms) == (90 * S, 105 * S)
     assert phased[first].end_ms == 90 * S
+    # Its ramp runs in the open time only: all 100 by 100 s, standing still through the starts (none asked then).
+    ramp = [planner.ramp(100, phased[second], t * S) for t in (90, 95, 100, 103, 105)]
+    assert ramp == [0, 50, 100, 100, 100]
+    assert [planner.ramp(100, plain[second], t * S) for t in (95, 100, 105)] == [0, 50, 100]
 
 
 @pytest.mark.parametrize(
