@@ -62,8 +62,6 @@ def as_json(status: Status) -> dict[str, Any]:
                 "pool": s.pool,
                 "known": s.known,
                 "mode": s.mode,
-                "size": s.size,
-                "target": _target(s),
                 "targetPerChannel": s.target,
                 "targetReason": s.target_reason,
                 "nextWarmup": s.next_warmup or None,
@@ -76,24 +74,18 @@ def as_json(status: Status) -> dict[str, Any]:
                 },
                 "channels": [{"cname": c.cname, "size": c.size, "oldestAge": c.oldest_age} for c in s.channels],
                 "oldestAge": s.oldest_age,
-                "inFlight": s.in_flight,
                 "maxAge": s.max_age,
-                "state": s.state,
                 "heldFor": s.held_for,
                 "lastError": s.last_error,
                 "starts": dict(s.starts),
                 **({"announcements": announcements(s)} if s.mode == "announced" else {}),
                 **dict(s.counters),
+                **{f.json: f.value(s) for f in stats.FIGURES},
             }
             for s in status.pools
         ],
         "replicas": [{"id": r.id, **r.info} for r in status.replicas],
     }
-
-
-def _target(s: PoolStats) -> int:
-    """The target the daemon planned for now, or (before any plan was published) the standing size."""
-    return s.target_now if s.target_now is not None else s.target * len(s.channels)
 
 
 def _age(seconds: float | None) -> str:
@@ -124,18 +116,13 @@ def rows(status: Status) -> list[tuple[str, ...]]:
         if not s.known:
             out.append((s.pool, "-", "-", "-", "-", "-", "-", "-", "-", "unknown", "-", "no daemon published it"))
             continue
-        c = s.counters
+        f = stats.figures(s)
         out.append(
             (
                 s.pool,
-                f"{s.size}/{_target(s)}",
+                f"{f['ready']}/{f['target']}",
                 _age(s.oldest_age),
-                str(s.in_flight),
-                str(c["pops"]),
-                str(c["misses"]),
-                str(c["expired"]),
-                str(c["acquires"]),
-                str(c["errors"]),
+                *(str(f[name]) for name in ("in_flight", "pops", "misses", "expired_unused", "acquires", "errors")),
                 s.state,
                 "-" if s.held_for is None else f"{math.ceil(s.held_for)}s",
                 s.last_error[:60],
@@ -148,7 +135,7 @@ def plan_line(s: PoolStats) -> str:
     """Why the pool aims at its target now, its next warm-up, and what the last hour cost."""
     h = s.hour
     return (
-        f"{s.pool}: target {_target(s)} ({s.target_reason or 'size'}); next warm-up {s.next_warmup or 'none'}; "
+        f"{s.pool}: target {s.aim} ({s.target_reason or 'size'}); next warm-up {s.next_warmup or 'none'}; "
         f"last hour: acquired {h.acquired}, popped {h.popped}, expired unused {h.expired} "
         f"(waste {h.ratio:.1%}), misses {h.misses}"
     )
