@@ -298,4 +298,6 @@ def test_the_check_names_every_reason_on_one_line_for_the_configs_pools(tmp_path
         check=False,
     )
     assert done.returncode == 13 and done.stdout == ""
-    assert done.stderr == "ridpool status: pool 'lobby' unknown (no daemon published it); no live replica\n"
+    assert done.stderr == (
+        f"ridpool status: pool 'lobby' unknown (no daemon published it) (key prefix {PREFIX!r}); no live replica\n"
+    )
