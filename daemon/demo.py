@@ -36,7 +36,12 @@ def run_demo(*, redis_url: str | None, duration: float | None, console: Console 
         data["redis"]["url"] = url
         data["agora"]["base_url"] = sim.url
         config = parse_config(data, source=DEMO_CONFIG.name)
-        console.print(f"[bold]ridpool demo[/]: Redis {url}, Agora simulator {sim.url}, config {DEMO_CONFIG.name}")
+        console.print(
+            f"[bold]ridpool demo[/]: Redis {url}, key prefix {config.redis.key_prefix!r}, Agora simulator "
+            f"{sim.url}, config {DEMO_CONFIG.name}",
+            markup=True,
+            highlight=False,
+        )
         console.print(
             "pools fill within the shared budget, then a starter pops an ID every 2 s and the simulator "
             "checks it as Agora's start would. Ctrl-C to stop.\n"

@@ -27,7 +27,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 from ridpool.daemon.agora import KINDS
 from ridpool.errors import RidpoolError
-from ridpool.stats import PoolStats
+from ridpool.stats import PoolStats, figures
 
 # Every metric the daemon exports (the Grafana dashboard in docs/ may name only these).
 POOL_READY = "ridpool_pool_ready"
@@ -67,18 +67,6 @@ DURATION_BUCKETS = (0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 WAIT_BUCKETS = (0.001, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
 
-def pool_target(stats: PoolStats) -> int:
-    """What the whole pool is filled to: the `target` the refill publishes in the stats hash, or else the
-    configured size per channel times the channels."""
-    published = stats.extra.get("target")
-    return int(published) if published else stats.target * len(stats.channels)
-
-
-def target_per_channel(stats: PoolStats) -> float:
-    """The pool's target shared evenly across its channels."""
-    return pool_target(stats) / max(1, len(stats.channels))
-
-
 def errors_by_kind(stats: PoolStats) -> dict[str, int]:
     return {k.removeprefix(ERROR_FIELD): int(v) for k, v in stats.extra.items() if k.startswith(ERROR_FIELD)}
 
@@ -103,10 +91,11 @@ class PoolCollector(Collector):
         target = GaugeMetricFamily(POOL_TARGET, "Entries the refill fills to (pool-wide).", labels=["pool", "cname"])
         in_flight = GaugeMetricFamily(POOL_IN_FLIGHT, "Acquires leased and not finished (pool-wide).", labels=["pool"])
         state = GaugeMetricFamily(POOL_STATE, "1 for the pool's current state (pool-wide).", labels=["pool", "state"])
+        # Metric -> the figure it exports (pool/stats.py FIGURES computes every one).
         counters = {
             POPS: ("pops", "Entries handed out (pool-wide)."),
             MISSES: ("misses", "Pops that found nothing fresh enough (pool-wide)."),
-            EXPIRED_UNUSED: ("expired", "Entries that died unpopped (pool-wide)."),
+            EXPIRED_UNUSED: ("expired_unused", "Entries that died unpopped (pool-wide)."),
             ACQUIRES: ("acquires", "Acquires whose ID was stored (pool-wide)."),
             AGORA_RATE_LIMITED: ("rate_limited", "429 answers from Agora (pool-wide)."),
         }
@@ -123,18 +112,19 @@ class PoolCollector(Collector):
         for s in snap.pools:
             if not s.known:
                 continue
+            shown = figures(s)
             if s.mode == "named":
                 for channel in s.channels:
                     ready.add_metric([s.pool, channel.cname or ""], channel.size)
-                    target.add_metric([s.pool, channel.cname or ""], target_per_channel(s))
-            else:  # a template pool's one queue: no cname label (each entry has a label of its own)
-                ready.add_sample(POOL_READY, {"pool": s.pool}, s.size)
-                target.add_sample(POOL_TARGET, {"pool": s.pool}, target_per_channel(s))
-            in_flight.add_metric([s.pool], s.in_flight)
+                    target.add_metric([s.pool, channel.cname or ""], s.aim_per_channel)
+            else:  # a template pool's one queue, an announced pool's channels: no cname label
+                ready.add_sample(POOL_READY, {"pool": s.pool}, float(shown["ready"]))
+                target.add_sample(POOL_TARGET, {"pool": s.pool}, float(shown["target"]))
+            in_flight.add_metric([s.pool], float(shown["in_flight"]))
             for name in STATES:
-                state.add_metric([s.pool, name], 1.0 if s.state == name else 0.0)
+                state.add_metric([s.pool, name], 1.0 if shown["state"] == name else 0.0)
             for name, (field, _) in counters.items():
-                families[name].add_metric([s.pool], s.counters[field])
+                families[name].add_metric([s.pool], float(shown[field]))
             for kind, count in sorted({**dict.fromkeys(KINDS, 0), **errors_by_kind(s)}.items()):
                 errors.add_metric([s.pool, kind], count)
             if s.extra.get("forecast", "").isdigit():  # written by the daemon for pools that learn demand

@@ -113,7 +113,12 @@ class OnDemand:
         except AcquireError as exc:
             await self.redis.hincrby(keys.stats, "errors", 1)
             log.error("ondemand.failed", pool=pool.name, cname=label, kind=exc.kind, request_id=exc.request_id)
-            raise
+            if not exc.request_id:
+                raise
+            # The caller may show only the error: it names the X-Request-Id Agora support asks for.
+            raise type(exc)(
+                f"{exc} (X-Request-Id {exc.request_id})", status=exc.status, request_id=exc.request_id, host=exc.host
+            ) from None
         finally:
             sending.hold(None)
         self.turns.succeeded()

@@ -138,6 +138,11 @@ class Refiller:
         self.latency = FIRST_LATENCY
         self.synced = self.ensured = -CLOCK_SYNC_S  # monotonic times server time, the metadata were last looked at
         self.model = Model({p.name: config_slots(p) for p in config.pools})
+        # Slow start: a pool sends one request at a time (all replicas together: the cap is checked in Redis) until
+        # one succeeds, at start-up (`proven`: pools whose acquire succeeded here) and while its stats hash counts
+        # acquires given up in a row (`failing`, from any replica): a wrong secret is not sent a round at once.
+        self.proven: set[str] = set()
+        self.failing: set[str] = set()
         self.demands: list[planner.Demand] = []  # the last round's demands, as what is left of them
         self.targets: dict[planner.SlotKey, planner.Target] = {}  # the last round's plan, per slot
         self.baseline: dict[tuple[str, int], int] = {}  # (pool, window start) -> the pool's pops then
@@ -231,13 +236,12 @@ class Refiller:
         with functions.reaching(self.redis):
             async with self.redis.pipeline(transaction=False) as pipe:
                 for name in names:
-                    pipe.hget(self.keys[name].stats, "pops")
+                    pipe.hmget(self.keys[name].stats, "pops", "failures")
                 replies = await pipe.execute(raise_on_error=False)
-        return {
-            n: int(r or 0)
-            for n, r in zip(names, replies, strict=True)
-            if r is None or (isinstance(r, bytes | str) and r.isdigit())
-        }
+        # A damaged stats key (an error reply) leaves its pool out: the round skips it.
+        looked = {n: r for n, r in zip(names, replies, strict=True) if not isinstance(r, Exception)}
+        self.failing = {n for n, (_, failures) in looked.items() if failures not in (None, b"0", "0")}
+        return {n: int(pops or 0) for n, (pops, _) in looked.items() if pops is None or pops.isdigit()}
 
     async def _sweep(self) -> None:
         """Bring the model up to date with what changed: each pool's change feed (and the channels it names), the
@@ -480,7 +484,10 @@ class Refiller:
                 self.published[pool] = fields
 
     def cap(self, pool: PoolConfig) -> int:
-        """The pool's in-flight cap across replicas: configured, or derived from the budget and the latency."""
+        """The pool's in-flight cap across replicas: configured, or derived from the budget and the latency; 1
+        while the pool starts slowly (see `proven`)."""
+        if pool.name not in self.proven or pool.name in self.failing:
+            return 1
         return pool.max_in_flight or planner.in_flight_cap(self.config.sustained_rate, self.latency)
 
     async def _lease(self, pops: Mapping[str, int]) -> int:
@@ -604,6 +611,8 @@ class Refiller:
                 await self._failed(pool, keys, lease, exc)
                 return
             self.budget.succeeded()
+            self.proven.add(pool.name)
+            self.failing.discard(pool.name)  # the store resets the count in Redis; the next look confirms it
             self.latency += LATENCY_WEIGHT * (self.clock.monotonic() - granted_at[0] - self.latency)
             entry = got.entry(pool, cname, uid, self.clock.server_ms(got.sent_at))
             if await self._store(pool, keys, entry, lease, slot) is AddResult.ADDED:
@@ -671,6 +680,7 @@ class Refiller:
 
     async def _failed(self, pool: PoolConfig, keys: PoolKeys, lease: Lease, exc: AcquireError) -> None:
         """The acquire gave up (attempts spent, or rejected): free its lease and hold the pool on every replica."""
+        self.failing.add(pool.name)
         await functions.aexecute(self.redis, functions.release_call(keys, lease))
         message = f"{exc.kind}: {exc}" + (f" (X-Request-Id {exc.request_id})" if exc.request_id else "")
         async with self.redis.pipeline(transaction=True) as pipe:

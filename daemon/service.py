@@ -34,7 +34,7 @@ from ridpool.daemon.clock import ServerClock
 from ridpool.daemon.config import Config, Credentials
 from ridpool.daemon.health import PoolDamage, RedisHealth
 from ridpool.daemon.limiter import Budget
-from ridpool.daemon.metrics import Metrics, MetricsServer, Snapshot, pool_target
+from ridpool.daemon.metrics import Metrics, MetricsServer, Snapshot
 from ridpool.daemon.publish import Publisher, meta_of
 from ridpool.daemon.refill import Refiller
 from ridpool.daemon.sources import STANDARD, SourceContext, SourceFactory
@@ -312,20 +312,9 @@ def observe_interval(config: Config, timing: Timing) -> float | None:
     return min(timing.observe, *wanted) if wanted else None
 
 
-def summary(stats: PoolStats) -> dict[str, object]:
-    """The fields of one `pool.summary` event: fill, work in progress, waste."""
-    return {
-        "pool": stats.pool,
-        "ready": stats.size,
-        "target": pool_target(stats),
-        "in_flight": stats.in_flight,
-        "state": stats.state,
-        "pops": stats.counters["pops"],
-        "misses": stats.counters["misses"],
-        "expired_unused": stats.counters["expired"],  # the waste: IDs acquired and never popped
-        "acquires": stats.counters["acquires"],
-        "errors": stats.counters["errors"],
-    }
+def summary(pool: PoolStats) -> dict[str, object]:
+    """The fields of one `pool.summary` event: the pool's figures (pool/stats.py), as every view shows them."""
+    return {"pool": pool.pool, **stats.figures(pool)}
 
 
 def eviction_problem(info: Any) -> str | None:

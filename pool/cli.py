@@ -15,10 +15,11 @@ pool not ok or no live replica; 14 the client's own connection pool is at its ca
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
@@ -152,8 +153,9 @@ def build_parser(*, plugins_too: bool = True) -> argparse.ArgumentParser:
     status.add_argument(
         "--check",
         action="store_true",
-        help=f"print one line and exit 0 if every pool is ok and a replica is live, else {EXIT_UNHEALTHY} "
-        f"({EXIT_REDIS}: Redis unreachable)",
+        help=f"print one line; exit codes: {EXIT_OK} every pool ok and a replica live, {EXIT_UNHEALTHY} a pool not ok "
+        f"or no replica live, {EXIT_REDIS} Redis unreachable, {EXIT_PERMISSION} Redis refused the password or a "
+        f"command, {EXIT_INVALID} a bad config or Redis URL",
     )
     if plugins_too:
         for name, command in plugins.commands().items():
@@ -192,16 +194,39 @@ def _pool_info(args: argparse.Namespace) -> settings.PoolInfo | None:
     return info
 
 
+def _quiet_logs() -> None:
+    """The acquirer's log events stay out of `pop --or-acquire`'s output: its outcome is the entry printed, or one
+    line of error (with Agora's answer and X-Request-Id) and the exit code."""
+    with contextlib.suppress(ImportError):  # without the daemon extra, from_config says what to install
+        import logging
+
+        import structlog
+
+        structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.CRITICAL))
+
+
+@contextlib.contextmanager
+def _named_prefix(client: PoolClient) -> Iterator[None]:
+    """An unknown pool's error names the key prefix used and the pools published under other prefixes."""
+    from ridpool import status
+
+    try:
+        yield
+    except UnknownPool as exc:
+        raise UnknownPool(status.with_prefix(client, str(exc))) from None
+
+
 def cmd_pop(args: argparse.Namespace) -> int:
     if args.or_acquire:
         if args.config is None:
             raise InvalidArgument("--or-acquire needs -c FILE: the daemon's config says how to acquire for the pool")
         if args.prefix or args.redis_url:
             raise InvalidArgument("--or-acquire takes Redis and the key prefix from -c FILE (or RIDPOOL_REDIS_URL)")
+        _quiet_logs()
         with PoolClient.from_config(args.config) as client:
             entry = client.pop_or_acquire(args.pool, cname=args.cname, min_ttl=args.min_ttl, wait=args.wait)
     else:
-        with _client(args) as client:
+        with _client(args) as client, _named_prefix(client):
             entry = client.pop(args.pool, cname=args.cname, min_ttl=args.min_ttl, wait=args.wait)
     out = {
         "resourceId": entry.resource_id,
@@ -228,7 +253,7 @@ def cmd_announce(args: argparse.Namespace) -> int:
             raise NotAnnounced(f"pool {args.pool!r} does not take announcements (set announced = true)")
         if why := channels.problem(args.cname, pool.scene):
             raise InvalidArgument(f"pool {args.pool!r}: cname {args.cname!r} {why}")
-    with _client(args) as client:
+    with _client(args) as client, _named_prefix(client):
         done = client.announce(args.pool, args.cname, at=args.at, count=args.count)
     print(
         json.dumps(

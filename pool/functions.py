@@ -550,6 +550,12 @@ def refused(exc: redis.RedisError, subject: str) -> RidpoolError:
         return Moved(f'{subject}: {where_}; connect in cluster mode ([redis] mode = "cluster")')
     if message.startswith("WRONGTYPE"):
         return WrongType(f"{subject}: a key holds the wrong type of value, the pool's keys are damaged ({message})")
+    if "DB index is out of range" in message:
+        # The URL's /N names a database this Redis lacks (`databases`, 16 by default: 0 to 15); a config mistake.
+        return InvalidArgument(
+            f"{subject}: the Redis URL names a database this Redis does not have ({message}); use a database "
+            "from 0 to the server's `databases` setting less one (0 to 15 by default), as in redis://HOST:6379/0"
+        )
     code, _, rest = message.partition(" ")
     kind = _ERRORS.get(code)
     if kind is not None:
@@ -588,8 +594,9 @@ def where(client: AnyRedis) -> str:
 
 
 def connection_defaults(kwargs: dict[str, Any], *, asyncio: bool) -> dict[str, Any]:
-    """Client settings for a starter: fail within about a second when Redis is down, and retry a command once
-    its connection turns out stale (after a Redis restart), pipelines included.
+    """Client settings for a starter: fail within about a second when nothing listens, within about 21 s when
+    Redis accepts connections and does not answer (5 s read timeout, 4 tries: the README says so), and retry a
+    command whose connection turns out stale (after a Redis restart), pipelines included.
 
     A pop retried this way is sent with its request id, so it returns the entry the first attempt took (see
     `pop_call`); it can never hand one out twice.

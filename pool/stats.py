@@ -7,7 +7,7 @@ against Redis server time.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,7 +23,10 @@ from ridpool.meta import published_channels
 COUNTERS = ("added", "pops", "misses", "refused", "late", "acquires", "errors", "rate_limited", "dropped")
 # What the daemon writes in the stats hash about the pool's target (see daemon/refill.py); not counters.
 TARGET_FIELDS = ("target", "target_reason", "next_warmup")
-HOUR_STEPS = 60  # history steps summed for the last-hour figures (a minute each, as the daemon samples them)
+HOUR_STEPS = 60  # history steps in the last-hour figures (a minute each, as the daemon samples them)
+# The history's snapshot of the counters at its last step (see ridpool_sample): the minute under way is the
+# counters now less these.
+SNAPSHOT = ("at:added", "at:pops", "at:misses", "at:expired")
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,12 +77,61 @@ class PoolStats:
 
     @property
     def size(self) -> int:
+        """Entries ready to pop, all channels (`ready` everywhere it is shown)."""
         return sum(c.size for c in self.channels)
+
+    @property
+    def aim(self) -> int:
+        """Entries the pool aims to hold now, all channels: the daemon's plan, or before it published one the
+        standing size times the channels (`target` everywhere it is shown)."""
+        return self.target_now if self.target_now is not None else self.target * len(self.channels)
+
+    @property
+    def aim_per_channel(self) -> float:
+        """The aim shared evenly across the pool's channels (the per-channel target of a named pool)."""
+        return self.aim / max(1, len(self.channels))
 
     @property
     def oldest_age(self) -> float | None:
         ages = [c.oldest_age for c in self.channels if c.oldest_age is not None]
         return max(ages) if ages else None
+
+
+@dataclass(frozen=True, slots=True)
+class Figure:
+    """One pool-wide figure, computed from a PoolStats here and nowhere else: `pool.summary` logs it as `name`
+    (daemon/metrics.py exports it by that name too, when it maps the name to a metric), `status --json` shows it
+    as `json`."""
+
+    name: str
+    json: str
+    value: Callable[[PoolStats], int | str]
+
+
+def _counter(name: str) -> Callable[[PoolStats], int]:
+    return lambda s: s.counters[name]
+
+
+# Every pool-wide figure the views show. To add one: compute it in `build` (a field or a property of PoolStats)
+# and add its line here; status --json and pool.summary show it at once, and /metrics once daemon/metrics.py
+# names its metric.
+FIGURES = (
+    Figure("ready", "size", lambda s: s.size),
+    Figure("target", "target", lambda s: s.aim),
+    Figure("in_flight", "inFlight", lambda s: s.in_flight),
+    Figure("state", "state", lambda s: s.state),
+    Figure("pops", "pops", _counter("pops")),
+    Figure("misses", "misses", _counter("misses")),
+    Figure("expired_unused", "expired", _counter("expired")),  # the waste: IDs acquired and never popped
+    Figure("acquires", "acquires", _counter("acquires")),
+    Figure("errors", "errors", _counter("errors")),
+    Figure("rate_limited", "rate_limited", _counter("rate_limited")),
+)
+
+
+def figures(s: PoolStats) -> dict[str, int | str]:
+    """The pool's figures by name (the fields of a `pool.summary` event)."""
+    return {f.name: f.value(s) for f in FIGURES}
 
 
 def decode_hash(raw: Mapping[Any, Any]) -> dict[str, str]:
@@ -98,7 +150,7 @@ def first_round(keys: PoolKeys) -> list[tuple[str, ...]]:
         ("HGETALL", keys.stats),
         ("ZCARD", keys.inflight),
         ("HGETALL", keys.starts),
-        ("HGET", keys.history, "last"),
+        ("HMGET", keys.history, "last", *SNAPSHOT),
         ("PTTL", keys.hold),
     ]
 
@@ -107,12 +159,22 @@ def server_ms(time_reply: Sequence[Any]) -> int:
     return int(time_reply[0]) * 1000 + int(time_reply[1]) // 1000
 
 
-def _hour(samples: Sequence[Any] | None) -> Waste:
+HOUR_FIELDS = ("added", "pops", "misses", "expired")  # the order of a history step's four numbers
+
+
+def last_hour(steps: Sequence[Any], since: Mapping[str, int] | None, now: Mapping[str, int]) -> Waste:
+    """The last hour: the history's last whole steps (`steps`, HOUR_STEPS - 1 of them) plus the minute under way,
+    what the counters moved since the last step's snapshot (`since`; None: never sampled, nothing to count from).
+    A counter below its snapshot was reset (a flushed stats hash) and counts from zero, as in ridpool_sample."""
     totals = [0, 0, 0, 0]
-    for sample in samples or ():
-        if sample is not None:
-            for i, value in enumerate(text(sample).split()[:4]):
+    for step in steps:
+        if step is not None:
+            for i, value in enumerate(text(step).split()[:4]):
                 totals[i] += int(value)
+    if since is not None:
+        for i, name in enumerate(HOUR_FIELDS):
+            moved = now[name] - since[name]
+            totals[i] += moved if moved >= 0 else now[name]
     return Waste(acquired=totals[0], popped=totals[1], misses=totals[2], expired=totals[3])
 
 
@@ -193,10 +255,10 @@ def read(keys: PoolKeys) -> Plan[PoolStats]:
         meta = dict(zip(META_FIELDS, (None if v is None else text(v) for v in first[1]), strict=True))
         now = server_ms(first[0])
         counted = yield from queues(keys, meta["mode"] or "", now)
-        history = None
-        if first[5] is not None:
-            newest = int(first[5])
-            history = yield ("HMGET", keys.history, *(str(newest - i) for i in range(HOUR_STEPS)))
+        history: Sequence[Any] = []
+        if first[5][0] is not None:
+            newest = int(first[5][0])
+            history = yield ("HMGET", keys.history, *(str(newest - i) for i in range(HOUR_STEPS - 1)))
     except redis.ResponseError as exc:
         return damaged(keys, f"{type(exc).__name__}: {exc}")
     except RidpoolError as exc:
@@ -212,10 +274,11 @@ def build(
     first: Sequence[Any],
     meta: Mapping[str, str | None],
     queues: Sequence[tuple[str | None, tuple[int, int | None]]],
-    history: Sequence[Any] | None,
+    history: Sequence[Any],
 ) -> PoolStats:
-    """The pool's state from what `read` gathered."""
-    time_reply, _, stats_raw, in_flight, starts_raw, _, hold_ms = first
+    """The pool's state from what `read` gathered: every figure is computed here (or in a property of
+    PoolStats), once, and every view (status, stats(), /metrics, pool.summary) reads it from there."""
+    time_reply, _, stats_raw, in_flight, starts_raw, snapshot, hold_ms = first
     now_ms = server_ms(time_reply)
     raw = decode_hash(stats_raw)
     max_age_ms = int(meta.get("max_age_ms") or "0")
@@ -227,6 +290,8 @@ def build(
     counters = {name: int(raw.get(name, "0")) for name in COUNTERS}
     live = sum(c.size for c in channels)
     counters["expired"] = max(0, counters["added"] - counters["pops"] - counters["dropped"] - live)
+    taken = snapshot[1:]
+    since = None if snapshot[0] is None or None in taken else dict(zip(HOUR_FIELDS, map(int, taken), strict=True))
     published = meta.get("published_at_ms")
     return PoolStats(
         pool=keys.pool,
@@ -246,6 +311,6 @@ def build(
         target_now=int(raw["target"]) if raw.get("target", "").isdigit() else None,
         target_reason=raw.get("target_reason", ""),
         next_warmup=raw.get("next_warmup", ""),
-        hour=_hour(history),
+        hour=last_hour(history, since, counters),
         held_for=int(hold_ms) / 1000 if int(hold_ms) > 0 else None,
     )

@@ -10,6 +10,7 @@ from typing import Any
 from ridpool import functions, stats
 from ridpool import keys as keyspace
 from ridpool.client import PoolClient
+from ridpool.errors import RidpoolError
 from ridpool.stats import PoolStats
 
 
@@ -23,6 +24,7 @@ class Replica:
 class Status:
     pools: list[PoolStats]
     replicas: list[Replica]
+    hint: str = ""  # when a pool is unknown or none is published: the key prefix used, and pools under others
 
 
 def gather(client: PoolClient, pools: Sequence[str] | None = None) -> Status:
@@ -36,19 +38,55 @@ def gather(client: PoolClient, pools: Sequence[str] | None = None) -> Status:
             info = stats.decode_hash(client.redis.hgetall(keyspace.replica(client.prefix, rid)))
             if info:  # the hash expires with the heartbeat: an empty one is a replica that stopped or died
                 replicas.append(Replica(rid, info))
-    return Status(per_pool, replicas)
+    hint = ""
+    if not per_pool or not all(s.known for s in per_pool):
+        hint = with_prefix(client, "").strip()
+    return Status(per_pool, replicas, hint)
+
+
+SCAN_PAGES = 10  # pages of SCAN (1,000 keys each) `elsewhere` reads at most: a hint, not an inventory
+
+
+def elsewhere(client: PoolClient) -> dict[str, list[str]]:
+    """Pools published under other key prefixes (prefix -> pool names), found by a SCAN bounded in pages: what
+    a starter using the wrong prefix is shown. {} when there are none, or Redis refuses the look."""
+    own = keyspace.registry(client.prefix)
+    found: dict[str, list[str]] = {}
+    cursor: int = 0
+    try:
+        with functions.reaching(client.redis):
+            for _ in range(SCAN_PAGES):
+                cursor, names = client.redis.scan(cursor, match=keyspace.registry("*"), count=1000, _type="set")
+                for name in map(functions.text, names):
+                    if name != own:
+                        found[name.removesuffix(keyspace.registry(""))] = sorted(
+                            functions.text(p) for p in client.redis.smembers(name)
+                        )
+                if cursor == 0:
+                    break
+    except RidpoolError:
+        return {}
+    return found
+
+
+def with_prefix(client: PoolClient, why: str) -> str:
+    """`why` (no daemon published a pool) with the key prefix used and the pools under other prefixes, if any."""
+    others = elsewhere(client)
+    shown = "; ".join(f"{prefix!r}: {', '.join(pools)}" for prefix, pools in sorted(others.items()))
+    return f"{why} (key prefix {client.prefix!r}" + (f"; published under other prefixes: {shown})" if shown else ")")
 
 
 def problems(status: Status) -> list[str]:
     """What `status --check` fails on: a pool unknown or not in state ok, no pool at all, no live replica."""
     found = []
     if not status.pools:
-        found.append("no pools published (is a daemon running with this key prefix?)")
+        found.append(f"no pools published {status.hint}".rstrip())
     for s in status.pools:
         if not s.known:
-            found.append(f"pool {s.pool!r} unknown (no daemon published it)")
+            found.append(f"pool {s.pool!r} unknown (no daemon published it) {status.hint}".rstrip())
         elif s.state != "ok":
-            why = f": {' '.join(s.last_error.split())[:120]}" if s.last_error else ""
+            # Whole (at most 500 characters, as the daemon keeps it): a cut would split the X-Request-Id.
+            why = f": {' '.join(s.last_error.split())}" if s.last_error else ""
             found.append(f"pool {s.pool!r} is {s.state}{why}")
     if not status.replicas:
         found.append("no live replica")
@@ -62,8 +100,6 @@ def as_json(status: Status) -> dict[str, Any]:
                 "pool": s.pool,
                 "known": s.known,
                 "mode": s.mode,
-                "size": s.size,
-                "target": _target(s),
                 "targetPerChannel": s.target,
                 "targetReason": s.target_reason,
                 "nextWarmup": s.next_warmup or None,
@@ -76,24 +112,18 @@ def as_json(status: Status) -> dict[str, Any]:
                 },
                 "channels": [{"cname": c.cname, "size": c.size, "oldestAge": c.oldest_age} for c in s.channels],
                 "oldestAge": s.oldest_age,
-                "inFlight": s.in_flight,
                 "maxAge": s.max_age,
-                "state": s.state,
                 "heldFor": s.held_for,
                 "lastError": s.last_error,
                 "starts": dict(s.starts),
                 **({"announcements": announcements(s)} if s.mode == "announced" else {}),
                 **dict(s.counters),
+                **{f.json: f.value(s) for f in stats.FIGURES},
             }
             for s in status.pools
         ],
         "replicas": [{"id": r.id, **r.info} for r in status.replicas],
     }
-
-
-def _target(s: PoolStats) -> int:
-    """The target the daemon planned for now, or (before any plan was published) the standing size."""
-    return s.target_now if s.target_now is not None else s.target * len(s.channels)
 
 
 def _age(seconds: float | None) -> str:
@@ -124,18 +154,13 @@ def rows(status: Status) -> list[tuple[str, ...]]:
         if not s.known:
             out.append((s.pool, "-", "-", "-", "-", "-", "-", "-", "-", "unknown", "-", "no daemon published it"))
             continue
-        c = s.counters
+        f = stats.figures(s)
         out.append(
             (
                 s.pool,
-                f"{s.size}/{_target(s)}",
+                f"{f['ready']}/{f['target']}",
                 _age(s.oldest_age),
-                str(s.in_flight),
-                str(c["pops"]),
-                str(c["misses"]),
-                str(c["expired"]),
-                str(c["acquires"]),
-                str(c["errors"]),
+                *(str(f[name]) for name in ("in_flight", "pops", "misses", "expired_unused", "acquires", "errors")),
                 s.state,
                 "-" if s.held_for is None else f"{math.ceil(s.held_for)}s",
                 s.last_error[:60],
@@ -148,7 +173,7 @@ def plan_line(s: PoolStats) -> str:
     """Why the pool aims at its target now, its next warm-up, and what the last hour cost."""
     h = s.hour
     return (
-        f"{s.pool}: target {_target(s)} ({s.target_reason or 'size'}); next warm-up {s.next_warmup or 'none'}; "
+        f"{s.pool}: target {s.aim} ({s.target_reason or 'size'}); next warm-up {s.next_warmup or 'none'}; "
         f"last hour: acquired {h.acquired}, popped {h.popped}, expired unused {h.expired} "
         f"(waste {h.ratio:.1%}), misses {h.misses}"
     )
@@ -185,7 +210,7 @@ def render(status: Status) -> str:
     lines = [text_row(row) for row in table]
     lines.insert(1, "  ".join("-" * w for w in widths))
     if not status.pools:
-        lines.append("no pools published yet (is a daemon running with this key prefix?)")
+        lines.append(f"no pools published yet {status.hint}".rstrip())
     lines += [plan_line(s) for s in status.pools if s.known]
     lines += [announcement_line(s) for s in status.pools if s.mode == "announced"]
     if status.replicas:

@@ -15,16 +15,18 @@ from pathlib import Path
 
 import httpx
 import pytest
+import redis
 from prometheus_client.parser import text_string_to_metric_families
-from ridpool import AsyncPoolClient
+from ridpool import AsyncPoolClient, PoolClient
 from ridpool.daemon.config import Config, Credentials, MetricsSettings
 from ridpool.daemon.metrics import NAMES, Metrics, Snapshot
-from ridpool.stats import COUNTERS, ChannelStats, PoolStats
+from ridpool.keys import pool_keys
 from ridpool.testing import Simulator
 from structlog.testing import capture_logs
 
 from tests.conftest import PREFIX
 from tests.daemonkit import CUSTOMER_ID, FAST, SECRET, eventually, make_config, rooms_pool, running, web_pool
+from tests.poolkit import fill, publish_pool
 from tests.servers import RedisServer, free_port
 
 ROOT = Path(__file__).parent.parent
@@ -85,14 +87,14 @@ async def healthz(port: int) -> tuple[int, str]:
     return answer.status_code, answer.text.strip()
 
 
-async def status_check(redis_url: str) -> tuple[int, str, str]:
-    """`ridpool status --check` as a process (the event loop keeps running the daemon meanwhile)."""
+async def status_run(redis_url: str, *flags: str) -> tuple[int, str, str]:
+    """`ridpool status FLAGS` as a process (the event loop keeps running the daemon meanwhile)."""
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
         "ridpool.cli",
         "status",
-        "--check",
+        *flags,
         "--redis-url",
         redis_url,
         "--prefix",
@@ -104,6 +106,10 @@ async def status_check(redis_url: str) -> tuple[int, str, str]:
     out, err = await asyncio.wait_for(proc.communicate(), 30)
     assert proc.returncode is not None
     return proc.returncode, out.decode(), err.decode()
+
+
+async def status_check(redis_url: str) -> tuple[int, str, str]:
+    return await status_run(redis_url, "--check")
 
 
 @pytest.mark.integration
@@ -248,41 +254,30 @@ def test_the_grafana_dashboard_names_only_metrics_the_daemon_exports() -> None:
     assert used >= CONTRACT, CONTRACT - used
 
 
-def _stats(pool: str, mode: str, channels: tuple[str | None, ...], **extra: str) -> PoolStats:
-    return PoolStats(
-        pool=pool,
-        known=True,
-        mode=mode,
-        appid="0" * 32,
-        target=2,
-        max_age=270,
-        channels=tuple(ChannelStats(c, 1, 3.0) for c in channels),
-        in_flight=1,
-        counters=dict.fromkeys((*COUNTERS, "expired"), 4),
-        state="error",
-        last_error="",
-        published_at_ms=1,
-        extra=extra,
-    )
-
-
-def test_the_collector_labels_channels_of_named_pools_and_reads_the_published_target() -> None:
-    """Pure: `cname` only on named pools' ready/target; the stats hash's `target` (the whole pool) shared across
-    channels when present, else size per channel; every error kind exported, zero until it happens."""
-    named = _stats("rooms", "named", ("room-1", "room-2", "room-3"), target="9", **{"errors:rejected": "5"})
-    template = _stats("web", "template", (None,))
-    unknown = dataclasses.replace(template, pool="gone", known=False)
+@pytest.mark.integration
+def test_the_collector_labels_channels_of_named_pools_and_reads_the_planned_target(
+    r: redis.Redis, client: PoolClient
+) -> None:
+    """Stats as the parser reads them from Redis: `cname` only on named pools' ready/target; the plan's `target`
+    (the whole pool) shared across channels, else size per channel; every error kind, zero until it happens."""
+    publish_pool(r, PREFIX, "rooms", cnames=("room-1", "room-2", "room-3"), size=2)
+    publish_pool(r, PREFIX, "web", size=2)
+    fill(r, PREFIX, "rooms", 1, cname="room-2", named=True)
+    fill(r, PREFIX, "web", 1)
+    r.hset(pool_keys(PREFIX, "rooms").stats, mapping={"target": 9, "errors:rejected": 5, "state": "error"})
     metrics = Metrics()
-    metrics.snapshot = Snapshot((named, template, unknown), reached=True)
+    metrics.snapshot = Snapshot(tuple(client.stats(p) for p in ("rooms", "web", "gone")), reached=True)
     samples: Samples = {
         (s.name, tuple(sorted(s.labels.items()))): s.value for f in metrics.registry.collect() for s in f.samples
     }
     assert value(samples, "ridpool_pool_target", pool="rooms", cname="room-2") == 3
+    assert value(samples, "ridpool_pool_ready", pool="rooms", cname="room-2") == 1
+    assert value(samples, "ridpool_pool_ready", pool="rooms", cname="room-1") == 0
     assert value(samples, "ridpool_pool_target", pool="web") == 2
     assert value(samples, "ridpool_pool_ready", pool="web") == 1
     assert value(samples, "ridpool_agora_errors_total", pool="rooms", kind="rejected") == 5
     assert value(samples, "ridpool_agora_errors_total", pool="web", kind="transient") == 0
-    assert value(samples, "ridpool_pool_state", pool="web", state="error") == 1
+    assert value(samples, "ridpool_pool_state", pool="rooms", state="error") == 1
     assert value(samples, "ridpool_redis_up") == 1
     assert not any(dict(labels).get("pool") == "gone" for _, labels in samples)
 
@@ -303,4 +298,6 @@ def test_the_check_names_every_reason_on_one_line_for_the_configs_pools(tmp_path
         check=False,
     )
     assert done.returncode == 13 and done.stdout == ""
-    assert done.stderr == "ridpool status: pool 'lobby' unknown (no daemon published it); no live replica\n"
+    assert done.stderr == (
+        f"ridpool status: pool 'lobby' unknown (no daemon published it) (key prefix {PREFIX!r}); no live replica\n"
+    )
