@@ -28,7 +28,7 @@ import structlog
 from ridpool import functions, stats
 from ridpool import keys as keyspace
 from ridpool.aio import AsyncPoolClient
-from ridpool.daemon import sending, ticker
+from ridpool.daemon import sending, ticker, transport
 from ridpool.daemon.agora import AcquireClient
 from ridpool.daemon.clock import ServerClock
 from ridpool.daemon.config import Config, Credentials
@@ -87,9 +87,9 @@ class Daemon:
         self.redis = config.redis.target().aconnect(health_check_interval=30)
         self.http = sending.guard(
             http
-            or httpx.AsyncClient(
-                timeout=httpx.Timeout(config.agora.timeout, connect=min(5.0, config.agora.timeout)),
-                limits=httpx.Limits(max_connections=config.agora.in_flight * 2, keepalive_expiry=30),
+            or transport.client(
+                config.agora.in_flight * 2,
+                httpx.Timeout(config.agora.timeout, connect=min(5.0, config.agora.timeout)),
             )
         )
         self.clock = clock or ServerClock()
