@@ -146,8 +146,11 @@ class Daemon:
         self.metrics.snapshot = replace(self.metrics.snapshot, reached=False)
 
     def health_status(self) -> tuple[bool, str]:
-        """What /healthz answers (see RedisHealth.status)."""
-        return self.health.status()
+        """What /healthz answers (see RedisHealth.status), naming the pools this replica keeps apart from because
+        another config owns them: still 200 (restarting cannot mend a config, and a rollout would stall)."""
+        ok, why = self.health.status()
+        conflicts = sorted(self.publisher.conflicts)
+        return ok, why + (f"; conflict: pools {', '.join(conflicts)} (another replica owns them)" if conflicts else "")
 
     async def observe(self) -> None:
         """Read every pool's state for /metrics, and log each pool's summary when one is due."""

@@ -47,6 +47,8 @@ def problems(status: Status) -> list[str]:
     for s in status.pools:
         if not s.known:
             found.append(f"pool {s.pool!r} unknown (no daemon published it)")
+        elif s.state == "conflict":
+            found.append(f"pool {s.pool!r} is in conflict: {' / '.join(s.conflict.splitlines())}")
         elif s.state != "ok":
             why = f": {' '.join(s.last_error.split())[:120]}" if s.last_error else ""
             found.append(f"pool {s.pool!r} is {s.state}{why}")
@@ -81,6 +83,7 @@ def as_json(status: Status) -> dict[str, Any]:
                 "state": s.state,
                 "heldFor": s.held_for,
                 "lastError": s.last_error,
+                "conflict": s.conflict or None,
                 "starts": dict(s.starts),
                 **({"announcements": announcements(s)} if s.mode == "announced" else {}),
                 **dict(s.counters),
