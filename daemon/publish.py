@@ -81,17 +81,16 @@ class Publisher:
         self._adopt(config)
 
     def _adopt(self, config: Config) -> list[str]:
-        """Take `config` as the one to publish; returns the pools it no longer has. New pools and pools whose
-        configuration changed are apart until published."""
+        """Take `config` as the one to publish; returns the pools it no longer has. New pools are apart until
+        published (a changed one stays in use: its acquires in flight are stored unless its identity changed, which
+        ridpool_add refuses, and a conflict found publishing it sets it apart)."""
         self.config = config
         metas = {p.name: meta_of(p) for p in config.pools}
         fingerprints = {
             name: self.fingerprints[name] if self.metas.get(name) == meta else meta.fingerprint()
             for name, meta in metas.items()
         }
-        for name in metas:
-            if fingerprints[name] != self.fingerprints.get(name):
-                self.damage.apart.add(name)
+        self.damage.apart.update(name for name in metas if name not in self.metas)
         gone = [name for name in self.metas if name not in metas]
         self.keys.update({name: keyspace.pool_keys(config.redis.key_prefix, name) for name in metas})
         self.metas, self.fingerprints = metas, fingerprints

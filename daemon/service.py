@@ -120,13 +120,14 @@ class Daemon:
         )
         self.health.on_recovered = self.publisher.publish  # an empty Redis after a restart lost the metadata
         context = SourceContext(self.redis, config, self.timing)
+        self.source_factories = (*STANDARD, *extra_sources)  # built again from a reloaded config (daemon/reload.py)
         self.refiller = Refiller(
             self.redis,
             config,
             AcquireClient(self.http, config.agora.base_url, credentials, backoff_scale=self.timing.backoff_scale),
             self.budget,
             self.clock,
-            sources=[make(context) for make in (*STANDARD, *extra_sources)],
+            sources=[make(context) for make in self.source_factories],
             health=self.health,
             damage=self.damage,
             publisher=self.publisher,
