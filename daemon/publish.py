@@ -75,6 +75,7 @@ class Publisher:
         self.fingerprints: dict[str, str] = {}
         self.conflicts: dict[str, str] = {}  # pool -> why this replica keeps its hands off it
         self.lock = asyncio.Lock()  # a publication and a reload never interleave
+        self.unpublished: set[str] = set()  # pools this replica has not published yet (the refill waits for it)
         # Told when a publication wrote the metadata anew (a Redis that lost it, a changed config) or a conflict
         # ended: the refill then writes its target fields again, and looks at every channel again.
         self.listeners: list[Callable[[], None]] = []
@@ -90,7 +91,9 @@ class Publisher:
             name: self.fingerprints[name] if self.metas.get(name) == meta else meta.fingerprint()
             for name, meta in metas.items()
         }
-        self.damage.apart.update(name for name in metas if name not in self.metas)
+        fresh = [name for name in metas if name not in self.metas]
+        self.damage.apart.update(fresh)
+        self.unpublished.update(fresh)
         gone = [name for name in self.metas if name not in metas]
         self.keys.update({name: keyspace.pool_keys(config.redis.key_prefix, name) for name in metas})
         self.metas, self.fingerprints = metas, fingerprints
@@ -105,6 +108,7 @@ class Publisher:
         rewritten = False
         for pool in self.config.pools:
             keys = self.keys[pool.name]
+            self.unpublished.discard(pool.name)
             try:
                 published = await apublish(
                     self.redis,
@@ -174,8 +178,12 @@ class Publisher:
         return gone
 
     async def ensure(self) -> bool:
-        """Publish again if any pool's metadata is missing (a Redis that restarted empty, a FLUSHALL); returns
-        whether it was."""
+        """Publish if a pool was never published by this replica (the refill's first round must not wait for the
+        publish job to lease), or again if any pool's metadata is missing (a Redis that restarted empty, a
+        FLUSHALL); returns whether it did."""
+        if self.unpublished:
+            await self.publish()
+            return True
         with functions.reaching(self.redis):
             async with self.redis.pipeline(transaction=False) as pipe:
                 for pool in self.config.pools:
