@@ -57,6 +57,7 @@ class Run:
         config = load(args.config)
         from ridpool.daemon import log
         from ridpool.daemon.config import load_credentials
+        from ridpool.daemon.reload import Reloader
         from ridpool.daemon.service import Daemon
 
         credentials = load_credentials()
@@ -68,7 +69,9 @@ class Run:
             loop = asyncio.get_running_loop()
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.add_signal_handler(sig, stop.set)
-            await Daemon(config, credentials).run(stop)
+            daemon = Daemon(config, credentials)
+            loop.add_signal_handler(signal.SIGHUP, Reloader(daemon, args.config).request)
+            await daemon.run(stop)
 
         asyncio.run(main())
         return 0

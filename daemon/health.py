@@ -83,21 +83,23 @@ class RedisHealth:
 
 
 class PoolDamage:
-    """Pools whose keys Redis refuses (wrong type, permission, ...), or whose demand could not be read: each is
-    in error and skipped by the refill while the others go on. Logged once per cause; written to the pool's stats
-    (state `error`) when that key itself is usable."""
+    """Pools the refill skips while the others go on: those whose keys Redis refuses (wrong type, permission,
+    ...), or whose demand could not be read, each in error (logged once per cause; written to the pool's stats,
+    state `error`, when that key itself is usable); and those this replica keeps `apart` from (the publisher
+    decides: another live replica's different config holds the pool, or it is not published yet)."""
 
     def __init__(self, client: redis.asyncio.Redis, keys: dict[str, PoolKeys]) -> None:
         self.redis = client
         self.keys = keys
         self.why: dict[str, str] = {}  # pool -> the cause now in force
         self.now: set[str] = set()  # pools found damaged during the current round
+        self.apart: set[str] = set()  # pools this replica neither leases nor stores for (see Publisher)
 
     def begin_round(self) -> None:
         self.now.clear()
 
     def __contains__(self, pool: str) -> bool:
-        return pool in self.now
+        return pool in self.now or pool in self.apart
 
     async def mark(self, pool: str, exc: RidpoolError, *, event: str = "refill.pool_damaged") -> None:
         message = str(exc)

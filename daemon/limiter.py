@@ -100,20 +100,27 @@ class Budget(_Account):
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         super().__init__(client, keys, rate, jitter=jitter, clock=clock)
-        self.floor_ms = max(1, round(refill_max_wait * 1000))
         self.sleep = sleep
         self.rng = rng or random.Random()
         self.granted = 0
         self.stale = 0
         self.best_rtt = math.inf
-        self.late = jitter / 2
-        spacing = self.window.spacing
-        self.early = spacing / 2 if spacing < 2 * TIMER else 0.0
+        self.retune(rate, jitter=jitter, refill_max_wait=refill_max_wait)
         self.booked: deque[float] = deque()  # send times (this clock) of grants booked and not handed out yet
         self.wanted = 0  # takers waiting here, the one served included: how many grants to book in one call
         # One waiter per replica asks Redis; the others queue here (FIFO). Without it every waiting acquire
         # would wake at each expiry and ask, and all but one be refused: load on Redis for nothing.
         self.queue = asyncio.Lock()
+
+    def retune(self, rate: float, *, jitter: float, refill_max_wait: float) -> None:
+        """The account's rate, jitter margin and refill floor (at start, and when a reload changes them); grants
+        booked already were granted by the old window and are handed out as booked."""
+        self.window = window_for(rate, jitter)
+        self.jitter = jitter
+        self.floor_ms = max(1, round(refill_max_wait * 1000))
+        self.late = jitter / 2
+        spacing = self.window.spacing
+        self.early = spacing / 2 if spacing < 2 * TIMER else 0.0
 
     async def take(self) -> float:
         """Return once a request may be sent, with when the grant was handed out (this clock). Raises

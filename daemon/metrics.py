@@ -60,7 +60,7 @@ NAMES = (
     REDIS_UP,
     POOL_FORECAST,
 )
-STATES = ("ok", "retrying", "error")
+STATES = ("ok", "retrying", "error", "conflict")
 ERROR_FIELD = "errors:"  # stats hash fields `errors:<kind>`: failed acquire attempts by kind
 # Agora answers in tens of ms to seconds (10 s client timeouts); the budget makes acquires wait up to seconds.
 DURATION_BUCKETS = (0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)

@@ -83,6 +83,21 @@ class Model:
         """Channels of the pool with a target that were never swept (at start, after a resync, new ones)."""
         return sorted(self.pools[pool].unseen, key=lambda s: (s is not None, s or ""))
 
+    def refit(self, pool: str, slots: tuple[Slot, ...]) -> None:
+        """A reload: a new pool gets a model; a pool whose configured channels changed is looked at again."""
+        model = self.pools.get(pool)
+        if model is None:
+            self.pools[pool] = PoolModel(pool, slots)
+        elif model.config_slots != slots:
+            model.config_slots = slots
+            self.resync(pool)
+
+    def retire(self, pool: str) -> None:
+        """A reload dropped the pool: nothing more is leased for it. Its model stays while the acquires in flight
+        for it finish (and for a reload that brings it back)."""
+        if pool in self.pools:
+            self.set_targets(pool, Target(0, "removed"), {})
+
     def resync(self, pool: str) -> None:
         """Forget what is known of the pool's channels (Redis lost or replaced them): each is swept again."""
         model = self.pools[pool]

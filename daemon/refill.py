@@ -25,7 +25,7 @@ import functools
 import random
 import uuid
 from collections import defaultdict
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import redis.asyncio
 import structlog
@@ -38,7 +38,7 @@ from ridpool.daemon.health import PoolDamage, RedisHealth
 from ridpool.daemon.limiter import Budget
 from ridpool.daemon.metrics import ERROR_FIELD, Metrics
 from ridpool.daemon.model import Model, Slot, Want
-from ridpool.daemon.publish import Publisher
+from ridpool.daemon.publish import Publisher, identity_of
 from ridpool.daemon.sources import DemandSource, queue_cname
 from ridpool.entry import Entry
 from ridpool.errors import PoolUnavailable, RedisRefused, RidpoolError
@@ -150,6 +150,7 @@ class Refiller:
         self.published: dict[str, dict[str, str]] = {}  # what each pool's stats hash says of its plan
         self.logged: dict[str, str] = {}  # the last reason logged per pool
         self.changed: dict[str, set[str]] = {}  # per pool, the channels the change feed named this round
+        self.between_rounds: list[Callable[[], None]] = []  # run before the next round (see daemon/reload.py)
         # Metadata rewritten (a Redis that lost it, a changed config): write the target fields again, and look at
         # every channel again (the queues may be gone too).
         publisher.listeners.append(self.published.clear)
@@ -175,6 +176,8 @@ class Refiller:
         )
         try:
             while not stop.is_set() and not self.stopping:
+                while self.between_rounds:  # a reload's changes, applied where no round is half done
+                    self.between_rounds.pop(0)()
                 await self.health.guarded("refill", self._round)
                 await self.idle(self._wait())
         finally:
@@ -456,6 +459,8 @@ class Refiller:
         """Each pool's target now, why, and what its sources want shown, in its stats hash (when they change)."""
         changed: dict[str, dict[str, str]] = {}
         for pool in self.pools:
+            if pool in self.damage.apart:
+                continue  # its owner's plan stands in the stats hash, not this replica's
             count, reason = self.total(pool)
             fields = {"target": str(count), "target_reason": reason}
             for source in self.sources:
@@ -640,7 +645,21 @@ class Refiller:
     async def _store(
         self, pool: PoolConfig, keys: PoolKeys, entry: Entry, lease: Lease, cname: str | None
     ) -> AddResult:
-        call = functions.add_call(keys, entry, queue_cname=cname, lease=lease.token, uid=lease.uid, acquired=True)
+        if pool.name in self.damage.apart:
+            # The pool turned out to be another config's while the acquire ran: the ID is not this pool's to store.
+            await functions.aexecute(self.redis, functions.release_call(keys, lease))
+            result = AddResult.CONFLICT
+            log.info("refill.not_stored", pool=pool.name, cname=entry.cname, result=result.value)
+            return result
+        call = functions.add_call(
+            keys,
+            entry,
+            queue_cname=cname,
+            lease=lease.token,
+            uid=lease.uid,
+            acquired=True,
+            identity=identity_of(pool),  # the config it was acquired under: Redis refuses it if not the owner's
+        )
         # Redis may blink between acquire and store: the add is idempotent, so retry while the entry lives.
         retrying = AsyncRetrying(
             stop=stop_after_delay(min(30.0, pool.max_age)),

@@ -120,13 +120,14 @@ class Daemon:
         )
         self.health.on_recovered = self.publisher.publish  # an empty Redis after a restart lost the metadata
         context = SourceContext(self.redis, config, self.timing)
+        self.source_factories = (*STANDARD, *extra_sources)  # built again from a reloaded config (daemon/reload.py)
         self.refiller = Refiller(
             self.redis,
             config,
             AcquireClient(self.http, config.agora.base_url, credentials, backoff_scale=self.timing.backoff_scale),
             self.budget,
             self.clock,
-            sources=[make(context) for make in (*STANDARD, *extra_sources)],
+            sources=[make(context) for make in self.source_factories],
             health=self.health,
             damage=self.damage,
             publisher=self.publisher,
@@ -146,8 +147,11 @@ class Daemon:
         self.metrics.snapshot = replace(self.metrics.snapshot, reached=False)
 
     def health_status(self) -> tuple[bool, str]:
-        """What /healthz answers (see RedisHealth.status)."""
-        return self.health.status()
+        """What /healthz answers (see RedisHealth.status), naming the pools this replica keeps apart from because
+        another config owns them: still 200 (restarting cannot mend a config, and a rollout would stall)."""
+        ok, why = self.health.status()
+        conflicts = sorted(self.publisher.conflicts)
+        return ok, why + (f"; conflict: pools {', '.join(conflicts)} (another replica owns them)" if conflicts else "")
 
     async def observe(self) -> None:
         """Read every pool's state for /metrics, and log each pool's summary when one is due."""

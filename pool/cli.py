@@ -9,7 +9,8 @@ Exit codes (the README lists them): 0 done; 1 unexpected failure; 2 invalid conf
 that takes no announcements); 5 Redis unreachable; 6 the Redis user lacks a permission; 7 a key of the pool holds
 the wrong type; 8 Redis out of memory; 9 a Cluster addressed as one server (MOVED); 10 Redis holds a newer function
 library; 11 Redis may evict keys; 12 an acquire on the spot (pop --or-acquire) failed; 13 `status --check` found a
-pool not ok or no live replica; 14 the client's own connection pool is at its cap (too many calls in flight at once).
+pool not ok (unknown, retrying, error, conflict) or no live replica; 14 the client's own connection pool is at its
+cap (too many calls in flight at once).
 """
 
 from __future__ import annotations
@@ -154,8 +155,8 @@ def build_parser(*, plugins_too: bool = True) -> argparse.ArgumentParser:
         "--check",
         action="store_true",
         help=f"print one line; exit codes: {EXIT_OK} every pool ok and a replica live, {EXIT_UNHEALTHY} a pool not ok "
-        f"or no replica live, {EXIT_REDIS} Redis unreachable, {EXIT_PERMISSION} Redis refused the password or a "
-        f"command, {EXIT_INVALID} a bad config or Redis URL",
+        f"(unknown, retrying, in error or in conflict) or no replica live, {EXIT_REDIS} Redis unreachable, "
+        f"{EXIT_PERMISSION} Redis refused the password or a command, {EXIT_INVALID} a bad config or Redis URL",
     )
     if plugins_too:
         for name, command in plugins.commands().items():

@@ -12,7 +12,7 @@ Every key that holds an ID expires (PEXPIREAT) with the longest-lived ID it hold
 itself even when no daemon runs.
 ]]
 
-local LIBRARY_VERSION = '4'
+local LIBRARY_VERSION = '5'
 -- How every entry of the version this library reads starts: a 9-element msgpack array (0x99) whose first
 -- element, the version, is 1.
 local ENTRY_HEAD = '\153\001'
@@ -115,18 +115,30 @@ local function instance()
   return instance_id
 end
 
--- Make sure a queue's entries were stored in the data set being served now; if not, drop them. Entries that
--- outlived a restore or a failover may have been popped already in the lost history, so none of them can be
--- offered again. `mark` is the meta field recording where the queue was filled ('e:' .. slot); `seen` its value
--- when the caller read it already. Returns false when the queue is current, else how many entries were dropped
--- (counted in stats as 'dropped'; 0 is still true in Lua: the queue was not current).
+-- What a queue's mark must say to be current: the data set (run_id) and, once a publisher wrote it, the
+-- identity of the pool's config (meta field 'identity': appid, channel or template, uid, clientRequest: what
+-- makes an entry what it is). Entries acquired under another identity (the config changed, another owner took
+-- over) are then dropped like those of a lost history, never served.
+local function current_mark(identity)
+  local here = instance_id or instance()
+  if identity and identity ~= '' then
+    return here .. '/' .. identity
+  end
+  return here
+end
+
+-- Make sure a queue's entries were stored in the data set being served now, under the identity published now; if
+-- not, drop them. Entries that outlived a restore or a failover may have been popped already in the lost history,
+-- so none of them can be offered again. `mark` is the meta field recording where the queue was filled ('e:' ..
+-- slot); `here` what it must say (current_mark); `seen` its value when the caller read it already. Returns false
+-- when the queue is current, else how many entries were dropped (counted in stats as 'dropped'; 0 is still true
+-- in Lua: the queue was not current).
 -- The queue (and its wake-up list) go first: a failure between the writes leaves the mark stale, never a stale
 -- queue marked current.
-local function check_data_set(meta, stats, queue, ready, mark, seen)
+local function check_data_set(meta, stats, queue, ready, mark, here, seen)
   if seen == nil then
     seen = redis.call('HGET', meta, mark)
   end
-  local here = instance()
   if seen == here then
     return false
   end
@@ -181,7 +193,7 @@ end
 -- Redis before the function starts (it is not flagged allow-oom).
 local function take_checked(keys, cname, min_ttl)
   local meta, stats, queue = keys[1], keys[2], keys[3]
-  local known = redis.call('HMGET', meta, 'mode', 'c:' .. cname, 'e:' .. cname)
+  local known = redis.call('HMGET', meta, 'mode', 'c:' .. cname, 'e:' .. cname, 'identity')
   local mode = known[1]
   if not mode then
     return nil, redis.error_reply('UNKNOWN_POOL no daemon has published this pool (after a Redis restart, '
@@ -201,7 +213,8 @@ local function take_checked(keys, cname, min_ttl)
     return nil, redis.error_reply('CNAME_NOT_SERVED this pool does not serve that channel')
   end
   -- The common case, the same data set, is told without a call.
-  if known[3] ~= (instance_id or instance()) and check_data_set(meta, stats, queue, nil, 'e:' .. cname, known[3]) then
+  local here = current_mark(known[4])
+  if known[3] ~= here and check_data_set(meta, stats, queue, nil, 'e:' .. cname, here, known[3]) then
     return nil, nil
   end
   if not redis.acl_check_cmd('ZADD', queue, '0', '') then
@@ -396,8 +409,11 @@ ARGV[6] slot      the queue's channel as written ('' for a template pool): names
                   channel whose quota the entry uses up
 ARGV[7] acquired  '1' when the daemon stores what its acquire brought: the pool's `acquires` counts it, and its
                   state is `ok` again with no failures in a row, whatever the reply ('' or '0' otherwise)
+ARGV[8] identity  of the config the entry was acquired under (meta field 'identity'; '' or absent: not checked):
+                  another one, or none, published means the entry is not what the pool's owner serves
 Reply: 'ADDED'; 'EXISTS' (this very entry is already queued: a retried add); 'REFUSED' (the ID was added
-before and popped or replaced: never offered twice); 'EXPIRED' (already past its time: not stored).
+before and popped or replaced: never offered twice); 'EXPIRED' (already past its time: not stored);
+'CONFLICT' (ARGV[8] is not the identity published: not stored, its lease and uid released).
 Errors: 'BAD_ARGUMENT ...' (keys of another pool or channel, no resourceId, an expiry out of range).
 A queue filled in another data set (a restore, a failover) is dropped before the entry joins it.
 ]]
@@ -426,12 +442,21 @@ local function add(keys, args)
   if token ~= '' then
     redis.call('ZREM', inflight, token)
   end
+  local identity = redis.call('HGET', keys[7], 'identity')
+  if args[8] and args[8] ~= '' and identity ~= args[8] then
+    -- Acquired under a config the pool's owner does not publish (a replica that disagrees, an acquire in flight
+    -- across a change of owner or config): never stored, so no pop can return it.
+    if uid ~= '' then
+      redis.call('ZREM', uids, uid)
+    end
+    return 'CONFLICT'
+  end
   if args[7] == '1' then
     -- Counted once per acquire: a retried add of the very same entry (EXISTS, below) takes this back.
     redis.call('HINCRBY', stats, 'acquires', 1)
     redis.call('HSET', stats, 'state', 'ok', 'failures', 0)
   end
-  check_data_set(keys[7], stats, queue, ready, 'e:' .. slot)
+  check_data_set(keys[7], stats, queue, ready, 'e:' .. slot, current_mark(identity))
   local digest = redis.sha1hex(rid)
   redis.call('ZREMRANGEBYSCORE', ledger, '-inf', now)
   if redis.call('ZSCORE', ledger, digest) then
@@ -680,6 +705,7 @@ local function sweep(keys, args)
   local now = now_ms()
   redis.call('ZREMRANGEBYSCORE', changes, '-inf', now - keep)
   local out = { now, instance(), 0, 0 }
+  local here = current_mark(redis.call('HGET', meta, 'identity'))
   if since >= 0 then
     local feed = redis.call('ZRANGEBYSCORE', changes, since, '+inf', 'WITHSCORES', 'LIMIT', 0, CHUNK + 1)
     local count = math.min(#feed / 2, CHUNK)
@@ -691,7 +717,7 @@ local function sweep(keys, args)
   end
   for i = 1, n do
     local slot, queue, ready = args[3 + i], keys[5 + 2 * i], keys[6 + 2 * i]
-    local dropped = check_data_set(meta, stats, queue, ready, 'e:' .. slot) or 0
+    local dropped = check_data_set(meta, stats, queue, ready, 'e:' .. slot, here) or 0
     purge_dead(queue, now)
     local retired = 0
     if retire > 0 and redis.call('HGET', quota, slot) then
@@ -833,6 +859,47 @@ local function publish_channels(keys, args)
     return redis.call('HSET', keys[1], unpack(fields))
   end
   return redis.call('HDEL', keys[1], unpack(fields))
+end
+
+--[[
+ridpool_conflict: a replica says that its config for a pool differs from the one a live owner published (so it
+neither overwrites the publication nor refills the pool), or that it no longer does. `status` and `stats()` show
+the pool in state `conflict` while a replica says so; a replica that dies without withdrawing its record is
+forgotten after live_ms.
+KEYS[1] conflicts  PREFIX:{POOL}:conflicts (hash: replica -> '<until ms> <message>'; holds no ID)
+ARGV[1] replica    the replica's id
+ARGV[2] live_ms    how long the record holds unless said again; 0 withdraws it
+ARGV[3] message    what differs, for operators
+Reply: how many replicas say so now (records past their time are dropped).
+]]
+local function conflict(keys, args)
+  local bad = check_keys(keys, { ':conflicts' })
+  if bad then
+    return bad
+  end
+  local replica, live = args[1], whole(args[2], 0, 86400000)
+  if not replica or replica == '' or not live then
+    return redis.error_reply('BAD_ARGUMENT conflict takes replica, live_ms (0 to 86400000) and a message')
+  end
+  local key, now = keys[1], now_ms()
+  if live > 0 then
+    redis.call('HSET', key, replica, (now + live) .. ' ' .. (args[3] or ''))
+  else
+    redis.call('HDEL', key, replica)
+  end
+  local top, n = 0, 0
+  for _, field in ipairs(redis.call('HKEYS', key)) do -- one field per replica that disagrees: a handful
+    local until_ms = tonumber(string.match(redis.call('HGET', key, field) or '', '^(%d+)')) or 0
+    if until_ms <= now then
+      redis.call('HDEL', key, field)
+    else
+      n, top = n + 1, math.max(top, until_ms)
+    end
+  end
+  if n > 0 then
+    redis.call('PEXPIREAT', key, top)
+  end
+  return n
 end
 
 --[[
@@ -1395,6 +1462,7 @@ redis.register_function('ridpool_sweep', sweep)
 redis.register_function { function_name = 'ridpool_count', callback = count_live, flags = { 'no-writes' } }
 redis.register_function('ridpool_publish', publish)
 redis.register_function('ridpool_channels', publish_channels)
+redis.register_function('ridpool_conflict', conflict)
 redis.register_function('ridpool_take', take)
 redis.register_function('ridpool_take_refills', take_refills)
 redis.register_function('ridpool_cooldown', cooldown)

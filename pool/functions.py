@@ -131,12 +131,21 @@ class AddResult(enum.Enum):
     EXISTS = "EXISTS"  # the same entry was already stored: a retried add
     REFUSED = "REFUSED"  # the ID was stored before and popped: it is never offered twice
     EXPIRED = "EXPIRED"  # past its time already: not stored
+    CONFLICT = "CONFLICT"  # acquired under a config identity the pool's owner does not publish: not stored
 
 
 def add_call(
-    keys: PoolKeys, entry: Entry, *, queue_cname: str | None, lease: str = "", uid: str = "", acquired: bool = False
+    keys: PoolKeys,
+    entry: Entry,
+    *,
+    queue_cname: str | None,
+    lease: str = "",
+    uid: str = "",
+    acquired: bool = False,
+    identity: str = "",
 ) -> Call:
-    """`acquired`: the daemon stores what its acquire brought (counted in `acquires`, the pool's state ok)."""
+    """`acquired`: the daemon stores what its acquire brought (counted in `acquires`, the pool's state ok);
+    `identity`: of the config it was acquired under (`PoolMeta.identity`), refused (CONFLICT) unless published."""
     return Call(
         "ridpool_add",
         (
@@ -151,7 +160,16 @@ def add_call(
             keys.announced_queues,
             keys.changes,
         ),
-        (encode(entry), entry.resource_id, entry.expires_at_ms, lease, uid, queue_cname or "", "1" if acquired else ""),
+        (
+            encode(entry),
+            entry.resource_id,
+            entry.expires_at_ms,
+            lease,
+            uid,
+            queue_cname or "",
+            "1" if acquired else "",
+            identity,
+        ),
     )
 
 
@@ -338,6 +356,11 @@ def channels_call(keys: PoolKeys, how: str, names: Sequence[str]) -> Call:
 def release_publication_call(keys: PoolKeys, *, owner: str) -> Call:
     """The owner leaving: its publication stops counting as live (see ridpool_publish)."""
     return Call("ridpool_publish", (keys.meta,), (owner, "", 0, "check"))
+
+
+def conflict_call(keys: PoolKeys, *, replica: str, live_ms: int, message: str = "") -> Call:
+    """Say (live_ms > 0) or withdraw (0) that this replica's config for the pool differs from its live owner's."""
+    return Call("ridpool_conflict", (keys.conflicts,), (replica, live_ms, message))
 
 
 def parse_publish(reply: Any) -> Published:

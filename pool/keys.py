@@ -5,7 +5,8 @@ run unchanged on Redis Cluster; account keys share the tag `{acct:NAME}`. Key na
 else: the daemon, the clients, the tests and the docs all go through these functions.
 
     PREFIX:{POOL}:meta              hash   published by the daemon: mode, appid, size, max_age_ms, slots, c:<cname>,
-                                           owner, fingerprint; e:<cname> the data set each queue was filled in
+                                           owner, fingerprint, identity; e:<cname> the data set (and config
+                                           identity) each queue was filled in
     PREFIX:{POOL}:stats             hash   counters: added, pops, misses, expired, refused, acquires, errors, ...
     PREFIX:{POOL}:q                 zset   entries of a template pool (member: msgpack entry, score: expires-at ms)
     PREFIX:{POOL}:q:<cname>         zset   entries of one named channel (cname with % and : percent-encoded)
@@ -26,6 +27,8 @@ else: the daemon, the clients, the tests and the docs all go through these funct
                                            announcement (named and announced pools); holds no ID, trimmed
     PREFIX:{POOL}:baselines         hash   a consumable window's start (server ms) -> the pool's pops counter then
     PREFIX:{POOL}:history           hash   per-minute demand counters (minute -> added pops misses expired)
+    PREFIX:{POOL}:conflicts         hash   replica -> '<until ms> <message>': replicas whose config for the pool
+                                           differs from its live owner's (they do not refill it); holds no ID
     PREFIX:{POOL}:popped:<id>       string the entry one pop took (request id <id>), kept briefly so that the same
                                            call sent again after a lost reply gets it again (expires with its life)
     PREFIX:{acct:NAME}:rate         zset   the account's shared request log (sliding window)
@@ -129,6 +132,10 @@ class PoolKeys:
     @property
     def history(self) -> str:
         return f"{self.tag}:history"
+
+    @property
+    def conflicts(self) -> str:
+        return f"{self.tag}:conflicts"
 
     def queue(self, cname: str | None) -> str:
         return f"{self.tag}:q" if cname is None else f"{self.tag}:q:{encode_cname(cname)}"

@@ -43,9 +43,25 @@ class PoolMeta:
             return "announced"
         return "template" if self.cnames is None else "named"
 
+    def identity(self) -> str:
+        """What makes an entry of this pool what it is (mode, appid, the cname or its template, the uid or its
+        range, Agora's clientRequest), as a short digest: an add acquired under another identity than the one
+        published is refused, and queues filled under another one are dropped (see ridpool_add)."""
+        return functions.fingerprint(
+            {
+                "mode": self.mode,
+                "appid": self.appid,
+                "cname": self.label,
+                "uid": self.uid,
+                "client_request": json.dumps(self.client_request, sort_keys=True),
+            },
+            (),
+        )
+
     def fields(self) -> dict[str, str]:
         """The settings (its channels are published apart, as fields `c:<cname>` pops look up)."""
         return {
+            "identity": self.identity(),
             "mode": self.mode,
             "appid": self.appid,
             "size": str(self.size),

@@ -64,7 +64,9 @@ class PoolStats:
     channels: tuple[ChannelStats, ...]
     in_flight: int
     counters: Mapping[str, int]
-    state: str  # 'ok'; 'retrying' or 'error' (a rejected request) after the last acquire gave up, until one succeeds
+    # 'ok'; 'retrying' or 'error' (a rejected request) after the last acquire gave up, until one succeeds;
+    # 'conflict' while a live replica's config for the pool differs from its owner's (`conflict` says how)
+    state: str
     last_error: str
     published_at_ms: int | None
     starts: Mapping[str, int] = field(default_factory=dict)  # starters' reports: 'ok:0-29', 'failed:30-59', ...
@@ -74,6 +76,7 @@ class PoolStats:
     next_warmup: str = ""  # the next warm-up instant, ISO 8601, or ""
     hour: Waste = field(default_factory=Waste)
     held_for: float | None = None  # seconds the pool's hold has left (no replica leases meanwhile); None: not held
+    conflict: str = ""  # what the replicas whose config differs from the owner's say, one line each
 
     @property
     def size(self) -> int:
@@ -152,6 +155,7 @@ def first_round(keys: PoolKeys) -> list[tuple[str, ...]]:
         ("HGETALL", keys.starts),
         ("HMGET", keys.history, "last", *SNAPSHOT),
         ("PTTL", keys.hold),
+        ("HGETALL", keys.conflicts),
     ]
 
 
@@ -278,8 +282,9 @@ def build(
 ) -> PoolStats:
     """The pool's state from what `read` gathered: every figure is computed here (or in a property of
     PoolStats), once, and every view (status, stats(), /metrics, pool.summary) reads it from there."""
-    time_reply, _, stats_raw, in_flight, starts_raw, snapshot, hold_ms = first
+    time_reply, _, stats_raw, in_flight, starts_raw, snapshot, hold_ms, conflicts_raw = first
     now_ms = server_ms(time_reply)
+    conflict = conflicts(conflicts_raw, now_ms)
     raw = decode_hash(stats_raw)
     max_age_ms = int(meta.get("max_age_ms") or "0")
     channels = []
@@ -303,7 +308,7 @@ def build(
         channels=tuple(channels),
         in_flight=int(in_flight),
         counters=counters,
-        state=raw.get("state", "ok"),
+        state="conflict" if conflict else raw.get("state", "ok"),
         last_error=raw.get("last_error", ""),
         published_at_ms=int(published) if published else None,
         starts={k: int(v) for k, v in decode_hash(starts_raw).items()},
@@ -313,4 +318,15 @@ def build(
         next_warmup=raw.get("next_warmup", ""),
         hour=last_hour(history, since, counters),
         held_for=int(hold_ms) / 1000 if int(hold_ms) > 0 else None,
+        conflict=conflict,
     )
+
+
+def conflicts(raw: Mapping[Any, Any], now_ms: int) -> str:
+    """The live records of `ridpool_conflict` ('<until ms> <message>' per replica), one line each."""
+    lines = []
+    for value in decode_hash(raw).values():
+        until, _, message = value.partition(" ")
+        if until.isdigit() and int(until) > now_ms:
+            lines.append(message)
+    return "\n".join(sorted(lines))

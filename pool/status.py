@@ -84,6 +84,8 @@ def problems(status: Status) -> list[str]:
     for s in status.pools:
         if not s.known:
             found.append(f"pool {s.pool!r} unknown (no daemon published it) {status.hint}".rstrip())
+        elif s.state == "conflict":
+            found.append(f"pool {s.pool!r} is in conflict: {' / '.join(s.conflict.splitlines())}")
         elif s.state != "ok":
             # Whole (at most 500 characters, as the daemon keeps it): a cut would split the X-Request-Id.
             why = f": {' '.join(s.last_error.split())}" if s.last_error else ""
@@ -115,6 +117,7 @@ def as_json(status: Status) -> dict[str, Any]:
                 "maxAge": s.max_age,
                 "heldFor": s.held_for,
                 "lastError": s.last_error,
+                "conflict": s.conflict or None,
                 "starts": dict(s.starts),
                 **({"announcements": announcements(s)} if s.mode == "announced" else {}),
                 **dict(s.counters),

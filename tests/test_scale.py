@@ -78,6 +78,9 @@ async def test_9000_announcements_ending_together_leave_other_pools_refilling_an
     keys = pool_keys(PREFIX, "classes")
     async with running(config, timing=FAST):
         await eventually(lambda: r.exists(keys.meta), what="the pools published")
+        # Full before the flood: a replica leases only once its first publication stands, and 9,000 empty
+        # channels would then come first (emptiest first) while they are due.
+        await eventually(lambda: r.zcard(pool_keys(PREFIX, "web").queue(None)) == 3, what="web full")
         at = int(r.time()[0]) * 1000 + 4_000
         pipe = r.pipeline(transaction=False)
         for cname in channels(9000):
