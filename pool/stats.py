@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import redis
+from ridpool import ages
 from ridpool.errors import RidpoolError
 from ridpool.functions import CHUNK, Plan, count_call, fcall, parse_count, text
 from ridpool.keys import PoolKeys
@@ -71,10 +72,20 @@ class PoolStats:
     next_warmup: str = ""  # the next warm-up instant, ISO 8601, or ""
     hour: Waste = field(default_factory=Waste)
     held_for: float | None = None  # seconds the pool's hold has left (no replica leases meanwhile); None: not held
+    # auto_max_age: the decision pops honour now (None: none, pops offer up to max_age), and the last hour's
+    # starts by ID age bucket ("0-2", "2-5", ...), from the starters' reports
+    freshness: ages.Effective | None = None
+    starts_hour: Mapping[str, ages.Tally] = field(default_factory=dict)
 
     @property
     def size(self) -> int:
         return sum(c.size for c in self.channels)
+
+    @property
+    def effective_max_age(self) -> float:
+        """Seconds an entry is offered after its acquire was sent: the effective max_age (auto_max_age), else
+        the configured one."""
+        return min(self.freshness.max_age, self.max_age) if self.freshness is not None else self.max_age
 
     @property
     def oldest_age(self) -> float | None:
@@ -88,7 +99,7 @@ def decode_hash(raw: Mapping[Any, Any]) -> dict[str, str]:
 
 # The settings a pool's meta hash holds besides its channels (`c:<cname>`) and data-set marks (`e:<cname>`), which
 # a pool of many channels has thousands of: read by name, never with HGETALL.
-META_FIELDS = ("mode", "appid", "size", "max_age_ms", "published_at_ms", "channels")
+META_FIELDS = ("mode", "appid", "size", "max_age_ms", "published_at_ms", "channels", *ages.FRESH_FIELDS)
 
 
 def first_round(keys: PoolKeys) -> list[tuple[str, ...]]:
@@ -218,6 +229,7 @@ def build(
     time_reply, _, stats_raw, in_flight, starts_raw, _, hold_ms = first
     now_ms = server_ms(time_reply)
     raw = decode_hash(stats_raw)
+    starts = decode_hash(starts_raw)
     max_age_ms = int(meta.get("max_age_ms") or "0")
     channels = []
     for cname, (size, oldest) in queues:
@@ -241,11 +253,13 @@ def build(
         state=raw.get("state", "ok"),
         last_error=raw.get("last_error", ""),
         published_at_ms=int(published) if published else None,
-        starts={k: int(v) for k, v in decode_hash(starts_raw).items()},
+        starts=ages.cumulative(starts),
         extra={k: v for k, v in raw.items() if k not in (*COUNTERS, *TARGET_FIELDS, "state", "last_error")},
         target_now=int(raw["target"]) if raw.get("target", "").isdigit() else None,
         target_reason=raw.get("target_reason", ""),
         next_warmup=raw.get("next_warmup", ""),
         hour=_hour(history),
         held_for=int(hold_ms) / 1000 if int(hold_ms) > 0 else None,
+        freshness=ages.effective(meta, now_ms),
+        starts_hour=dict(ages.hour_rates(ages.over(ages.per_minute(starts), now_minute=now_ms // 60_000))),
     )
