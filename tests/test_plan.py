@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 import redis
-from ridpool import AsyncPoolClient, PoolClient, cli
+from ridpool import AsyncPoolClient, PoolClient, cli, status
 from ridpool.daemon import demand, planchart, planner, planview
 from ridpool.daemon.config import Config, load_config, overlap_warnings, parse_config
 from ridpool.daemon.metrics import Metrics, Snapshot
@@ -378,6 +378,11 @@ async def test_a_forecast_only_pool_shows_its_forecast_without_acting_on_it(
     assert shown.extra["forecast_at"] == datetime.fromtimestamp(step, UTC).isoformat(timespec="seconds")
     assert set(targets) == {2} and after.target_now == 2 and after.size <= 2
     assert [e["event"] for e in logs if e["event"].startswith("demand.")] == ["demand.forecast"]
+    forecast = status.as_json(status.Status([shown], []))["pools"][0]["forecast"]
+    assert forecast == {"entries": 8, "at": shown.extra["forecast_at"], "reason": shown.extra["forecast_reason"]}
+    line = status.plan_line(shown)
+    assert line.endswith(f"; learned demand would add 8 by {forecast['at']} ({forecast['reason']})")
+    assert "learned demand" not in status.plan_line(dataclasses.replace(shown, extra={**shown.extra, "forecast": "0"}))
     metrics = Metrics()
     metrics.snapshot = Snapshot((shown,), reached=True)
     samples = {(s.name, s.labels.get("pool")): s.value for f in metrics.registry.collect() for s in f.samples}
