@@ -197,28 +197,32 @@ end
 -- go back to the configured max_age by themselves.
 local FRESH_FIELDS = { 'max_age_ms', 'fresh_max_age_ms', 'fresh_until', 'fresh_probe', 'fresh_share', 'fresh_up_to_ms' }
 
--- The least score a pop may take (beyond its min_ttl) and whether it takes the youngest entry (a probe): from
--- the meta fields FRESH_FIELDS (values in `f`, from index `at`), at server time `now`; `draw` in [0, 1) decides
--- whether this pop is one of the probes' share. Returns nil (no bound), false when no decision holds.
+-- What a pop may take, from the meta fields FRESH_FIELDS (values in `f`, from index `at`) at server time `now`;
+-- `draw` in [0, 1) decides whether this pop is one of the probes' share. Returns the least score it may take
+-- (nil: no bound beyond min_ttl) and how it takes: 'oldest' (the oldest entry young enough), 'youngest' (a
+-- 'younger' probe: the youngest entry), or 'band' (an 'older' probe: the youngest entry past the effective value
+-- and within up_to, the least risky evidence that the band is fine, and one whose start, a moment after the pop,
+-- still falls in the band; when there is none, the oldest entry young enough). For 'band', the third value is the
+-- score the effective value ends at. No decision, or one that lapsed: nil, 'oldest'.
 local function fresh_bound(f, at, now, draw)
   local life, effective, until_ms = tonumber(f[at] or ''), tonumber(f[at + 1] or ''), tonumber(f[at + 2] or '')
   if not (life and effective and until_ms) or until_ms <= now then
-    return nil, false
+    return nil, 'oldest'
   end
   local offered = math.min(effective, life)
+  local bound = offered < life and now + life - offered or nil
   local probe, share = f[at + 3], tonumber(f[at + 4] or '') or 0
-  local youngest = false
-  if probe and probe ~= '' and draw < share then
-    if probe == 'older' then
-      offered = math.min(math.max(offered, tonumber(f[at + 5] or '') or offered), life)
-    elseif probe == 'younger' then
-      youngest = true
-    end
+  if not probe or probe == '' or draw >= share then
+    return bound, 'oldest'
   end
-  if offered >= life then
-    return nil, youngest
+  if probe == 'younger' then
+    return bound, 'youngest'
   end
-  return now + life - offered, youngest
+  local up_to = math.min(math.max(offered, tonumber(f[at + 5] or '') or offered), life)
+  if probe == 'older' and bound and up_to > offered then
+    return now + life - up_to, 'band', bound
+  end
+  return bound, 'oldest'
 end
 
 -- The pop's checks and take (see take_entry). Returns member, expires_at, now; or nil, error reply; or nil, nil.
@@ -258,9 +262,9 @@ local function take_checked(keys, cname, min_ttl)
   local t = redis.call('TIME')
   local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
   -- The clock's last four digits of microseconds: a draw in [0, 1) that no caller controls, for the probes' share.
-  local bound, youngest = fresh_bound(known, 4, now, (tonumber(t[2]) % 10000) / 10000)
+  local bound, how, band_top = fresh_bound(known, 4, now, (tonumber(t[2]) % 10000) / 10000)
   local least = math.max(now + min_ttl, now + 1, bound or 0)
-  if not bound and not youngest then
+  if not bound and how == 'oldest' then
     -- The common case, in one step: the oldest entry is alive, has the life asked for and is of this version.
     -- Taking the head never changes the queue's expiry (the longest-lived entry stays, or the queue is gone).
     local head = redis.call('ZPOPMIN', queue)
@@ -284,11 +288,19 @@ local function take_checked(keys, cname, min_ttl)
   -- The oldest entry with the life asked for (and young enough: the effective max_age), or the youngest for a
   -- probe; and whether another lives longer (then the queue's expiry stays as it is).
   redis.pcall('ZREMRANGEBYSCORE', queue, '-inf', now) -- the dead entries (tidying: may be refused)
-  local found, top
-  if youngest then
+  local found, top = {}, false
+  if how == 'band' and band_top > least then
+    found = redis.call('ZREVRANGEBYSCORE', queue, '(' .. band_top, least, 'WITHSCORES', 'LIMIT', 0, 1)
+    if found[1] then
+      top = redis.call('ZCOUNT', queue, '(' .. found[2], '+inf') == 0
+    else
+      least = band_top -- nothing past the effective value within the band: an ordinary pop
+    end
+  end
+  if how == 'youngest' then
     found = redis.call('ZREVRANGEBYSCORE', queue, '+inf', least, 'WITHSCORES', 'LIMIT', 0, 1)
     top = true
-  else
+  elseif not found[1] then
     found = redis.call('ZRANGEBYSCORE', queue, least, '+inf', 'WITHSCORES', 'LIMIT', 0, 2)
     top = not found[3]
   end
@@ -399,7 +411,7 @@ end
 ridpool_pop: hand out the oldest entry that still has at least min_ttl to live; never the same one twice. With
 auto_max_age, only entries younger than the pool's effective max_age are offered (the daemon's decision in the
 meta hash, see ridpool_freshen), and the share of pops the decision asks for probes: it takes the youngest entry
-('younger'), or may take entries up to the next age edge ('older').
+('younger'), or the youngest entry past the effective value and younger than the next age edge ('older').
 KEYS[1] meta   PREFIX:{POOL}:meta
 KEYS[2] stats  PREFIX:{POOL}:stats
 KEYS[3] queue  PREFIX:{POOL}:q (template pool) or PREFIX:{POOL}:q:<encoded cname> (named channel, see keys.py)

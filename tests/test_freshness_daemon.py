@@ -139,12 +139,13 @@ def test_a_decision_not_stored_again_lapses(r: redis.Redis, client: PoolClient) 
 
 @pytest.mark.parametrize(
     ("probe", "up_to", "expected"),
-    [("younger", 0, 2), ("older", 90, 0), ("older", 60, 1)],
+    [("younger", 0, 2), ("older", 90, 1), ("older", 60, 1), ("older", 45, 2)],
 )
 def test_the_probes_share_of_pops_takes_the_youngest_or_older_entries(
     r: redis.Redis, client: PoolClient, probe: str, up_to: float, expected: int
 ) -> None:
-    """Share 1: every pop probes. 'younger' takes the youngest entry; 'older' the oldest up to the next edge."""
+    """Share 1: every pop probes. 'younger' takes the youngest entry; 'older' the youngest past the effective
+    value (30 s) within up_to, or, with none there, the oldest young enough."""
     publish_pool(r, PREFIX, "web")
     entries = aged(r, 80, 50, 10)
     assert store(r, 30, probe=probe, share=1.0, up_to=up_to) == "STORED"
