@@ -34,12 +34,12 @@ youngest entry instead, until the comparison can be made.
 
 **Up.** Below the ceiling, the decision asks for an old probe: a share of pops may take entries aged up to the
 next edge above the current value (the pop serves them the youngest entry past the current value: the least
-risky evidence, and one whose start, a moment after the pop, still falls in the band). The value moves up to that edge only on evidence that the band is fine: at
-least `min_reports` starts in it, and a one-sided exact binomial test of H0 "their failure rate is at least
-max_start_failure" rejected at `up_alpha` (0.05; the exact Clopper-Pearson upper bound is below
-max_start_failure: 59 clean starts at 5%); and not while starts older than the edge failed too often within the
-window (what moved the value down must leave the window first). Up is slower than down by design, one band at
-a time.
+risky evidence, and one whose start, a moment after the pop, still falls in the band). The value moves up to
+that edge only on evidence that the band is fine: at least `min_reports` starts in it, and a one-sided exact
+binomial test of H0 "their failure rate is at least max_start_failure" rejected at `up_alpha` (0.05; the exact
+Clopper-Pearson upper bound is below max_start_failure: 59 clean starts at 5%); and not while starts older than
+the edge failed too often within the window (what moved the value down must leave the window first). Up is
+slower than down by design, one band at a time.
 
 Applying a decision is not this module's: the reports are kept per minute by `ridpool_report` (pool/ages.py reads
 them), the per-minute job (daemon/freshen.py) decides and stores the value with `ridpool_freshen` and logs
