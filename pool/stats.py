@@ -65,7 +65,7 @@ class PoolStats:
     state: str  # 'ok'; 'retrying' or 'error' (a rejected request) after the last acquire gave up, until one succeeds
     last_error: str
     published_at_ms: int | None
-    starts: Mapping[str, int] = field(default_factory=dict)  # starters' reports: 'ok:0-29', 'failed:30-59', ...
+    starts: Mapping[str, int] = field(default_factory=dict)  # reports since the hash was made: 'ok:0-2', 'code:433'
     extra: Mapping[str, str] = field(default_factory=dict)
     target_now: int | None = None  # entries the pool aims to hold now, all channels together (None: not planned)
     target_reason: str = ""  # why: "size 20", "warmup 0 9 * * 1-5 at 2026-11-26T09:00:00+01:00 +200; size 20", ...
