@@ -288,17 +288,18 @@ local function take_checked(keys, cname, min_ttl)
   -- The oldest entry with the life asked for (and young enough: the effective max_age), or the youngest for a
   -- probe; and whether another lives longer (then the queue's expiry stays as it is).
   redis.pcall('ZREMRANGEBYSCORE', queue, '-inf', now) -- the dead entries (tidying: may be refused)
+  -- (ZRANGE ... BYSCORE REV, not ZREVRANGEBYSCORE, nor ZCOUNT: what the README's starter ACL allows.)
   local found, top = {}, false
   if how == 'band' and band_top > least then
-    found = redis.call('ZREVRANGEBYSCORE', queue, '(' .. band_top, least, 'WITHSCORES', 'LIMIT', 0, 1)
+    found = redis.call('ZRANGE', queue, '(' .. band_top, least, 'BYSCORE', 'REV', 'LIMIT', 0, 1, 'WITHSCORES')
     if found[1] then
-      top = redis.call('ZCOUNT', queue, '(' .. found[2], '+inf') == 0
+      top = redis.call('ZRANGE', queue, -1, -1)[1] == found[1]
     else
       least = band_top -- nothing past the effective value within the band: an ordinary pop
     end
   end
   if how == 'youngest' then
-    found = redis.call('ZREVRANGEBYSCORE', queue, '+inf', least, 'WITHSCORES', 'LIMIT', 0, 1)
+    found = redis.call('ZRANGE', queue, '+inf', least, 'BYSCORE', 'REV', 'LIMIT', 0, 1, 'WITHSCORES')
     top = true
   elseif not found[1] then
     found = redis.call('ZRANGEBYSCORE', queue, least, '+inf', 'WITHSCORES', 'LIMIT', 0, 2)
