@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 import redis
 from ridpool import AsyncPoolClient, PoolClient, PoolEmpty, ages, functions, status
-from ridpool.daemon import freshness
+from ridpool.daemon import freshness, planview
 from ridpool.daemon.config import parse_config
 from ridpool.daemon.metrics import Metrics, Snapshot
 from ridpool.entry import Entry
@@ -278,3 +278,13 @@ def test_check_config_judges_an_auto_max_age_pool_at_its_floor() -> None:
     table["pools"][0].update(auto_max_age=True, min_max_age=20)  # type: ignore[index]
     with pytest.raises(ConfigError, match=r"standing sizes need 20\.0 acquires/s"):
         parse_config(table)
+
+
+def test_the_plan_in_view_plans_with_the_stored_effective_max_age(r: redis.Redis, redis_url: str) -> None:
+    """`ridpool plan` reading Redis plans an auto_max_age pool for the life the daemon plans with now."""
+    publish_pool(r, PREFIX, "web")
+    pool = web_pool(2, auto_max_age=True)
+    config = make_config(redis_url, "http://127.0.0.1:1", pool)
+    assert planview.read(r, config, minutes=1).max_age_ms == {"web": 270_000}
+    assert store(r, 30) == "STORED"
+    assert planview.read(r, config, minutes=1).max_age_ms == {"web": 30_000}
