@@ -68,9 +68,8 @@ class Freshener:
                 pipe.time()
                 pipe.hmget(keys.meta, list(ages.FRESH_FIELDS))
                 time_reply, fields = await pipe.execute()
-        now = int(time_reply[0]) * 1000 + int(time_reply[1]) // 1000
-        meta = {k: None if v is None else functions.text(v) for k, v in zip(ages.FRESH_FIELDS, fields, strict=True)}
-        return now, ages.effective(meta, now)
+        now = stats.server_ms(time_reply)
+        return now, ages.stored(fields, now)
 
     async def look(self, pool: PoolConfig) -> None:
         """Decide this minute's value unless a replica did, store it, and apply what is stored."""

@@ -458,10 +458,7 @@ def read(client: Any, config: Config, *, minutes: int, now_ms: int | None = None
         if p.auto_max_age:  # the life the daemon plans with now: the effective max_age it stored
             with functions.reaching(client):
                 fields = client.hmget(keys.meta, list(ages.FRESH_FIELDS))
-            stored = ages.effective(
-                {k: None if v is None else functions.text(v) for k, v in zip(ages.FRESH_FIELDS, fields, strict=True)},
-                server,
-            )
+            stored = ages.stored(fields, server)
             lives[p.name] = freshness.planning_max_age_ms(p, stored.max_age if stored else None)
         if p.announced:
             found[p.name] = []

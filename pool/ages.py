@@ -12,10 +12,11 @@ from __future__ import annotations
 
 import bisect
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
-from ridpool.functions import LIBRARY
+from ridpool.functions import LIBRARY, text
 
 
 def _lua_list(name: str) -> tuple[int, ...]:
@@ -149,6 +150,11 @@ def effective(fields: Mapping[str, str | None], now_ms: int) -> Effective | None
         int(up_to_ms or 0) / 1000,
         reason,
     )
+
+
+def stored(values: Sequence[Any], now_ms: int) -> Effective | None:
+    """`effective` from an HMGET of FRESH_FIELDS as Redis answered it (bytes or text, None for a missing field)."""
+    return effective({k: None if v is None else text(v) for k, v in zip(FRESH_FIELDS, values, strict=True)}, now_ms)
 
 
 def hour_rates(tallies: Mapping[int, Tally]) -> Iterable[tuple[str, Tally]]:
