@@ -49,6 +49,12 @@ FAIL_AFTER, P_FAIL = 60, 0.3
 RATE, SIM_RATE = 8, 10
 LAST = 300.0  # the last 5 minutes
 LOOK = 5.0  # seconds between looks at the effective max_age
+WASTE_NOTE = (
+    "Waste counts the IDs that expired unused by the end of the run: arm `auto` keeps its standing size of 120 for "
+    "the shorter life (the refill counts entries past the effective max_age as not ready and acquires young ones; "
+    "the old ones stay queued for the probes until they expire), so it acquires more; a pool meant to run at 30 s "
+    "would be given a smaller size."
+)
 
 
 @dataclass
@@ -193,6 +199,7 @@ def render(arms: list[Arm], command: str, seconds: float, took: float) -> str:
             f"| {a.expired} ({a.expired / max(1, a.acquired):.0%}) | {last:g} s |"
         )
     auto = next(a for a in arms if a.auto)
+    lines += ["", WASTE_NOTE]
     lines += ["", "The effective max_age of arm `auto` over the run (minute of the run: value, the decision):", ""]
     for t, value, reason in auto.timeline:
         lines.append(f"- {t / 60:4.1f} min: {value:g} s{f' ({reason})' if reason else ''}")
