@@ -219,10 +219,11 @@ class SimProcess:
     window that exists only in the measurement. Agora's clock is not tied to the client's GIL either.
     """
 
-    def __init__(self, *, rate_limit: int, latency: float, jitter: float) -> None:
+    def __init__(self, *, rate_limit: int, latency: float, jitter: float, extra: Sequence[str] = ()) -> None:
+        """`extra`: more `ridpool simulate` flags (faults such as --start-fail-after)."""
         self.port = free_port()
         argv = [*ridpool_argv(), "simulate", "--host", "127.0.0.1", "--port", str(self.port)]
-        self.serve([*argv, "--rate-limit", str(rate_limit), "--latency", str(latency), "--jitter", str(jitter)])
+        self.serve([*argv, "--rate-limit", str(rate_limit), "--latency", str(latency), "--jitter", str(jitter), *extra])
 
     def serve(self, argv: list[str]) -> None:
         """Run `argv` (a simulator listening on self.port) and return once it answers."""

@@ -22,7 +22,7 @@ import redis
 from ridpool.daemon import log
 from ridpool.daemon.localredis import LocalRedis
 
-from benchmarks import announce, burst, cpu, first_pop, imports, memory, pop, refill, scale, starts, timeline
+from benchmarks import announce, burst, cpu, first_pop, freshness, imports, memory, pop, refill, scale, starts, timeline
 from benchmarks.common import FULL, QUICK, ROOT, load_average, machine
 from benchmarks.report import Results, render
 
@@ -81,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
     # The sections other benchmarks write, each a run of its own, are kept as they were.
     old = md.read_text() if md.exists() else ""
     new = render(results)
-    for section in (burst.SECTION, announce.SECTION, starts.SECTION, scale.SECTION):
+    for section in (burst.SECTION, announce.SECTION, starts.SECTION, scale.SECTION, freshness.SECTION):
         new = section.carry(old, new)
     md.write_text(new)
     print("CLI imports", flush=True)

@@ -33,7 +33,7 @@ from pydantic import (
 from pydantic_core import ErrorDetails, InitErrorDetails, PydanticCustomError
 from ridpool import channels, settings
 from ridpool.budget import REFILL_MAX_WAIT, Account, window_for
-from ridpool.daemon import planner, warmups
+from ridpool.daemon import freshness, planner, warmups
 from ridpool.errors import ConfigError
 from ridpool.functions import MAX_WAIT
 from ridpool.keys import NAME_PATTERN, PREFIX_PATTERN
@@ -520,9 +520,7 @@ def _size_problems(agora: AgoraSettings, pools: list[Mapping[str, Any]]) -> list
     need = 0.0
     for p in pools:
         channels = len(p["cnames"]) if isinstance(p.get("cnames"), list) and p["cnames"] else 1
-        max_age = _number(p, "max_age", 270.0)
-        max_age = max_age if 0 < max_age < 300 else 270.0  # a wrong one is reported as such, not judged here
-        need += channels * max(0.0, _number(p, "size", 0)) / max_age
+        need += channels * max(0.0, _number(p, "size", 0)) / _judged_max_age(p)
     if need > sustained * planner.HEADROOM:
         why = (
             f"the standing sizes need {need:.1f} acquires/s (every entry is renewed every max_age), more than "
@@ -531,6 +529,16 @@ def _size_problems(agora: AgoraSettings, pools: list[Mapping[str, Any]]) -> list
         )
         problems.append((("pools",), why, None))
     return problems
+
+
+def _judged_max_age(p: Mapping[str, Any]) -> float:
+    """The max_age (s) a raw pool table is judged with: with auto_max_age, min_max_age (the effective value may
+    fall that low). A wrong value is reported as such elsewhere; its default stands in here."""
+    max_age = _number(p, "max_age", 270.0)
+    max_age = max_age if 0 < max_age < 300 else 270.0
+    floor = _number(p, "min_max_age", 20.0)
+    floor = floor if 2 <= floor < 300 else 20.0
+    return freshness.feasibility_max_age(max_age, auto=p.get("auto_max_age") is True, floor=floor)
 
 
 def _number(table: Mapping[str, Any], key: str, default: float) -> float:
@@ -547,7 +555,7 @@ def _warmup_problems(agora: AgoraSettings, pools: list[Mapping[str, Any]]) -> li
     shapes = []
     for p in pools:
         channels = len(p["cnames"]) if isinstance(p.get("cnames"), list) and p["cnames"] else 1
-        shapes.append((channels, max(0.0, _number(p, "size", 0)), round(_number(p, "max_age", 270.0) * 1000)))
+        shapes.append((channels, max(0.0, _number(p, "size", 0)), round(_judged_max_age(p) * 1000)))
     standing = sum(channels * size * 1000 / max(1, age) for channels, size, age in shapes)
     rate = max(0.0, sustained * planner.HEADROOM - standing)
     problems: list[Problem] = []
@@ -664,7 +672,7 @@ OVERLAP_HORIZON = timedelta(days=8)  # a week of instants, and the day a weekly 
 def overlap_warnings(config: Config, now: datetime) -> tuple[str, ...]:
     """Warm-ups that fit alone but not together in the next week: the schedule must start acquiring for them
     before their entries could live until the instant. One warning per warm-up, at its first such instant."""
-    max_age = {p.name: p.max_age_ms for p in config.pools}
+    max_age = {p.name: freshness.feasibility_max_age_ms(p) for p in config.pools}
     standing = [planner.Demand(p.name, None, p.size, 0, None, "size") for p in config.pools if p.slots]
     rate = planner.available_rate(config.sustained_rate, standing, max_age, config.channels)
     demands = []

@@ -33,63 +33,31 @@ starts were reported, the decision asks for a young probe: a small share (`probe
 youngest entry instead, until the comparison can be made.
 
 **Up.** Below the ceiling, the decision asks for an old probe: a share of pops may take entries aged up to the
-next edge above the current value. The value moves up to that edge only on evidence that the band is fine: at
-least `min_reports` starts in it, and a one-sided exact binomial test of H0 "their failure rate is at least
-max_start_failure" rejected at `up_alpha` (0.05; the exact Clopper-Pearson upper bound is below
-max_start_failure: 59 clean starts at 5%); and not while starts older than the edge failed too often within the
-window (what moved the value down must leave the window first). Up is slower than down by design, one band at
-a time.
+next edge above the current value (the pop serves them the youngest entry past the current value: the least
+risky evidence, and one whose start, a moment after the pop, still falls in the band). The value moves up to
+that edge only on evidence that the band is fine: at least `min_reports` starts in it, and a one-sided exact
+binomial test of H0 "their failure rate is at least max_start_failure" rejected at `up_alpha` (0.05; the exact
+Clopper-Pearson upper bound is below max_start_failure: 59 clean starts at 5%); and not while starts older than
+the edge failed too often within the window (what moved the value down must leave the window first). Up is
+slower than down by design, one band at a time.
 
-Applying a decision (the pop offering entries younger than the effective value, the refill planning and
-acquiring for the shorter life, the probes, `freshness.changed` logs, storing reports per minute) is the
-daemon's; this module only decides.
+Applying a decision is not this module's: the reports are kept per minute by `ridpool_report` (pool/ages.py reads
+them), the per-minute job (daemon/freshen.py) decides and stores the value with `ridpool_freshen` and logs
+`freshness.changed`, the pop offers only entries younger than it and serves the probes (functions.lua), the
+refill plans and acquires for the shorter life. This module only decides.
 """
 
 from __future__ import annotations
 
-import bisect
 import math
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal
+
+from ridpool.ages import EDGES, TOP, Tally, over, upper
 
 if TYPE_CHECKING:
     from ridpool.daemon.config import PoolConfig
-
-# Lower edges (s) of the age buckets; a bucket runs to the next edge. Fine near zero to see Agora's two seconds.
-EDGES = (0, 2, 5, 10, 20, 30, 60, 90, 120, 150, 180, 210, 240, 270)
-TOP = 300  # an ID lives five minutes: the last bucket ends there
-
-
-def bucket_of(age_ms: float) -> int:
-    """The lower edge (s) of the bucket an ID of this age falls in (negative ages, a clock's error, are 0)."""
-    return EDGES[max(0, bisect.bisect_right(EDGES, age_ms / 1000) - 1)]
-
-
-def label(edge: int) -> str:
-    """The bucket as status and metrics name it: "0-2", "30-60", "270-300"."""
-    i = EDGES.index(edge)
-    return f"{edge}-{EDGES[i + 1] if i + 1 < len(EDGES) else TOP}"
-
-
-@dataclass(frozen=True, slots=True)
-class Tally:
-    """Starts reported in one bucket (of one minute, or summed)."""
-
-    ok: int = 0
-    failed: int = 0
-
-    @property
-    def n(self) -> int:
-        return self.ok + self.failed
-
-    @property
-    def rate(self) -> float:
-        return self.failed / self.n if self.n else 0.0
-
-    def __add__(self, other: Tally) -> Tally:
-        return Tally(self.ok + other.ok, self.failed + other.failed)
-
 
 Minute = Mapping[int, Tally]  # bucket edge (s) -> the starts of one minute
 Reports = Mapping[int, Minute]  # minute index (server ms // 60000) -> its starts
@@ -131,8 +99,8 @@ class Decision:
     changed: bool
     reason: str  # in words, with the figures: what `freshness.changed` logs and status shows
     probe: Probe | None = None
-    older: Tally = Tally()  # the figures the decision turned on
-    younger: Tally = Tally()
+    older: Tally = field(default_factory=Tally)  # the figures the decision turned on
+    younger: Tally = field(default_factory=Tally)
     p_value: float | None = None
 
     def fields(self) -> dict[str, object]:
@@ -151,12 +119,7 @@ class Decision:
 
 def totals(reports: Reports, *, now_minute: int, window: int) -> dict[int, Tally]:
     """Every bucket's starts over the minutes (now_minute - window, now_minute]."""
-    out: dict[int, Tally] = {}
-    for minute, tallies in reports.items():
-        if now_minute - window < minute <= now_minute:
-            for edge, tally in tallies.items():
-                out[edge] = out.get(edge, Tally()) + tally
-    return out
+    return over(reports, now_minute=now_minute, window=window)
 
 
 def _sum(tallies: Iterable[Tally]) -> Tally:
@@ -212,7 +175,7 @@ def decide(current: float, reports: Reports, *, now_minute: int, policy: Policy,
     if now >= ceiling:
         return Decision(now, now != current, f"max_age {_s(now)} s, the ceiling: no evidence against it")
     up_to = _next_edge(now, ceiling)
-    band = _sum(t for edge, t in by_edge.items() if edge < up_to and _upper(edge) > now)
+    band = _sum(t for edge, t in by_edge.items() if edge < up_to and upper(edge) > now)
     above = _sum(t for edge, t in by_edge.items() if edge >= up_to)
     probing = _up_probe(now, policy)
     if above.n >= least and (stale := binom_sf(above.failed, above.n, p0)) <= policy.alpha:
@@ -240,11 +203,6 @@ def _next_edge(at: float, ceiling: float) -> float:
     return float(min(ceiling, next((e for e in EDGES if e > at), TOP)))
 
 
-def _upper(edge: int) -> int:
-    i = EDGES.index(edge)
-    return EDGES[i + 1] if i + 1 < len(EDGES) else TOP
-
-
 def _s(seconds: float) -> str:
     return f"{seconds:g}"
 
@@ -264,7 +222,12 @@ def planning_max_age_ms(pool: PoolConfig, effective: float | None) -> int:
 def feasibility_max_age_ms(pool: PoolConfig) -> int:
     """The max_age `check-config` should judge standing sizes and warm-ups with: with auto_max_age the effective
     value may fall to min_max_age, so what must fit, fits at the floor; else the configured max_age."""
-    return min(pool.min_max_age_ms, pool.max_age_ms) if pool.auto_max_age else pool.max_age_ms
+    return round(feasibility_max_age(pool.max_age, auto=pool.auto_max_age, floor=pool.min_max_age) * 1000)
+
+
+def feasibility_max_age(max_age: float, *, auto: bool, floor: float) -> float:
+    """feasibility_max_age_ms in seconds, from the values themselves (check-config judges raw tables too)."""
+    return min(floor, max_age) if auto else max_age
 
 
 # -- exact tests -------------------------------------------------------------------------------------------

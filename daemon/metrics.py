@@ -25,6 +25,7 @@ from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 from prometheus_client import CollectorRegistry, Histogram, make_wsgi_app
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
+from ridpool import ages
 from ridpool.daemon.agora import KINDS
 from ridpool.errors import RidpoolError
 from ridpool.stats import PoolStats, figures
@@ -44,6 +45,8 @@ ACQUIRE_DURATION = "ridpool_acquire_duration_seconds"
 BUDGET_WAIT = "ridpool_budget_wait_seconds"
 REDIS_UP = "ridpool_redis_up"
 POOL_FORECAST = "ridpool_pool_forecast"
+POOL_MAX_AGE = "ridpool_pool_max_age_seconds"
+STARTS = "ridpool_starts_total"
 NAMES = (
     POOL_READY,
     POOL_TARGET,
@@ -59,6 +62,8 @@ NAMES = (
     BUDGET_WAIT,
     REDIS_UP,
     POOL_FORECAST,
+    POOL_MAX_AGE,
+    STARTS,
 )
 STATES = ("ok", "retrying", "error", "conflict")
 ERROR_FIELD = "errors:"  # stats hash fields `errors:<kind>`: failed acquire attempts by kind
@@ -106,6 +111,18 @@ class PoolCollector(Collector):
             "all channels (pool-wide).",
             labels=["pool"],
         )
+        max_age = GaugeMetricFamily(
+            POOL_MAX_AGE,
+            "Seconds an entry is offered after its acquire was sent: the effective max_age with auto_max_age, else "
+            "max_age (pool-wide).",
+            labels=["pool"],
+        )
+        starts = CounterMetricFamily(
+            STARTS,
+            "Starts the starters reported, by outcome and ID age bucket (s); the failure rate over the last hour is "
+            'rate(...{outcome="failed"}[1h]) / rate(...[1h]) (pool-wide).',
+            labels=["pool", "outcome", "age"],
+        )
         errors = CounterMetricFamily(
             AGORA_ERRORS, "Failed acquire attempts by kind, retried or not (pool-wide).", labels=["pool", "kind"]
         )
@@ -127,11 +144,16 @@ class PoolCollector(Collector):
                 families[name].add_metric([s.pool], float(shown[field]))
             for kind, count in sorted({**dict.fromkeys(KINDS, 0), **errors_by_kind(s)}.items()):
                 errors.add_metric([s.pool, kind], count)
+            max_age.add_metric([s.pool], s.effective_max_age)
+            for outcome in ages.OUTCOMES:  # every bucket, 0 until reported: a series that appears loses no rate
+                for edge in ages.EDGES:
+                    age = ages.label(edge)
+                    starts.add_metric([s.pool, outcome, age], s.starts.get(f"{outcome}:{age}", 0))
             if s.extra.get("forecast", "").isdigit():  # written by the daemon for pools that learn demand
                 forecast.add_metric([s.pool], int(s.extra["forecast"]))
         up = GaugeMetricFamily(REDIS_UP, "1 when this replica's last look at Redis succeeded.")
         up.add_metric([], 1.0 if snap.reached else 0.0)
-        yield from (ready, target, in_flight, state, forecast, *families.values(), errors, up)
+        yield from (ready, target, in_flight, state, forecast, max_age, starts, *families.values(), errors, up)
 
 
 class Metrics:

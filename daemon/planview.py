@@ -40,8 +40,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from ridpool import functions
-from ridpool.daemon import demand, planner, warmups
+from ridpool import ages, functions
+from ridpool.daemon import demand, freshness, planner, warmups
 from ridpool.daemon.config import Config, PoolConfig
 from ridpool.daemon.planner import Demand, Span
 from ridpool.errors import RidpoolError
@@ -451,9 +451,15 @@ def read(client: Any, config: Config, *, minutes: int, now_ms: int | None = None
     end = now // MINUTE * MINUTE + minutes * MINUTE
     found: dict[str, list[Announcement]] = {}
     history: dict[str, dict[int, int]] = {}
+    lives: dict[str, int] = {}
     for p in config.pools:
         keys = pool_keys(prefix, p.name)
         ahead = p.max_age_ms + planner.LEAD_MS + MINUTE
+        if p.auto_max_age:  # the life the daemon plans with now: the effective max_age it stored
+            with functions.reaching(client):
+                fields = client.hmget(keys.meta, list(ages.FRESH_FIELDS))
+            stored = ages.stored(fields, server)
+            lives[p.name] = freshness.planning_max_age_ms(p, stored.max_age if stored else None)
         if p.announced:
             found[p.name] = []
             offset = 0
@@ -472,7 +478,7 @@ def read(client: Any, config: Config, *, minutes: int, now_ms: int | None = None
                 for i in range(0, len(wanted), CHUNK):
                     chunk = wanted[i : i + CHUNK]
                     history[p.name].update(demand.parse_history(chunk, client.hmget(keys.history, chunk)))
-    return Inputs(config, now, minutes, found, history, redis=True)
+    return Inputs(config, now, minutes, found, history, redis=True, max_age_ms=lives or None)
 
 
 def gather(config: Config, *, hours: float, now_ms: int | None = None) -> Inputs:

@@ -30,7 +30,7 @@ from collections.abc import Callable, Mapping, Sequence
 import redis.asyncio
 import structlog
 from ridpool import functions
-from ridpool.daemon import planner, sending, ticker
+from ridpool.daemon import freshness, planner, sending, ticker
 from ridpool.daemon.agora import AcquireClient, AcquireError, Attempt, RateLimited
 from ridpool.daemon.clock import ServerClock
 from ridpool.daemon.config import Config, PoolConfig
@@ -115,7 +115,9 @@ class Refiller:
         self.config = config
         self.metrics = metrics or Metrics()
         self.pools = {p.name: p for p in config.pools}
-        self.max_age_ms = {p.name: p.max_age_ms for p in config.pools}
+        self.max_age_ms = {p.name: p.max_age_ms for p in config.pools}  # the life each pool plans with
+        # auto_max_age: how much of an entry's life is past the pool's effective max_age (not counted live)
+        self.stale_ms = dict.fromkeys(self.pools, 0)
         self.channels = config.channels
         self.sources = list(sources)
         self.keys: dict[str, PoolKeys] = {p.name: pool_keys(config.redis.key_prefix, p.name) for p in config.pools}
@@ -160,6 +162,12 @@ class Refiller:
     def in_flight(self) -> int:
         """Acquires this replica has running."""
         return len(self.tasks)
+
+    def set_max_age(self, pool: str, effective: float | None) -> None:
+        """The pool's effective max_age (s; None: none decided): plan and refill for the shorter life."""
+        config = self.pools[pool]
+        self.max_age_ms[pool] = freshness.planning_max_age_ms(config, effective)
+        self.stale_ms[pool] = config.max_age_ms - self.max_age_ms[pool]
 
     def resync(self) -> None:
         """Look at every channel of every pool again (Redis lost or replaced what this replica knew)."""
@@ -295,6 +303,7 @@ class Refiller:
         about, CHUNK at a time. Returns the channels the feed named."""
         model = self.model.pools[pool.name]
         ahead = RETIRE_AHEAD_MS if pool.announced and not self.starting(pool.name, self.clock.now_ms()) else 0
+        stale = self.stale_ms[pool.name]
         changed: set[str] = set()
         pending, reading = list(slots), feed
         while True:
@@ -305,6 +314,7 @@ class Refiller:
                 since_ms=max(model.since_ms, 0) if reading else -1,
                 retire_ms=ahead,
                 keep_ms=FEED_KEEP_MS,
+                stale_ms=stale,
             )
             swept = functions.parse_sweep(await functions.aexecute(self.redis, call))
             if swept.data_set != model.data_set:
@@ -340,7 +350,7 @@ class Refiller:
                     slot,
                     state.live,
                     state.oldest_expires_at_ms,
-                    due_ahead_ms=ahead,
+                    due_ahead_ms=ahead + stale,
                     was_due=due is not None and slot in due,
                 )
             if not pending and not reading:
@@ -549,6 +559,7 @@ class Refiller:
             lease_ms=self.lease_ms,
             token_base=f"{self.replica_id}:{uuid.uuid4().hex[:12]}",
             pops_seen=pops or 0,
+            stale_ms=self.stale_ms[pool.name],
             uid_candidates=candidates,
         )
         return functions.parse_reserve(await functions.aexecute(self.redis, call))
@@ -621,7 +632,8 @@ class Refiller:
             self.latency += LATENCY_WEIGHT * (self.clock.monotonic() - granted_at[0] - self.latency)
             entry = got.entry(pool, cname, uid, self.clock.server_ms(got.sent_at))
             if await self._store(pool, keys, entry, lease, slot) is AddResult.ADDED:
-                self.model.stored(pool.name, slot, entry.expires_at_ms, due_ahead_ms=RETIRE_AHEAD_MS * pool.announced)
+                ahead = RETIRE_AHEAD_MS * pool.announced + self.stale_ms[pool.name]
+                self.model.stored(pool.name, slot, entry.expires_at_ms, due_ahead_ms=ahead)
         except RedisRefused as exc:
             await self.damage.mark(pool.name, exc)  # the lease lapses by itself
         except (PoolUnavailable, redis.RedisError) as exc:

@@ -32,6 +32,7 @@ from ridpool.daemon import sending, ticker, transport
 from ridpool.daemon.agora import AcquireClient
 from ridpool.daemon.clock import ServerClock
 from ridpool.daemon.config import Config, Credentials
+from ridpool.daemon.freshen import Freshener
 from ridpool.daemon.health import PoolDamage, RedisHealth
 from ridpool.daemon.limiter import Budget
 from ridpool.daemon.metrics import Metrics, MetricsServer, Snapshot
@@ -63,6 +64,7 @@ class Timing:
     observe: float = 3600.0  # the longest interval between two looks at every pool's state (tests shrink it)
     sample: float = 15.0  # between attempts to write a step of demand history (one replica writes each step)
     history_step: float = 60.0  # one step of demand history
+    freshen: float = 15.0  # between looks at each auto_max_age pool's decision (one replica decides each minute)
     warmup_shift: float = 0.0  # seconds added to server time to compute warm-up instants (tests move them near)
 
 
@@ -136,6 +138,9 @@ class Daemon:
             tick=self.timing.tick,
             renew_every=self.timing.heartbeat,
             metrics=self.metrics,
+        )
+        self.freshener = Freshener(
+            self.redis, config, self.clock, fingerprints=self.publisher.fingerprints, apply=self.refiller.set_max_age
         )
         self.started_at = time.time()  # wall time, only to show when the replica started
         self.next_summary = 0.0
@@ -264,6 +269,7 @@ class Daemon:
             ("publish", self.publisher.publish, self.timing.publish),
             ("heartbeat", self.heartbeat, self.timing.heartbeat),
             ("sample", self.sample, self.timing.sample),
+            ("freshen", self.freshener.run, self.timing.freshen),
         ]
         every = observe_interval(self.config, self.timing)
         if every is not None:

@@ -12,7 +12,7 @@ Every key that holds an ID expires (PEXPIREAT) with the longest-lived ID it hold
 itself even when no daemon runs.
 ]]
 
-local LIBRARY_VERSION = '5'
+local LIBRARY_VERSION = '6'
 -- How every entry of the version this library reads starts: a 9-element msgpack array (0x99) whose first
 -- element, the version, is 1.
 local ENTRY_HEAD = '\153\001'
@@ -22,6 +22,12 @@ local function now_ms()
   local t = redis.call('TIME')
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
+
+-- Lower edges (s) of the age buckets start reports are counted in (ridpool_report), fine near zero to see Agora's
+-- "start within two seconds"; a bucket runs to the next edge, the last to AGE_TOP. The one home of these edges:
+-- the Python side reads them from this line (ridpool.ages).
+local EDGES = { 0, 2, 5, 10, 20, 30, 60, 90, 120, 150, 180, 210, 240, 270 }
+local AGE_TOP = 300
 
 --[[
 Arguments from any client, checked before anything is read or written: a function given keys that do not belong
@@ -100,6 +106,15 @@ local function purge_dead(queue, now)
   if redis.call('ZREMRANGEBYSCORE', queue, '-inf', now) > 0 then
     expire_with_top(queue)
   end
+end
+
+-- The entries of a queue a pop may still be given (purge_dead first): those with more than `stale` ms of their
+-- life left (the rest are past the pool's effective max_age, see fresh_bound).
+local function live_count(queue, now, stale)
+  if stale <= 0 then
+    return redis.call('ZCARD', queue)
+  end
+  return redis.call('ZCOUNT', queue, '(' .. (now + stale), '+inf')
 end
 
 -- The identity of the data set this library runs on: the run_id of this redis-server process, read on the first
@@ -187,13 +202,48 @@ local function note_change(keys, mode, cname, now)
   end
 end
 
+-- The effective max_age (auto_max_age): the daemon's decision, kept in the pool's meta hash (ridpool_freshen),
+-- honoured by every pop whatever its language. Entries are scored by expires-at = sent-at + the configured
+-- max_age, so an entry older than the effective value is one whose score is below now + max_age - effective.
+-- A decision holds until `fresh_until` (the daemon renews it every minute): when no daemon decides any more, pops
+-- go back to the configured max_age by themselves.
+local FRESH_FIELDS = { 'max_age_ms', 'fresh_max_age_ms', 'fresh_until', 'fresh_probe', 'fresh_share', 'fresh_up_to_ms' }
+
+-- What a pop may take, from the meta fields FRESH_FIELDS (values in `f`, from index `at`) at server time `now`;
+-- `draw` in [0, 1) decides whether this pop is one of the probes' share. Returns the least score it may take
+-- (nil: no bound beyond min_ttl) and how it takes: 'oldest' (the oldest entry young enough), 'youngest' (a
+-- 'younger' probe: the youngest entry), or 'band' (an 'older' probe: the youngest entry past the effective value
+-- and within up_to, the least risky evidence that the band is fine, and one whose start, a moment after the pop,
+-- still falls in the band; when there is none, the oldest entry young enough). For 'band', the third value is the
+-- score the effective value ends at. No decision, or one that lapsed: nil, 'oldest'.
+local function fresh_bound(f, at, now, draw)
+  local life, effective, until_ms = tonumber(f[at] or ''), tonumber(f[at + 1] or ''), tonumber(f[at + 2] or '')
+  if not (life and effective and until_ms) or until_ms <= now then
+    return nil, 'oldest'
+  end
+  local offered = math.min(effective, life)
+  local bound = offered < life and now + life - offered or nil
+  local probe, share = f[at + 3], tonumber(f[at + 4] or '') or 0
+  if not probe or probe == '' or draw >= share then
+    return bound, 'oldest'
+  end
+  if probe == 'younger' then
+    return bound, 'youngest'
+  end
+  local up_to = math.min(math.max(offered, tonumber(f[at + 5] or '') or offered), life)
+  if probe == 'older' and bound and up_to > offered then
+    return now + life - up_to, 'band', bound
+  end
+  return bound, 'oldest'
+end
+
 -- The pop's checks and take (see take_entry). Returns member, expires_at, now; or nil, error reply; or nil, nil.
 -- A pop that fails removes nothing: checks and reads come first; whether the user may put an entry back (ZADD) is
 -- asked before anything is taken; whatever fails after a take puts the entry back. Out of memory is refused by
 -- Redis before the function starts (it is not flagged allow-oom).
 local function take_checked(keys, cname, min_ttl)
   local meta, stats, queue = keys[1], keys[2], keys[3]
-  local known = redis.call('HMGET', meta, 'mode', 'c:' .. cname, 'e:' .. cname, 'identity')
+  local known = redis.call('HMGET', meta, 'mode', 'c:' .. cname, 'e:' .. cname, 'identity', unpack(FRESH_FIELDS))
   local mode = known[1]
   if not mode then
     return nil, redis.error_reply('UNKNOWN_POOL no daemon has published this pool (after a Redis restart, '
@@ -222,30 +272,52 @@ local function take_checked(keys, cname, min_ttl)
       .. 'an entry it cannot hand out)')
   end
 
-  local now = now_ms()
-  local least = math.max(now + min_ttl, now + 1)
-  -- The common case, in one step: the oldest entry is alive, has the life asked for and is of this version.
-  -- Taking the head never changes the queue's expiry (the longest-lived entry stays, or the queue is gone).
-  local head = redis.call('ZPOPMIN', queue)
-  if not head[2] then
-    return nil, nil
-  end
-  local score = tonumber(head[2])
-  if score >= least and string.sub(head[1], 1, 2) == ENTRY_HEAD then
-    local refused = count_pop(stats, queue, head[1], score)
-    if refused then
-      return nil, refused
+  local t = redis.call('TIME')
+  local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  -- The clock's last four digits of microseconds: a draw in [0, 1) that no caller controls, for the probes' share.
+  local bound, how, band_top = fresh_bound(known, 5, now, (tonumber(t[2]) % 10000) / 10000)
+  local least = math.max(now + min_ttl, now + 1, bound or 0)
+  if not bound and how == 'oldest' then
+    -- The common case, in one step: the oldest entry is alive, has the life asked for and is of this version.
+    -- Taking the head never changes the queue's expiry (the longest-lived entry stays, or the queue is gone).
+    local head = redis.call('ZPOPMIN', queue)
+    if not head[2] then
+      return nil, nil
     end
-    note_change(keys, mode, cname, now)
-    return head[1], score, now
+    local score = tonumber(head[2])
+    if score >= least and string.sub(head[1], 1, 2) == ENTRY_HEAD then
+      local refused = count_pop(stats, queue, head[1], score)
+      if refused then
+        return nil, refused
+      end
+      note_change(keys, mode, cname, now)
+      return head[1], score, now
+    end
+    -- Otherwise put the head back (atomically: nobody saw it gone) unless it is dead, and look further.
+    if score > now then
+      put_back(queue, head[1], score)
+    end
   end
-  -- Otherwise put the head back (atomically: nobody saw it gone) unless it is dead, and look further: the oldest
-  -- entry with the life asked for, and whether another lives longer (then the queue's expiry stays as it is).
-  if score > now then
-    put_back(queue, head[1], score)
+  -- The oldest entry with the life asked for (and young enough: the effective max_age), or the youngest for a
+  -- probe; and whether another lives longer (then the queue's expiry stays as it is).
+  redis.pcall('ZREMRANGEBYSCORE', queue, '-inf', now) -- the dead entries (tidying: may be refused)
+  -- (ZRANGE ... BYSCORE REV, not ZREVRANGEBYSCORE, nor ZCOUNT: what the README's starter ACL allows.)
+  local found, top = {}, false
+  if how == 'band' and band_top > least then
+    found = redis.call('ZRANGE', queue, '(' .. band_top, least, 'BYSCORE', 'REV', 'LIMIT', 0, 1, 'WITHSCORES')
+    if found[1] then
+      top = redis.call('ZRANGE', queue, -1, -1)[1] == found[1]
+    else
+      least = band_top -- nothing past the effective value within the band: an ordinary pop
+    end
   end
-  redis.pcall('ZREMRANGEBYSCORE', queue, '-inf', now) -- the other dead entries (tidying: may be refused)
-  local found = redis.call('ZRANGEBYSCORE', queue, least, '+inf', 'WITHSCORES', 'LIMIT', 0, 2)
+  if how == 'youngest' then
+    found = redis.call('ZRANGE', queue, '+inf', least, 'BYSCORE', 'REV', 'LIMIT', 0, 1, 'WITHSCORES')
+    top = true
+  elseif not found[1] then
+    found = redis.call('ZRANGEBYSCORE', queue, least, '+inf', 'WITHSCORES', 'LIMIT', 0, 2)
+    top = not found[3]
+  end
   if not found[1] then
     return nil, nil
   end
@@ -259,12 +331,12 @@ local function take_checked(keys, cname, min_ttl)
   if refused then
     return nil, refused
   end
-  if not found[3] then
+  if top then
     -- It was the longest-lived entry: the queue's expiry moves to the next one. Past the count nothing may fail
     -- the pop; a user not allowed to move the expiry leaves it a little long, never loses the entry.
-    local top = redis.pcall('ZRANGE', queue, -1, -1, 'WITHSCORES')
-    if type(top) == 'table' and top[2] then
-      redis.pcall('PEXPIREAT', queue, top[2])
+    local next_top = redis.pcall('ZRANGE', queue, -1, -1, 'WITHSCORES')
+    if type(next_top) == 'table' and next_top[2] then
+      redis.pcall('PEXPIREAT', queue, next_top[2])
     end
   end
   note_change(keys, mode, cname, now)
@@ -350,7 +422,10 @@ local function take_entry(keys, args)
 end
 
 --[[
-ridpool_pop: hand out the oldest entry that still has at least min_ttl to live; never the same one twice.
+ridpool_pop: hand out the oldest entry that still has at least min_ttl to live; never the same one twice. With
+auto_max_age, only entries younger than the pool's effective max_age are offered (the daemon's decision in the
+meta hash, see ridpool_freshen), and the share of pops the decision asks for probes: it takes the youngest entry
+('younger'), or the youngest entry past the effective value and younger than the next age edge ('older').
 KEYS[1] meta   PREFIX:{POOL}:meta
 KEYS[2] stats  PREFIX:{POOL}:stats
 KEYS[3] queue  PREFIX:{POOL}:q (template pool) or PREFIX:{POOL}:q:<encoded cname> (named channel, see keys.py)
@@ -517,13 +592,15 @@ ARGV[1] cap         acquires in flight for the whole pool, across replicas
 ARGV[2] lease_ms    how long a lease holds unless renewed; a lost replica's leases lapse after it
 ARGV[3] token_base  unique per call; tokens are token_base:k (a re-sent call gets its own leases back)
 ARGV[4] pops_seen   the pool's `pops` counter when the caller planned
-ARGV[5] n           slots asked about (at most CHUNK), then 4 values a slot:
+ARGV[5] stale_ms    entries with less than this left of their life are past the pool's effective max_age
+                    (auto_max_age: max_age - effective; 0 otherwise): kept for the pops' probes, not counted live
+ARGV[6] n           slots asked about (at most CHUNK), then 4 values a slot:
   slot         the channel ('' for a template pool)
   target       entries to keep ready in it
   consumable   of the target, how many pops use up (a warm-up's): the pool's pops since `pops_seen` come off
                them (the caller's plan may predate pops made since, and such an entry must not be acquired again)
   want         the most leases this caller takes for it now
-ARGV[6 + 4n ..] uid candidates, tried in order, for a uid_range pool (none for a fixed uid)
+ARGV[7 + 4n ..] uid candidates, tried in order, for a uid_range pool (none for a fixed uid)
 Reply: {status, leases in flight for the pool after the call, then per slot asked: its live entries, how many
 leases it got (m), then m pairs of token, uid (uid '' for a fixed-uid pool)}. status is 'OK', 'HELD' (the pool
 backs off: nothing leased) or 'CAP' (the cap was reached: slots after that point got nothing).
@@ -536,15 +613,16 @@ local function reserve(keys, args)
     return bad
   end
   local cap, lease, base = whole(args[1], 0, 1e6), whole(args[2], 1, MAX_LIFE_MS), args[3]
-  local seen, n = whole(args[4], 0, 1e15), whole(args[5], 0, CHUNK)
-  if not (cap and lease and base and base ~= '' and seen and n) or #keys ~= 5 + n or #args < 5 + 4 * n then
-    return redis.error_reply('BAD_ARGUMENT reserve takes cap, lease_ms, token_base, pops_seen, n and n slots of '
-      .. 'slot, target, consumable, want, with each slot\'s queue in KEYS')
+  local seen, stale, n = whole(args[4], 0, 1e15), whole(args[5], 0, MAX_LIFE_MS), whole(args[6], 0, CHUNK)
+  if not (cap and lease and base and base ~= '' and seen and stale and n) or #keys ~= 5 + n
+      or #args < 6 + 4 * n then
+    return redis.error_reply('BAD_ARGUMENT reserve takes cap, lease_ms, token_base, pops_seen, stale_ms, n and n '
+      .. 'slots of slot, target, consumable, want, with each slot\'s queue in KEYS')
   end
   local tag = key_parts(keys[1])
   local asked = {}
   for i = 1, n do
-    local at = 5 + 4 * (i - 1)
+    local at = 6 + 4 * (i - 1)
     local slot, target = args[at + 1], whole(args[at + 2], 0, 1e9)
     local consumable, want = whole(args[at + 3], 0, 1e9), whole(args[at + 4], 0, 1e6)
     if not (target and consumable and want) then
@@ -583,7 +661,7 @@ local function reserve(keys, args)
   if next(again) then
     for i = 1, n do
       local got = again[asked[i][1]] or {}
-      out[#out + 1] = redis.call('ZCARD', keys[5 + i])
+      out[#out + 1] = live_count(keys[5 + i], now, stale)
       out[#out + 1] = #got / 2
       for _, value in ipairs(got) do
         out[#out + 1] = value
@@ -598,13 +676,13 @@ local function reserve(keys, args)
       break
     end
   end
-  local candidate, k = 6 + 4 * n, 0
+  local candidate, k = 7 + 4 * n, 0
   local uid_range = #args >= candidate
   for i = 1, n do
     local slot, target, consumable, want = asked[i][1], asked[i][2], asked[i][3], asked[i][4]
     local queue = keys[5 + i]
     purge_dead(queue, now)
-    local live, mine = redis.call('ZCARD', queue), held[slot] or 0
+    local live, mine = live_count(queue, now, stale), held[slot] or 0
     local m = math.min(target - math.min(consumable, popped) - live - mine, want, cap - in_flight)
     local left = redis.call('HGET', quota, slot)
     if left then
@@ -676,7 +754,9 @@ ARGV[2] retire_ms  a slot with a quota (a pending announcement) retires entries 
                    on, before its announcement ends; it gets one more to acquire for each (0: none) and goes into
                    the feed
 ARGV[3] keep_ms    the feed keeps entries this long (older ones are dropped; the key expires twice this after)
-ARGV[4..] the slots to sweep ('' for a template pool's queue), at most CHUNK
+ARGV[4] stale_ms   entries with less life left than this are past the effective max_age (as ridpool_reserve):
+                   neither counted live nor the oldest
+ARGV[5..] the slots to sweep ('' for a template pool's queue), at most CHUNK
 Reply: {now ms, the data set's id (the serving process's run_id: another one means a restore or a failover),
 more (1: the feed holds more than returned; ask again from the last score), feed entries n, slot, score, ...,
 then per slot asked: live entries, expiresAt of the oldest or -1, entries dropped because the queue was filled in
@@ -689,16 +769,18 @@ local function sweep(keys, args)
     return bad
   end
   local since, retire, keep = tonumber(args[1] or ''), whole(args[2], 0, MAX_LIFE_MS), whole(args[3], 1000, 86400000)
-  local n = #args - 3
-  if since == nil or since ~= since or retire == nil or keep == nil or n > CHUNK or #keys ~= 6 + 2 * n then
-    return redis.error_reply('BAD_ARGUMENT sweep takes since_ms, retire_ms, keep_ms and at most ' .. CHUNK
+  local stale = whole(args[4], 0, MAX_LIFE_MS)
+  local n = #args - 4
+  if since == nil or since ~= since or retire == nil or keep == nil or stale == nil or n > CHUNK
+      or #keys ~= 6 + 2 * n then
+    return redis.error_reply('BAD_ARGUMENT sweep takes since_ms, retire_ms, keep_ms, stale_ms and at most ' .. CHUNK
       .. ' slots, each with its queue and wake-up list in KEYS')
   end
   local tag = key_parts(keys[1])
   for i = 1, n do
-    local queue = queue_of(tag, args[3 + i])
+    local queue = queue_of(tag, args[4 + i])
     if keys[5 + 2 * i] ~= queue or keys[6 + 2 * i] ~= queue .. ':ready' then
-      return redis.error_reply('BAD_ARGUMENT KEYS[' .. (5 + 2 * i) .. '] must be the queue of slot ' .. args[3 + i])
+      return redis.error_reply('BAD_ARGUMENT KEYS[' .. (5 + 2 * i) .. '] must be the queue of slot ' .. args[4 + i])
     end
   end
   local meta, stats, changes, ann, quota, ann_at = keys[1], keys[2], keys[3], keys[4], keys[5], keys[6]
@@ -716,7 +798,7 @@ local function sweep(keys, args)
     redis.call('PEXPIRE', changes, 2 * keep)
   end
   for i = 1, n do
-    local slot, queue, ready = args[3 + i], keys[5 + 2 * i], keys[6 + 2 * i]
+    local slot, queue, ready = args[4 + i], keys[5 + 2 * i], keys[6 + 2 * i]
     local dropped = check_data_set(meta, stats, queue, ready, 'e:' .. slot, here) or 0
     purge_dead(queue, now)
     local retired = 0
@@ -735,8 +817,8 @@ local function sweep(keys, args)
         end
       end
     end
-    local oldest = redis.call('ZRANGE', queue, 0, 0, 'WITHSCORES')
-    out[#out + 1] = redis.call('ZCARD', queue)
+    local oldest = redis.call('ZRANGEBYSCORE', queue, '(' .. (now + stale), '+inf', 'WITHSCORES', 'LIMIT', 0, 1)
+    out[#out + 1] = live_count(queue, now, stale)
     out[#out + 1] = tonumber(oldest[2] or -1)
     out[#out + 1] = dropped
     out[#out + 1] = retired
@@ -1166,20 +1248,50 @@ end
 
 --[[
 ridpool_report: a starter says how `start` went with a popped entry, so failure rates by ID age can be seen
-and max_age tuned on evidence rather than argued.
+and max_age tuned on evidence (auto_max_age) rather than argued. Counters only, never an ID.
 KEYS[1] starts   PREFIX:{POOL}:starts (hash of counters; holds no ID)
 KEYS[2] meta     PREFIX:{POOL}:meta (only a published pool takes reports)
-ARGV[1] sent_at_ms   the entry's sentAt (whole ms)
+ARGV[1] sent_at_ms   the entry's sentAt (whole ms, server time)
 ARGV[2] outcome      'ok' or 'failed'
 ARGV[3] code         Agora's error code for a failure ('' when none): an integer, else counted as 'other'
-Fields counted: '<outcome>:<age bucket>' with buckets of 30 s by age at report time ('0-29', '30-59', ...,
-'300+'), and 'code:<code>' for failures; once the hash holds MAX_FIELDS fields, new codes count as 'code:other'.
+Fields counted, by the ID's age at report time in the buckets of EDGES ('0-2', '2-5', ..., '240-270', '270-300';
+an age of 300 s or more counts in the last):
+  '<minute>:<outcome>:<edge>'  per minute (server ms / 60000) and bucket (its lower edge, s): the last
+                               REPORT_MINUTES minutes only, older minutes are deleted as new ones begin
+  '<outcome>:<bucket>'         since the hash was made (the counters /metrics exports)
+  'code:<code>'                failures by Agora code; past MAX_CODES codes, new ones count as 'code:other'
+  'last'                       the newest minute reported; 'codes' how many code fields there are
 The hash expires REPORTS_KEPT_MS after the last report. Reply: the age in ms.
 Errors: 'UNKNOWN_POOL ...', 'BAD_ARGUMENT ...'.
 ]]
-local MAX_FIELDS = 64
+local MAX_CODES = 48
+local REPORT_MINUTES = 61 -- minutes of per-minute reports kept: the daemon's decisions read the last 60
 local REPORTS_KEPT_MS = 7 * 24 * 3600 * 1000
 local MAX_MS = 2 ^ 50 -- a server time in ms, with room to spare
+local OUTCOMES = { 'ok', 'failed' }
+
+-- The bucket an age falls in: its lower edge and its label ('0-2', ..., '270-300').
+local function age_bucket(age_ms)
+  local i = 1
+  while EDGES[i + 1] and EDGES[i + 1] * 1000 <= age_ms do
+    i = i + 1
+  end
+  return EDGES[i], EDGES[i] .. '-' .. (EDGES[i + 1] or AGE_TOP)
+end
+
+-- Delete the per-minute fields of the minutes from `first` to `last` (both included).
+local function forget_minutes(starts, first, last)
+  for m = first, last do
+    local fields = {}
+    for _, outcome in ipairs(OUTCOMES) do
+      for _, edge in ipairs(EDGES) do
+        fields[#fields + 1] = m .. ':' .. outcome .. ':' .. edge
+      end
+    end
+    redis.call('HDEL', starts, unpack(fields))
+  end
+end
+
 local function report(keys, args)
   local bad = check_keys(keys, {':starts', ':meta'})
   if bad then
@@ -1187,26 +1299,104 @@ local function report(keys, args)
   end
   local sent = whole(args[1], 0, MAX_MS)
   local outcome = args[2]
-  if sent == nil or (outcome ~= 'ok' and outcome ~= 'failed') or args[3] == nil then
-    return redis.error_reply("BAD_ARGUMENT report takes sent_at_ms (whole ms), 'ok' or 'failed', and a code or ''")
+  if #keys ~= 2 or #args ~= 3 or sent == nil or (outcome ~= 'ok' and outcome ~= 'failed') then
+    return redis.error_reply("BAD_ARGUMENT report takes 2 keys (starts, meta) and sent_at_ms (whole ms), 'ok' or "
+      .. "'failed', and a code or ''")
   end
   if redis.call('EXISTS', keys[2]) == 0 then
     return redis.error_reply('UNKNOWN_POOL no daemon has published this pool; reports are kept only for pools')
   end
-  local age = math.max(0, now_ms() - sent)
-  local low = math.floor(age / 30000) * 30
-  local bucket = low >= 300 and '300+' or (low .. '-' .. (low + 29))
-  redis.call('HINCRBY', keys[1], outcome .. ':' .. bucket, 1)
+  local starts = keys[1]
+  local now = now_ms()
+  local age = math.max(0, now - sent)
+  local edge, bucket = age_bucket(age)
+  local minute = math.floor(now / 60000)
+  local last = tonumber(redis.call('HGET', starts, 'last') or '')
+  if last == nil or minute > last then
+    if last ~= nil then
+      -- The minutes that leave the kept window as this one begins (at most REPORT_MINUTES of them, once a minute).
+      forget_minutes(starts, math.max(last - REPORT_MINUTES + 1, 0), math.min(last, minute - REPORT_MINUTES))
+    end
+    redis.call('HSET', starts, 'last', minute)
+  end
+  if last == nil or minute > last - REPORT_MINUTES then -- (a minute already forgotten is not written again)
+    redis.call('HINCRBY', starts, minute .. ':' .. outcome .. ':' .. edge, 1)
+  end
+  redis.call('HINCRBY', starts, outcome .. ':' .. bucket, 1)
   if outcome == 'failed' and args[3] ~= '' then
     local code = string.match(args[3], '^-?%d%d?%d?%d?%d?%d?%d?%d?%d?$') and args[3] or 'other'
     local field = 'code:' .. code
-    if redis.call('HEXISTS', keys[1], field) == 0 and redis.call('HLEN', keys[1]) >= MAX_FIELDS then
-      field = 'code:other'
+    if redis.call('HEXISTS', starts, field) == 0 then
+      if tonumber(redis.call('HGET', starts, 'codes') or '0') >= MAX_CODES then
+        field = 'code:other'
+      end
+      if redis.call('HEXISTS', starts, field) == 0 then
+        redis.call('HINCRBY', starts, 'codes', 1)
+      end
     end
-    redis.call('HINCRBY', keys[1], field, 1)
+    redis.call('HINCRBY', starts, field, 1)
   end
-  redis.call('PEXPIRE', keys[1], REPORTS_KEPT_MS)
+  redis.call('PEXPIRE', starts, REPORTS_KEPT_MS)
   return age
+end
+
+--[[
+ridpool_freshen: store a pool's effective max_age (auto_max_age), decided by a daemon from the reports (see
+daemon/freshness.py); pops read it from the meta hash. One decision per minute: the first replica to store one for
+a minute does, the others get 'DECIDED'; a replica whose configuration is not the published one stores nothing.
+KEYS[1] meta      PREFIX:{POOL}:meta
+ARGV[1] fingerprint  the caller's configuration of the pool (as ridpool_publish): must be the published one
+ARGV[2] minute       the minute decided (server ms / 60000)
+ARGV[3] max_age_ms   the effective max_age (1 to 300000); or 'off' to remove the decision (auto_max_age false)
+ARGV[4] since        the minute the value was last changed (at most `minute`)
+ARGV[5] probe        '', 'younger' or 'older': what the pops' probe share does
+ARGV[6] share        the share of pops that probe (0 to 1)
+ARGV[7] up_to_ms     for 'older': entries up to this age may be offered to the probes (0 to 300000)
+ARGV[8] hold_ms      the decision holds this long unless stored again (1 to 3600000): pops go back to the
+                     configured max_age after it when no daemon decides any more
+ARGV[9] reason       the decision in words (at most 1000 bytes)
+Meta fields written: fresh_max_age_ms, fresh_since, fresh_minute, fresh_until (server ms), fresh_probe,
+fresh_share, fresh_up_to_ms, fresh_reason.
+Reply: 'STORED', 'DECIDED' (this minute was stored already), 'CONFLICT' (another configuration is published),
+'CLEARED'. Errors: 'UNKNOWN_POOL ...', 'BAD_ARGUMENT ...'.
+]]
+local FRESH_WRITTEN = { 'fresh_max_age_ms', 'fresh_since', 'fresh_minute', 'fresh_until', 'fresh_probe',
+  'fresh_share', 'fresh_up_to_ms', 'fresh_reason' }
+local function freshen(keys, args)
+  local bad = check_keys(keys, { ':meta' })
+  if bad then
+    return bad
+  end
+  local fingerprint, minute, off = args[1], whole(args[2], 0, 1e12), args[3] == 'off'
+  local max_age, since = whole(args[3], 1, MAX_LIFE_MS), whole(args[4], 0, 1e12)
+  local probe, share, up_to = args[5], tonumber(args[6] or ''), whole(args[7], 0, MAX_LIFE_MS)
+  local hold_ms, reason = whole(args[8], 1, 3600000), args[9]
+  if #keys ~= 1 or #args ~= 9 or not fingerprint or fingerprint == '' or not minute or not (off or max_age)
+      or not since or since > minute or (probe ~= '' and probe ~= 'younger' and probe ~= 'older')
+      or not share or share ~= share or share < 0 or share > 1 or not up_to or not hold_ms or #reason > 1000 then
+    return redis.error_reply("BAD_ARGUMENT freshen takes the meta key and fingerprint, minute, max_age_ms (1 to "
+      .. "300000, or 'off'), since (at most minute), probe ('', 'younger' or 'older'), share (0 to 1), up_to_ms, "
+      .. 'hold_ms (1 to 3600000) and a reason of at most 1000 bytes')
+  end
+  local meta = keys[1]
+  local held = redis.call('HMGET', meta, 'mode', 'fingerprint', 'fresh_minute')
+  if not held[1] then
+    return redis.error_reply('UNKNOWN_POOL no daemon has published this pool')
+  end
+  if held[2] ~= fingerprint then
+    return 'CONFLICT'
+  end
+  if off then
+    redis.call('HDEL', meta, unpack(FRESH_WRITTEN))
+    return 'CLEARED'
+  end
+  if tonumber(held[3] or '-1') >= minute then
+    return 'DECIDED'
+  end
+  redis.call('HSET', meta, 'fresh_max_age_ms', max_age, 'fresh_since', since, 'fresh_minute', minute,
+    'fresh_until', now_ms() + hold_ms, 'fresh_probe', probe, 'fresh_share', args[6], 'fresh_up_to_ms', up_to,
+    'fresh_reason', reason)
+  return 'STORED'
 end
 
 -- Announcements: channels named at run time, to be ready at an instant. They hold no ID: three small keys of the
@@ -1455,6 +1645,7 @@ end
 redis.register_function('ridpool_pop', pop)
 redis.register_function('ridpool_pop_packed', pop_packed)
 redis.register_function('ridpool_report', report)
+redis.register_function('ridpool_freshen', freshen)
 redis.register_function('ridpool_add', add)
 redis.register_function('ridpool_reserve', reserve)
 redis.register_function('ridpool_release', release)

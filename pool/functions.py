@@ -123,6 +123,47 @@ def report_call(keys: PoolKeys, entry: Entry, *, ok: bool, code: int | str | Non
     )
 
 
+# -- freshen: the effective max_age (auto_max_age) ----------------------------------------------------------
+
+
+def freshen_call(
+    keys: PoolKeys,
+    *,
+    fingerprint: str,
+    minute: int,
+    max_age_ms: int | None,
+    since: int = 0,
+    probe: str = "",
+    share: float = 0.0,
+    up_to_ms: int = 0,
+    hold_ms: int = 300_000,
+    reason: str = "",
+) -> Call:
+    """Store a pool's effective max_age for `minute` (None: remove the decision, auto_max_age off); see
+    ridpool_freshen in functions.lua."""
+    return Call(
+        "ridpool_freshen",
+        (keys.meta,),
+        (
+            fingerprint,
+            minute,
+            "off" if max_age_ms is None else max_age_ms,
+            since,
+            probe,
+            repr(float(share)),
+            up_to_ms,
+            hold_ms,
+            reason.encode()[:1000].decode(errors="ignore"),
+        ),
+    )
+
+
+def parse_freshen(reply: Any) -> str:
+    """'STORED', 'DECIDED' (another replica stored this minute's), 'CONFLICT' (another configuration is
+    published) or 'CLEARED'."""
+    return text(reply)
+
+
 # -- add -------------------------------------------------------------------------------------------------
 
 
@@ -224,13 +265,15 @@ def reserve_call(
     lease_ms: int,
     token_base: str,
     pops_seen: int = 0,
+    stale_ms: int = 0,
     uid_candidates: Sequence[int] = (),
 ) -> Call:
     """Lease for several slots of one pool in one step (at most CHUNK); `pops_seen`: the pool's pops counter when
-    the caller planned (the consumable parts of the targets lose the pops since)."""
+    the caller planned (the consumable parts of the targets lose the pops since); `stale_ms`: entries with less
+    life left are past the pool's effective max_age (auto_max_age), not counted live."""
     if len(wants) > CHUNK:
         raise InvalidArgument(f"reserve takes at most {CHUNK} slots a call, got {len(wants)}")
-    args: list[Arg] = [cap, lease_ms, token_base, pops_seen, len(wants)]
+    args: list[Arg] = [cap, lease_ms, token_base, pops_seen, stale_ms, len(wants)]
     for w in wants:
         args += [w.cname or "", w.target, w.consumable, w.want]
     return Call(
@@ -280,15 +323,22 @@ class Swept:
 
 
 def sweep_call(
-    keys: PoolKeys, slots: Sequence[str | None], *, since_ms: int = -1, retire_ms: int = 0, keep_ms: int = 60_000
+    keys: PoolKeys,
+    slots: Sequence[str | None],
+    *,
+    since_ms: int = -1,
+    retire_ms: int = 0,
+    keep_ms: int = 60_000,
+    stale_ms: int = 0,
 ) -> Call:
+    """`stale_ms`: entries with less life left are past the pool's effective max_age (not counted live)."""
     if len(slots) > CHUNK:
         raise InvalidArgument(f"sweep takes at most {CHUNK} slots a call, got {len(slots)}")
     queues = [k for c in slots for k in (keys.queue(c), keys.ready(c))]
     return Call(
         "ridpool_sweep",
         (keys.meta, keys.stats, keys.changes, keys.announced, keys.announced_left, keys.announced_at, *queues),
-        (since_ms, retire_ms, keep_ms, *(c or "" for c in slots)),
+        (since_ms, retire_ms, keep_ms, stale_ms, *(c or "" for c in slots)),
     )
 
 

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import redis
+from ridpool import ages
 from ridpool.errors import RidpoolError
 from ridpool.functions import CHUNK, Plan, count_call, fcall, parse_count, text
 from ridpool.keys import PoolKeys
@@ -69,7 +70,7 @@ class PoolStats:
     state: str
     last_error: str
     published_at_ms: int | None
-    starts: Mapping[str, int] = field(default_factory=dict)  # starters' reports: 'ok:0-29', 'failed:30-59', ...
+    starts: Mapping[str, int] = field(default_factory=dict)  # reports since the hash was made: 'ok:0-2', 'code:433'
     extra: Mapping[str, str] = field(default_factory=dict)
     target_now: int | None = None  # entries the pool aims to hold now, all channels together (None: not planned)
     target_reason: str = ""  # why: "size 20", "warmup 0 9 * * 1-5 at 2026-11-26T09:00:00+01:00 +200; size 20", ...
@@ -77,6 +78,10 @@ class PoolStats:
     hour: Waste = field(default_factory=Waste)
     held_for: float | None = None  # seconds the pool's hold has left (no replica leases meanwhile); None: not held
     conflict: str = ""  # what the replicas whose config differs from the owner's say, one line each
+    # auto_max_age: the decision pops honour now (None: none, pops offer up to max_age), and the last hour's
+    # starts by ID age bucket ("0-2", "2-5", ...), from the starters' reports
+    freshness: ages.Effective | None = None
+    starts_hour: Mapping[str, ages.Tally] = field(default_factory=dict)
 
     @property
     def size(self) -> int:
@@ -93,6 +98,12 @@ class PoolStats:
     def aim_per_channel(self) -> float:
         """The aim shared evenly across the pool's channels (the per-channel target of a named pool)."""
         return self.aim / max(1, len(self.channels))
+
+    @property
+    def effective_max_age(self) -> float:
+        """Seconds an entry is offered after its acquire was sent: the effective max_age (auto_max_age), else
+        the configured one."""
+        return min(self.freshness.max_age, self.max_age) if self.freshness is not None else self.max_age
 
     @property
     def oldest_age(self) -> float | None:
@@ -143,7 +154,7 @@ def decode_hash(raw: Mapping[Any, Any]) -> dict[str, str]:
 
 # The settings a pool's meta hash holds besides its channels (`c:<cname>`) and data-set marks (`e:<cname>`), which
 # a pool of many channels has thousands of: read by name, never with HGETALL.
-META_FIELDS = ("mode", "appid", "size", "max_age_ms", "published_at_ms", "channels")
+META_FIELDS = ("mode", "appid", "size", "max_age_ms", "published_at_ms", "channels", *ages.FRESH_FIELDS)
 
 
 def first_round(keys: PoolKeys) -> list[tuple[str, ...]]:
@@ -286,6 +297,7 @@ def build(
     now_ms = server_ms(time_reply)
     conflict = conflicts(conflicts_raw, now_ms)
     raw = decode_hash(stats_raw)
+    starts = decode_hash(starts_raw)
     max_age_ms = int(meta.get("max_age_ms") or "0")
     channels = []
     for cname, (size, oldest) in queues:
@@ -311,7 +323,7 @@ def build(
         state="conflict" if conflict else raw.get("state", "ok"),
         last_error=raw.get("last_error", ""),
         published_at_ms=int(published) if published else None,
-        starts={k: int(v) for k, v in decode_hash(starts_raw).items()},
+        starts=ages.cumulative(starts),
         extra={k: v for k, v in raw.items() if k not in (*COUNTERS, *TARGET_FIELDS, "state", "last_error")},
         target_now=int(raw["target"]) if raw.get("target", "").isdigit() else None,
         target_reason=raw.get("target_reason", ""),
@@ -319,6 +331,8 @@ def build(
         hour=last_hour(history, since, counters),
         held_for=int(hold_ms) / 1000 if int(hold_ms) > 0 else None,
         conflict=conflict,
+        freshness=ages.effective(meta, now_ms),
+        starts_hour=dict(ages.hour_rates(ages.over(ages.per_minute(starts), now_minute=now_ms // 60_000))),
     )
 
 

@@ -115,6 +115,13 @@ def as_json(status: Status) -> dict[str, Any]:
                 "channels": [{"cname": c.cname, "size": c.size, "oldestAge": c.oldest_age} for c in s.channels],
                 "oldestAge": s.oldest_age,
                 "maxAge": s.max_age,
+                "effectiveMaxAge": s.effective_max_age,
+                **({"freshness": freshness(s)} if s.freshness is not None else {}),
+                "startsLastHour": {
+                    age: {"ok": t.ok, "failed": t.failed, "failureRate": round(t.rate, 4)}
+                    for age, t in s.starts_hour.items()
+                },
+                **({"forecast": forecast(s)} if "forecast" in s.extra else {}),
                 "heldFor": s.held_for,
                 "lastError": s.last_error,
                 "conflict": s.conflict or None,
@@ -126,6 +133,31 @@ def as_json(status: Status) -> dict[str, Any]:
             for s in status.pools
         ],
         "replicas": [{"id": r.id, **r.info} for r in status.replicas],
+    }
+
+
+def freshness(s: PoolStats) -> dict[str, Any]:
+    """auto_max_age: the decision pops honour now, as the daemon stored it."""
+    f = s.freshness
+    assert f is not None
+    return {
+        "maxAge": f.max_age,
+        "sinceMinute": f.since,
+        "probe": f.probe or None,
+        "probeShare": f.share,
+        "probeUpTo": f.up_to if f.probe == "older" else None,
+        "reason": f.reason,
+    }
+
+
+def forecast(s: PoolStats) -> dict[str, Any]:
+    """What learned demand adds (auto_size true) or would add ("forecast") within the planning horizon, as the
+    daemon last wrote it in the stats hash."""
+    entries = s.extra.get("forecast", "0")
+    return {
+        "entries": int(entries) if entries.isdigit() else 0,
+        "at": s.extra.get("forecast_at") or None,
+        "reason": s.extra.get("forecast_reason", ""),
     }
 
 
@@ -175,11 +207,21 @@ def rows(status: Status) -> list[tuple[str, ...]]:
 def plan_line(s: PoolStats) -> str:
     """Why the pool aims at its target now, its next warm-up, and what the last hour cost."""
     h = s.hour
+    f = forecast(s) if "forecast" in s.extra else None
+    learned = f"; learned demand would add {f['entries']} by {f['at']} ({f['reason']})" if f and f["entries"] else ""
     return (
         f"{s.pool}: target {s.aim} ({s.target_reason or 'size'}); next warm-up {s.next_warmup or 'none'}; "
         f"last hour: acquired {h.acquired}, popped {h.popped}, expired unused {h.expired} "
-        f"(waste {h.ratio:.1%}), misses {h.misses}"
+        f"(waste {h.ratio:.1%}), misses {h.misses}{learned}"
     )
+
+
+def freshness_line(s: PoolStats) -> str:
+    """The max_age offered now (and why, with auto_max_age), and the last hour's start failures by ID age."""
+    f = s.freshness
+    age = f"max_age {s.effective_max_age:g}s" + (f" of {s.max_age:g}s ({f.reason})" if f is not None else "")
+    starts = ", ".join(f"{a} {t.failed}/{t.n}" for a, t in s.starts_hour.items()) or "none reported"
+    return f"{s.pool}: {age}; starts failed by ID age (s), last hour: {starts}"
 
 
 def announcements(s: PoolStats) -> dict[str, Any]:
@@ -215,6 +257,7 @@ def render(status: Status) -> str:
     if not status.pools:
         lines.append(f"no pools published yet {status.hint}".rstrip())
     lines += [plan_line(s) for s in status.pools if s.known]
+    lines += [freshness_line(s) for s in status.pools if s.known and (s.freshness is not None or s.starts_hour)]
     lines += [announcement_line(s) for s in status.pools if s.mode == "announced"]
     if status.replicas:
         line = ", ".join(f"{r.id} (up since {r.info.get('started_at', '?')})" for r in status.replicas)

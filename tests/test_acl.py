@@ -187,6 +187,36 @@ def test_the_documented_starter_acl_pops_and_waits(admin: redis.Redis, server: R
             client.pop(POOL, wait=0.2)
 
 
+@pytest.mark.parametrize("probe", ["younger", "older"])
+def test_the_documented_starter_acl_pops_under_an_effective_max_age_and_its_probes(
+    admin: redis.Redis, server: RedisProc, probe: str
+) -> None:
+    """auto_max_age: the same starter ACL pops under a stored decision, every pop a probe (share 1)."""
+    publish_pool(admin, PREFIX, POOL)
+    [old] = fill(admin, PREFIX, POOL, 1, life=200)  # 70 s old: past an effective max_age of 30 s
+    [young] = fill(admin, PREFIX, POOL, 1, life=260)
+    functions.load_library(admin)
+    keys = pool_keys(PREFIX, POOL)
+    minute = int(admin.time()[0]) // 60
+    decision = functions.freshen_call(
+        keys,
+        fingerprint=functions.text(admin.hget(keys.meta, "fingerprint")),
+        minute=minute,
+        max_age_ms=30_000,
+        probe=probe,
+        share=1.0,
+        up_to_ms=90_000,
+    )
+    assert functions.execute(admin, decision) == b"STORED"
+    name = user(admin, "prober", [*CONNECTION, *STARTER_COMMANDS])
+    with starter(server, name) as client:
+        # older: the youngest past 30 s within 90 s, then the young one; younger: the young one, then none
+        expected = [old, young] if probe == "older" else [young]
+        assert [client.pop(POOL, min_ttl=10).resource_id for _ in expected] == [e.resource_id for e in expected]
+        with pytest.raises(PoolEmpty):
+            client.pop(POOL)
+
+
 def test_the_documented_starter_acl_with_its_budget_additions_takes_a_slot(
     admin: redis.Redis, server: RedisProc
 ) -> None:
@@ -209,8 +239,9 @@ async def test_the_documented_daemon_acl_fills_every_pool(admin: redis.Redis, se
     name = user(admin, "daemon", [*CONNECTION, *DAEMON_COMMANDS])
     sim = Simulator(customer_id=CUSTOMER_ID, customer_secret=SECRET).start()
     try:
-        config = make_config(f"redis://{name}:pw@127.0.0.1:{server.port}/0", sim.url, web_pool(3), rooms_pool(1))
-        timing = dataclasses.replace(FAST, sample=0.05, history_step=0.2)
+        web = web_pool(3, auto_max_age=True)
+        config = make_config(f"redis://{name}:pw@127.0.0.1:{server.port}/0", sim.url, web, rooms_pool(1))
+        timing = dataclasses.replace(FAST, sample=0.05, history_step=0.2, freshen=0.05)
         with capture_logs() as logs:
             async with running(config, timing=timing):
                 with PoolClient.from_url(server.url, prefix=PREFIX) as client:
@@ -219,7 +250,9 @@ async def test_the_documented_daemon_acl_fills_every_pool(admin: redis.Redis, se
                     )
                     assert client.stats("web").state == "ok" and client.stats("rooms").state == "ok"
                     await eventually(lambda: admin.hget(pool_keys(PREFIX, "web").history, "last"), what="a sample")
+                    meta = pool_keys(PREFIX, "web").meta
+                    await eventually(lambda: admin.hget(meta, "fresh_minute"), what="a freshness decision")
         failed = [e for e in logs if e["log_level"] == "error"]
-        assert failed == [], failed  # every job (sample, publish, heartbeat, observe) ran under this ACL
+        assert failed == [], failed  # every job (sample, publish, heartbeat, observe, freshen) ran under this ACL
     finally:
         sim.stop()

@@ -8,6 +8,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import pytest
+from ridpool import ages
 from ridpool.daemon import freshness
 from ridpool.daemon.config import parse_config
 from ridpool.daemon.freshness import Decision, Minute, Policy, Tally
@@ -219,7 +220,7 @@ def test_reports_outside_the_window_are_not_read() -> None:
 )
 def test_ages_fall_in_buckets_fine_near_zero(age_ms: int, edge: int, label: str) -> None:
     """0-2, 2-5, 5-10, 10-20, 20-30 s, then 30 s buckets up to five minutes."""
-    assert freshness.bucket_of(age_ms) == edge and freshness.label(edge) == label
+    assert ages.bucket_of(age_ms) == edge and ages.label(edge) == label
 
 
 def _binom(k: int, n: int, p: float, upper: bool) -> float:

@@ -14,12 +14,13 @@ from typing import Any
 
 import pytest
 import redis
-from ridpool import AsyncPoolClient, PoolClient, cli
+from ridpool import AsyncPoolClient, PoolClient, cli, status
 from ridpool.daemon import demand, planchart, planner, planview
 from ridpool.daemon.config import Config, load_config, overlap_warnings, parse_config
 from ridpool.daemon.metrics import Metrics, Snapshot
 from ridpool.keys import pool_keys
 from ridpool.meta import PoolMeta, publish
+from ridpool.stats import COUNTERS, ChannelStats, PoolStats
 from ridpool.testing import Simulator
 from structlog.testing import capture_logs
 
@@ -27,7 +28,6 @@ from tests.conftest import PREFIX
 from tests.daemonkit import CUSTOMER_ID, FAST, SECRET, eventually, make_config, running, web_pool
 from tests.poolkit import APPID, server_ms
 from tests.servers import free_port
-from tests.test_metrics import _stats
 
 RIDPOOL = Path(sys.executable).with_name("ridpool")
 ROOT = Path(__file__).parent.parent
@@ -378,10 +378,34 @@ async def test_a_forecast_only_pool_shows_its_forecast_without_acting_on_it(
     assert shown.extra["forecast_at"] == datetime.fromtimestamp(step, UTC).isoformat(timespec="seconds")
     assert set(targets) == {2} and after.target_now == 2 and after.size <= 2
     assert [e["event"] for e in logs if e["event"].startswith("demand.")] == ["demand.forecast"]
+    forecast = status.as_json(status.Status([shown], []))["pools"][0]["forecast"]
+    assert forecast == {"entries": 8, "at": shown.extra["forecast_at"], "reason": shown.extra["forecast_reason"]}
+    line = status.plan_line(shown)
+    assert line.endswith(f"; learned demand would add 8 by {forecast['at']} ({forecast['reason']})")
+    assert "learned demand" not in status.plan_line(dataclasses.replace(shown, extra={**shown.extra, "forecast": "0"}))
     metrics = Metrics()
     metrics.snapshot = Snapshot((shown,), reached=True)
     samples = {(s.name, s.labels.get("pool")): s.value for f in metrics.registry.collect() for s in f.samples}
     assert samples[("ridpool_pool_forecast", "web")] == 8
+
+
+def _stats(pool: str, mode: str, channels: tuple[str | None, ...], **extra: str) -> PoolStats:
+    """A pool's stats with the stats hash's other fields (`extra`), as stats.build makes them."""
+    return PoolStats(
+        pool=pool,
+        known=True,
+        mode=mode,
+        appid="0" * 32,
+        target=2,
+        max_age=270,
+        channels=tuple(ChannelStats(c, 1, 3.0) for c in channels),
+        in_flight=1,
+        counters=dict.fromkeys((*COUNTERS, "expired"), 4),
+        state="ok",
+        last_error="",
+        published_at_ms=1,
+        extra=extra,
+    )
 
 
 def test_the_forecast_metric_is_exported_only_for_pools_that_learn() -> None:

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import redis
 from ridpool import AsyncPoolClient, CnameNotServed, CorruptEntry, PoolClient, PoolEmpty, PoolUnavailable, UnknownPool
+from ridpool.ages import Tally
 from ridpool.entry import encode
 from ridpool.functions import AddResult
 from ridpool.keys import pool_keys
@@ -293,7 +294,9 @@ def test_starters_reports_are_counted_by_the_age_of_the_id(r: redis.Redis, clien
     assert 0 <= client.report(fresh, ok=True) < 5
     assert 100 <= client.report(old, ok=False, code=433) < 105
     client.report(fresh, ok=False, code=433)
-    assert client.stats("web").starts == {"ok:0-29": 1, "failed:90-119": 1, "failed:0-29": 1, "code:433": 2}
+    s = client.stats("web")
+    assert s.starts == {"ok:0-2": 1, "failed:90-120": 1, "failed:0-2": 1, "code:433": 2}
+    assert s.starts_hour == {"0-2": Tally(ok=1, failed=1), "90-120": Tally(failed=1)}
 
 
 async def test_the_async_client_reports_too(r: redis.Redis, aclient: AsyncPoolClient) -> None:
@@ -301,7 +304,7 @@ async def test_the_async_client_reports_too(r: redis.Redis, aclient: AsyncPoolCl
     publish_pool(r, PREFIX, "web")
     [entry] = fill(r, PREFIX, "web", 1)
     await aclient.report(entry, ok=True)
-    assert (await aclient.stats("web")).starts == {"ok:0-29": 1}
+    assert (await aclient.stats("web")).starts == {"ok:0-2": 1}
 
 
 def test_an_entry_of_an_unknown_version_is_refused_and_left_in_place(r: redis.Redis, client: PoolClient) -> None:
