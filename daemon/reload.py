@@ -112,6 +112,7 @@ def refit(refiller: Refiller, config: Config, sources: Sequence[DemandSource], r
     refiller.config = config
     refiller.pools = {p.name: p for p in config.pools}
     refiller.max_age_ms = {p.name: p.max_age_ms for p in config.pools}
+    refiller.stale_ms = dict.fromkeys(refiller.pools, 0)  # the full life until the freshness job decides again
     refiller.channels = config.channels
     refiller.keys.update({p.name: pool_keys(config.redis.key_prefix, p.name) for p in config.pools})
     refiller.sources = list(sources)
