@@ -568,6 +568,7 @@ class Results:
     latency: list[Latency] = field(default_factory=list)
     throughput: Throughput | None = None
     cut: Cut | None = None
+    failed: list[str] = field(default_factory=list)  # scenarios that did not finish, and why
 
 
 def _flat(points: list[Idle]) -> tuple[float, float]:
@@ -663,50 +664,82 @@ def render(res: Results, command: str, seconds: float, load: str, quick: bool) -
             f"| {c.size} entries, 2 replicas, 15 popped at the cut | {c.back_after_s:.1f} s | {c.lowest} | <= 8 s: "
             f"{'met' if c.back_after_s <= 8 else '**missed**'} |",
         ]
+    if res.failed:
+        lines += ["", "### Scenarios that did not finish (**missed**)", ""]
+        lines += [f"- {f}" for f in res.failed]
     lines += ["", END]
     return "\n".join(lines) + "\n"
 
 
 def run(sizes: Sizes, only: set[str]) -> Results:
     res = Results()
-    if not only or "idle" in only:
-        for kind, points in (
-            ("named channels", sizes.channels),
-            ("template pools", sizes.pools),
-            ("pending announcements", sizes.announcements),
-        ):
-            for replicas in (1, 3):
-                for n in points:
-                    res.idle.append(idle(kind, n, replicas, sizes))
-                    print(res.idle[-1], flush=True)
-    if not only or "rate" in only:
-        res.at_rate += [at_rate(sizes.rate_channels, 2, sizes), at_rate(10, 200, sizes)]
-        print(res.at_rate, flush=True)
-    if not only or "sizes" in only:
-        res.sizes += [ten_thousand_channels(sizes), announcements_served(sizes)]
-        print(res.sizes, flush=True)
-    if not only or "latency" in only:
-        res.latency += [
-            latency(sizes, pending=0, ending=False),
-            latency(sizes, pending=sizes.latency_pending, ending=False),
-            latency(sizes, pending=sizes.ending, ending=True),
-        ]
-        print(res.latency, flush=True)
-    if not only or "throughput" in only:
-        res.throughput = throughput(sizes)
-        print(res.throughput, flush=True)
-    if not only or "cut" in only:
-        res.cut = cut(sizes)
-        print(res.cut, flush=True)
+    for name, part in PARTS.items():
+        if only and name not in only:
+            continue
+        try:
+            part(sizes, res)
+        except Exception as e:  # one scenario that cannot finish is a miss to report, not the end of the run
+            res.failed.append(f"{name}: {type(e).__name__}: {e}")
+            print(f"FAILED {res.failed[-1]}", flush=True)
     return res
+
+
+def _idle(sizes: Sizes, res: Results) -> None:
+    for kind, points in (
+        ("named channels", sizes.channels),
+        ("template pools", sizes.pools),
+        ("pending announcements", sizes.announcements),
+    ):
+        for replicas in (1, 3):
+            for n in points:
+                res.idle.append(idle(kind, n, replicas, sizes))
+                print(res.idle[-1], flush=True)
+
+
+def _at_rate(sizes: Sizes, res: Results) -> None:
+    res.at_rate += [at_rate(sizes.rate_channels, 2, sizes), at_rate(10, 200, sizes)]
+    print(res.at_rate, flush=True)
+
+
+def _sizes(sizes: Sizes, res: Results) -> None:
+    for scenario in (ten_thousand_channels, announcements_served):
+        res.sizes.append(scenario(sizes))
+        print(res.sizes[-1], flush=True)
+
+
+def _latency(sizes: Sizes, res: Results) -> None:
+    res.latency += [
+        latency(sizes, pending=0, ending=False),
+        latency(sizes, pending=sizes.latency_pending, ending=False),
+        latency(sizes, pending=sizes.ending, ending=True),
+    ]
+    print(res.latency, flush=True)
+
+
+def _throughput(sizes: Sizes, res: Results) -> None:
+    res.throughput = throughput(sizes)
+    print(res.throughput, flush=True)
+
+
+def _cut(sizes: Sizes, res: Results) -> None:
+    res.cut = cut(sizes)
+    print(res.cut, flush=True)
+
+
+PARTS = {
+    "idle": _idle,
+    "rate": _at_rate,
+    "sizes": _sizes,
+    "latency": _latency,
+    "throughput": _throughput,
+    "cut": _cut,
+}
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.scale", description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="a smoke run; writes benchmarks/out/scale-quick.md")
-    parser.add_argument(
-        "--only", action="append", default=[], choices=["idle", "rate", "sizes", "latency", "throughput", "cut"]
-    )
+    parser.add_argument("--only", action="append", default=[], choices=list(PARTS))
     args = parser.parse_args(argv)
     sizes = QUICK if args.quick else FULL
     md = ROOT / "benchmarks" / "out" / "scale-quick.md" if args.quick or args.only else ROOT / "docs" / "benchmarks.md"

@@ -140,12 +140,17 @@ async def test_template_named_and_announced_pools_show_what_redis_holds_everywhe
             await eventually(lambda: r.exists(pool_keys(PREFIX, "classes").meta), what="the pools published")
             await aclient.announce("classes", "class-1", at=2, count=2)
             await aclient.announce("classes", "class-2", at=2, count=1)
-            await eventually(lambda: truth(r, "classes")["ready"] == 3, what="the announced entries")
+            # Compare only once nothing is moving: an add landing between two reads would show two truths.
+            await eventually(lambda: all(truth(r, p)["ready"] == 3 for p in pools), what="every pool full")
             full = await views_agree(r, redis_url, port, aclient, logs, pools)
             await aclient.pop("web")
             await aclient.pop("rooms", cname="room-2")
             await aclient.pop("classes", cname="class-1")
             await aclient.pop("classes", cname="class-1")
+            await eventually(
+                lambda: truth(r, "web")["ready"] == 3 and truth(r, "rooms")["ready"] == 3,
+                what="the refills after the pops",
+            )
             after = await views_agree(r, redis_url, port, aclient, logs, pools)
     assert full == {
         "web": {"ready": 3, "target": 3, "pops": 0, "expired_unused": 0},
