@@ -187,10 +187,28 @@ def template(name: str, size: int, *, max_age: float = LIFE_S, **extra: Any) -> 
     }
 
 
-def fill(r: redis.Redis, pool: str, slots: Sequence[str | None], per_slot: int, *, life_s: float = LIFE_S) -> None:
-    """Entries added as the daemon adds them (ridpool_add), `per_slot` in each queue, living `life_s`."""
-    keys = pool_keys(PREFIX, pool)
+def publish_as_daemon(r: redis.Redis, config: dict[str, Any], pool: str) -> None:
+    """The pool's meta as the daemon publishes it (same fingerprint and identity: entries stored under it are
+    current for the daemon, not dropped as another config's)."""
+    loaded = parse_config(config)
+    [pool_config] = [p for p in loaded.pools if p.name == pool]
     functions.load_library(r)
+    publish(r, pool_keys(PREFIX, pool), meta_of(pool_config), owner="benchmark", live_ms=0)
+
+
+def fill(
+    r: redis.Redis,
+    config: dict[str, Any],
+    pool: str,
+    slots: Sequence[str | None],
+    per_slot: int,
+    *,
+    life_s: float = LIFE_S,
+) -> None:
+    """Entries added as the daemon adds them (ridpool_add) to the pool published as the daemon publishes it,
+    `per_slot` in each queue, living `life_s`."""
+    keys = pool_keys(PREFIX, pool)
+    publish_as_daemon(r, config, pool)
     now = server_ms(r)
     pipe = r.pipeline(transaction=False)
     pending = 0
@@ -210,10 +228,8 @@ def fill(r: redis.Redis, pool: str, slots: Sequence[str | None], per_slot: int, 
 def announce_far(r: redis.Redis, config: dict[str, Any], pool: str, n: int, *, seed: int = 7) -> None:
     """`n` announcements between an hour and seven days ahead (beyond any planning horizon), published as the
     daemon publishes the pool (same fingerprint: no conflict)."""
-    loaded = parse_config(config)
-    [pool_config] = [p for p in loaded.pools if p.name == pool]
     keys = pool_keys(PREFIX, pool)
-    publish(r, keys, meta_of(pool_config), owner="benchmark", live_ms=0)
+    publish_as_daemon(r, config, pool)
     rng = random.Random(seed)
     now = server_ms(r)
     pipe = r.pipeline(transaction=False)
@@ -251,15 +267,18 @@ def idle(kind: str, size: int, replicas: int, sizes: Sizes) -> Idle:
         r = redis.Redis.from_url(server.url)
         if kind == "named channels":
             pools = [named("rooms", size, 1)]
-            fill(r, "rooms", [f"room-{i}" for i in range(size)], 1)
         elif kind == "template pools":
             pools = [template(f"web{i}", 1) for i in range(size)]
-            for i in range(size):
-                fill(r, f"web{i}", [None], 1)
         else:
             pools = [template("web", 1), {"name": "classes", "appid": APPID, "announced": True, "uid": "527841"}]
-            fill(r, "web", [None], 1)
         config = config_of(server.url, sim.url, pools, rate_limit=IDLE_RATE)
+        if kind == "named channels":
+            fill(r, config, "rooms", [f"room-{i}" for i in range(size)], 1)
+        elif kind == "template pools":
+            for i in range(size):
+                fill(r, config, f"web{i}", [None], 1)
+        else:
+            fill(r, config, "web", [None], 1)
         if kind == "pending announcements":
             announce_far(r, config, "classes", size)
         with Proxy(server.port) as proxy, fleet(config, replicas, redis_urls=[proxy.url] * replicas) as f:
@@ -418,7 +437,7 @@ def latency(sizes: Sizes, *, pending: int, ending: bool) -> Latency:
         classes = {"name": "classes", "appid": APPID, "announced": True, "uid": "527841", "announce_grace": 0}
         config = config_of(server.url, sim.url, [template("web", 0), classes])
         rate, seconds = 500.0, 20.0
-        fill(r, "web", [None], int(rate * seconds) + 500)
+        fill(r, config, "web", [None], int(rate * seconds) + 500)
         if pending and not ending:
             announce_far(r, config, "classes", pending)
         with fleet(config):
@@ -466,8 +485,8 @@ def throughput(sizes: Sizes) -> Throughput:
     try:
         r = redis.Redis.from_url(server.url)
         web = pool_keys(PREFIX, "web")
-        fill(r, "web", [None], 2)
         config = config_of(server.url, sim.url, [named("rooms", channels, 2), template("web", 2)], rate_limit=rate)
+        fill(r, config, "web", [None], 2)
         with fleet(config), PoolClient.from_url(server.url, prefix=PREFIX) as client:
             wait(lambda: sim.stats_sync().acquired >= 1, 30)
             began = time.monotonic()
