@@ -160,11 +160,12 @@ def schedule(
     rate) the **start phase** is planned too: the N entries of a burst are started in order from its instant, one
     each 1 / start_rate, and the budget is the starters' meanwhile, so an earlier burst's start phase is time no
     acquire for a later one can use (the later one starts acquiring earlier by as much). An entry must still be
-    within max_age when its starter's turn comes: the first one acquired is started first, after the pool's
-    `standing` entries (which may be older: popped first), so a span may begin no earlier than the instant +
-    standing / start_rate + margin - max_age, and `look_ms` (the plan's look-ahead: a ramp's first acquire goes
-    out that much before its span begins) later still. `begun`: the (instant, end) of start phases already
-    running, blocked the same way."""
+    within max_age when its starter's turn comes: the first one acquired is started first (a template pool's
+    starter pops the oldest entry at its turn; a channel's starter is placed in line by its entry's expiry, see
+    ridpool_take), after the pool's `standing` entries (which may be older: popped first), so a span may begin no
+    earlier than the instant + standing / start_rate + margin - max_age, and `look_ms` (the plan's look-ahead: a
+    ramp's first acquire goes out that much before its span begins) later still. `begun`: the (instant, end) of
+    start phases already running, blocked the same way."""
     groups: dict[int, list[Demand]] = defaultdict(list)
     for d in demands:
         if d.count > 0 and d.until_ms is not None:

@@ -219,7 +219,8 @@ class PoolClient:
         self, pool: str, *, cname: str | None = None, min_ttl: float = 0.0, wait: float = 0.0
     ) -> Iterator[Entry]:
         """`with client.start_slot("rooms", cname="room-2") as entry: recorder.start(...)`: waits for the starter's
-        turn at the shared budget (first come first served among starters, ahead of the daemon's refills), then
+        turn at the shared budget (ahead of the daemon's refills; a channel's starter is placed in line by when its
+        entry must be used, so a burst's starters go in the order their entries expire), then
         pops the oldest entry with at least `min_ttl` seconds left; the turn's grant is the one the start call in
         the block uses, so the entry does not age in line. `entry.source` is "pool". When the pool has nothing fit
         (after `wait` seconds, if given), it acquires on the spot inside the budget (with that grant) and takes a
@@ -249,7 +250,7 @@ class PoolClient:
 
     def take(self, *, rate: float | None = None, account: str | None = None) -> float:
         """Wait for one request's turn at the account's shared budget, the one the daemon's acquires draw from
-        (`ridpool_take`): starters are served first come first served, ahead of the daemon's refills. Returns the
+        (`ridpool_take`): such requests are served first come first served, ahead of the daemon's refills. Returns the
         seconds waited. A client made by `from_config` knows the account and rate; otherwise give the daemon's
         `agora.rate_limit` (and `agora.account` when it is not "default").
         """

@@ -12,7 +12,7 @@ Every key that holds an ID expires (PEXPIREAT) with the longest-lived ID it hold
 itself even when no daemon runs.
 ]]
 
-local LIBRARY_VERSION = '6'
+local LIBRARY_VERSION = '7'
 -- How every entry of the version this library reads starts: a 9-element msgpack array (0x99) whose first
 -- element, the version, is 1.
 local ENTRY_HEAD = '\153\001'
@@ -992,7 +992,8 @@ A sliding log, not a token bucket: a ceiling on every window, even when requests
 The spacing keeps grants from leaving in bursts, which the network and the senders bunch up the most.
 
 Starters first: a starter's request (its start, query or stop, an acquire on the spot) waits in line for its turn
-(ridpool_take), first come first served across processes, hosts and languages, and the daemon's refills
+(ridpool_take), earliest deadline first across processes, hosts and languages (first come first served among
+requests that name no deadline; see ridpool_take), and the daemon's refills
 (ridpool_take_refills) take only what no starter waits for. A ticket in line lapses when its starter stops asking
 (a dead process), so it never holds the line for long. While starters wait, the refills of all replicas together
 still get one grant per `floor_ms`, so a starter that runs away cannot starve the pools.
@@ -1001,9 +1002,14 @@ still get one grant per `floor_ms`, so a starter that runs away cannot starve th
 local MAX_LIMIT = 1000000 -- grants per window
 local MAX_WINDOW_MS = 100000000 -- about 28 hours: a rate of one request a day still fits
 local MAX_WAIT_MS = 60000 -- the longest hold or cooldown anyone may set (ridpool_hold, ridpool_cooldown)
+local MAX_EPOCH_MS = 1e15 -- a server time in ms beyond any clock (year 33658)
 local TURN_ASK_MS = 5000 -- a starter in line asks again at least this often (a thousand far back: ~200 asks/s) ...
 local COOLDOWN_ASK_MS = 1000 -- ... every second during a cooldown (so that one deleted is noticed) ...
 local TURN_GRACE_MS = 500 -- ... and its ticket lapses once it is this much later than it was told to come
+-- A request that names no time by which it must go out is placed as one that must go out this long after it asked:
+-- requests without one stay first come first served among themselves, and a starter holding an entry that must
+-- be started sooner goes ahead of them (see ridpool_take).
+local TURN_HORIZON_US = 60000000
 local MAX_BATCH = 64 -- grants one refill call may book
 local LEAD_US = 5000 -- refills book at most this far ahead (see ridpool_take_refills)
 local ID = '^[%w_:%-]+$' -- tickets and call ids: 1 to 64 of A-Z a-z 0-9 _ : -
@@ -1087,16 +1093,24 @@ end
 
 --[[
 ridpool_take: a starter's turn at the account's budget, before each of its own calls to Agora (start, query,
-stop, an acquire on the spot). Starters are served in the order they first asked, ahead of the daemon's refills.
+stop, an acquire on the spot), ahead of the daemon's refills. The line is served earliest deadline first: a request
+that gives USE_BY (a start with an entry of a named or announced channel: the entry's expiresAt less min_ttl) is
+placed at that time (from now to at most five minutes ahead, an entry's longest life), one that gives none at the
+time it first asked plus TURN_HORIZON_US (60 s). So requests without a USE_BY are served first come first served
+among themselves, a start whose entry must go out within the minute goes ahead of them, and the starters of a
+burst, all asking at once, are served in the order their entries expire: the order the daemon acquired them in,
+which is what lets every entry of a burst larger than one max_age of budget be started before it expires.
 KEYS[1] rate         PREFIX:{acct:NAME}:rate
 KEYS[2] cooldown     PREFIX:{acct:NAME}:cooldown
-KEYS[3] turns        PREFIX:{acct:NAME}:turns (zset: waiting tickets -> when they first asked, us)
+KEYS[3] turns        PREFIX:{acct:NAME}:turns (zset: waiting tickets -> their place in line, server us)
 KEYS[4] turns:lease  PREFIX:{acct:NAME}:turns:lease (zset: waiting tickets -> the ms by which they must ask again)
 ARGV[1] limit        grants per window (whole number >= 1): floor(rate_limit)
 ARGV[2] window_ms    the window (whole ms): ceil(1000 * (1 + jitter))
 ARGV[3] ticket       this request's place in line, the same on every ask until it is granted (1 to 64 of
                      A-Z a-z 0-9 _ : -); a new one for the next request. Asking again with a ticket granted less
                      than a window ago (its grant came too late to use) puts it at the head of the line, once.
+ARGV[4] use_by_ms    optional ('' or absent: none): the server time (whole ms) by which the request must go out;
+                     read on its first ask
 Reply: 0 when granted (send the request now), else the ms to wait before asking again with the same ticket
 (at most 5000; 1000 during a 429 cooldown). A ticket that does not ask again within 500 ms of that lapses and
 loses its place.
@@ -1108,6 +1122,11 @@ local function take(keys, args)
     return window
   end
   local rate, cooldown, turns, leases, ticket = keys[1], keys[2], keys[3], keys[4], args[3]
+  local given = args[4] ~= nil and args[4] ~= ''
+  local use_by = given and whole(args[4], 0, MAX_EPOCH_MS)
+  if given and not use_by then
+    return redis.error_reply('BAD_ARGUMENT use_by_ms must be a whole number of server ms from 0 to 10^15')
+  end
   local now = now_us()
   local now_ms = math.floor(now / 1000)
   drop_lapsed(turns, leases, now_ms)
@@ -1118,7 +1137,11 @@ local function take(keys, args)
   if again then
     redis.call('ZADD', turns, 0, ticket)
   else
-    redis.call('ZADD', turns, 'NX', now, ticket)
+    local place = now + TURN_HORIZON_US
+    if use_by then
+      place = math.min(math.max(now, use_by * 1000), now + MAX_LIFE_MS * 1000)
+    end
+    redis.call('ZADD', turns, 'NX', place, ticket)
   end
   local rank = redis.call('ZRANK', turns, ticket)
   local window_us = window * 1000

@@ -527,9 +527,13 @@ def ticket() -> str:
     return os.urandom(12).hex()
 
 
-def take_call(keys: AccountKeys, *, limit: int, window_ms: int, ticket: str) -> Call:
-    """A starter's turn (ridpool_take); reply: parse_wait."""
-    return Call("ridpool_take", (keys.rate, keys.cooldown, keys.turns, keys.turns_lease), (limit, window_ms, ticket))
+def take_call(keys: AccountKeys, *, limit: int, window_ms: int, ticket: str, use_by_ms: int | None = None) -> Call:
+    """A starter's turn (ridpool_take); reply: parse_wait. `use_by_ms`: the server time by which the request must
+    go out (a start with a channel's entry: its expiresAt less min_ttl), its place in the line."""
+    args: tuple[str | int, ...] = (limit, window_ms, ticket)
+    if use_by_ms is not None:
+        args += (max(0, use_by_ms),)
+    return Call("ridpool_take", (keys.rate, keys.cooldown, keys.turns, keys.turns_lease), args)
 
 
 def parse_wait(reply: Any) -> float:

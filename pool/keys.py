@@ -33,7 +33,7 @@ else: the daemon, the clients, the tests and the docs all go through these funct
                                            call sent again after a lost reply gets it again (expires with its life)
     PREFIX:{acct:NAME}:rate         zset   the account's shared request log (sliding window)
     PREFIX:{acct:NAME}:cooldown     string set after a 429: every replica waits out its PTTL
-    PREFIX:{acct:NAME}:turns        zset   starters waiting for a turn (ticket -> when it first asked, server us)
+    PREFIX:{acct:NAME}:turns        zset   starters waiting for a turn (ticket -> its place in line, server us)
     PREFIX:{acct:NAME}:turns:lease  zset   the same tickets -> the server ms by which each must ask again
     PREFIX:{acct:NAME}:refilled     string exists for `refill_max_wait` after a refill's grant (the refills' floor)
     PREFIX:pools                    set    names of the pools ever published

@@ -155,16 +155,21 @@ def take(
     again: str | None = None,
     trips: RoundTrips | None = None,
     clock: Callable[[], float] = time.monotonic,
+    use_by_ms: int | None = None,
 ) -> Plan[Grant]:
     """Wait for a starter's turn at the account's shared budget (`ridpool_take`): in line with every other
-    starter's request, first come first served, ahead of the daemon's refills. One ticket per request, sent on
-    every ask; a grant whose reply came back late is not used: the same ticket asks again, at the head of the line.
-    `again`: the ticket of a grant that went stale before it could be used (the same: the head of the line)."""
+    starter's request, ahead of the daemon's refills, first come first served among requests that give no
+    `use_by_ms` (the server time by which the request must go out), earliest deadline first with those that do.
+    One ticket per request, sent on every ask; a grant whose reply came back late is not used: the same ticket asks
+    again, at the head of the line. `again`: the ticket of a grant that went stale before it could be used (the
+    same: the head of the line)."""
     started = clock()
     ticket, trips = again or functions.ticket(), trips or RoundTrips()
     while True:
         while True:
-            call = functions.take_call(keys, limit=window.limit, window_ms=window.window_ms, ticket=ticket)
+            call = functions.take_call(
+                keys, limit=window.limit, window_ms=window.window_ms, ticket=ticket, use_by_ms=use_by_ms
+            )
             sent = clock()
             wait = functions.parse_wait((yield from functions.fcall(call)))
             arrived = clock()
@@ -211,7 +216,16 @@ def start_slot(
     functions.check_pop(cname, min_ttl)
     check_wait(wait)
     trips = trips or RoundTrips()
-    grant = yield from take(account, window, trips=trips, clock=clock)
+    use_by = None
+    if cname:
+        # A channel's own entry is the one this starter will start: its line place is when that entry must be
+        # used by, so that a burst's starters go in the order their entries expire (the order they were acquired
+        # in), whatever order they arrive in. A template pool's starter pops the oldest entry after its turn.
+        oldest = yield ("ZRANGE", keys.queue(cname), 0, 0, "WITHSCORES")
+        if oldest:  # [[member, score]] as redis-py parses it; [member, score] as it comes off the wire
+            score = oldest[0][1] if isinstance(oldest[0], list | tuple) else oldest[1]
+            use_by = int(float(score)) - math.ceil(min_ttl * 1000)
+    grant = yield from take(account, window, trips=trips, clock=clock, use_by_ms=use_by)
     try:
         entry = yield from pop(keys, cname, min_ttl, 0.0, clock=clock, miss=wait <= 0)
         if clock() - grant.at > LATE:
@@ -228,4 +242,5 @@ def start_slot(
         entry = yield from pop(keys, cname, min_ttl, wait, slice_seconds=slice_seconds, clock=clock)
     except PoolEmpty:
         return Slot(None, None)
-    return Slot(entry, (yield from take(account, window, trips=trips, clock=clock)).at)
+    use_by = entry.expires_at_ms - math.ceil(min_ttl * 1000)  # it holds its entry now: placed by when it must go
+    return Slot(entry, (yield from take(account, window, trips=trips, clock=clock, use_by_ms=use_by)).at)

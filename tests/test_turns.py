@@ -11,11 +11,12 @@ import pytest
 import redis
 import redis.asyncio
 from ridpool import PoolClient, functions, plans
-from ridpool.budget import window_for
+from ridpool.budget import Account, window_for
 from ridpool.daemon.limiter import Budget
 from ridpool.keys import account_keys
 
 from tests.conftest import PREFIX
+from tests.poolkit import fill, publish_pool
 from tests.servers import wait_for
 
 pytestmark = pytest.mark.integration
@@ -55,6 +56,60 @@ def test_starters_are_granted_in_the_order_they_first_asked(r: redis.Redis, redi
         c.close()
     assert granted == list(range(8))
     assert not r.exists(ACCT.turns) and not r.exists(ACCT.turns_lease)
+
+
+def test_requests_that_must_go_out_sooner_go_first_and_the_others_stay_first_come_first_served(
+    r: redis.Redis,
+) -> None:
+    """Behind a full window, in the order they ask: a request with no use-by, one whose entry must be used in
+    200 s, two more with none, one in 10 s, one in 5 s. The line holds the 5 s and 10 s requests first, then the
+    ones with none in the order they asked, then the 200 s one (past the 60 s horizon); a bad use-by is refused."""
+    functions.load_library(r)
+    fill_window(r, 10)
+    now_ms = int(r.time()[0]) * 1000
+
+    def ask(ticket: str, use_by_s: float | None = None) -> None:
+        extra = () if use_by_s is None else (round(now_ms + use_by_s * 1000),)
+        assert int(r.fcall("ridpool_take", 4, *LINE, 10, 1050, ticket, *extra)) > 0
+
+    for ticket, use_by in [("q1", None), ("late", 200), ("q2", None), ("q3", None), ("soon", 10), ("sooner", 5)]:
+        ask(ticket, use_by)
+    assert [t.decode() for t in r.zrange(ACCT.turns, 0, -1)] == ["sooner", "soon", "q1", "q2", "q3", "late"]
+    for bad in ("-1", "1.5", "nan", "1e16"):
+        with pytest.raises(redis.ResponseError, match="BAD_ARGUMENT use_by_ms"):
+            r.fcall("ridpool_take", 4, *LINE, 10, 1050, "bad", bad)
+    assert r.zscore(ACCT.turns, "bad") is None
+
+
+def test_a_bursts_starters_are_served_in_the_order_their_entries_expire_whatever_order_they_ask_in(
+    r: redis.Redis, redis_url: str
+) -> None:
+    """Six channels of a named pool, each with one entry, the later channels' entries expiring sooner; their
+    starters ask in channel order behind a full window: the grants (and pops) come in the order the entries
+    expire, so the entry that would die first is started first."""
+    names = [f"room-{i}" for i in range(6)]
+    publish_pool(r, PREFIX, "rooms", cnames=tuple(names))
+    for i, cname in enumerate(names):
+        fill(r, PREFIX, "rooms", 1, cname=cname, named=True, life=200.0 - 10 * i)
+    fill_window(r, 10)
+    started: list[str] = []
+    lock = threading.Lock()
+    clients = [PoolClient.from_url(redis_url, prefix=PREFIX, account=Account(rate_limit=10)) for _ in names]
+
+    def starter(i: int) -> None:
+        with clients[i].start_slot("rooms", cname=names[i]) as entry, lock:
+            started.append(entry.cname)
+
+    threads = []
+    for i in range(len(names)):
+        threads.append(threading.Thread(target=starter, args=(i,)))
+        threads[-1].start()
+        wait_for(lambda n=i + 1: r.zcard(ACCT.turns) == n or started, 5, what=f"starter {i} in line")
+    for t in threads:
+        t.join(10)
+    for c in clients:
+        c.close()
+    assert started == names[::-1]
 
 
 def test_a_starter_that_stops_asking_loses_its_place_within_its_grace(r: redis.Redis, redis_url: str) -> None:
