@@ -59,6 +59,10 @@ class PoolModel:
     looked_ms: int = 0  # when every channel was last looked at (resync)
     unseen: set[Slot] = field(default_factory=set)  # channels with a target not looked at since the last resync
     short: list[tuple[float, int, str, int]] = field(default_factory=list)  # (fill, -needs, slot key, version)
+    configured: frozenset[Slot] = frozenset()  # config_slots as a set: `target` asks it for every lease
+
+    def __post_init__(self) -> None:
+        self.configured = frozenset(self.config_slots)
 
 
 class Model:
@@ -89,7 +93,7 @@ class Model:
         if model is None:
             self.pools[pool] = PoolModel(pool, slots)
         elif model.config_slots != slots:
-            model.config_slots = slots
+            model.config_slots, model.configured = slots, frozenset(slots)
             self.resync(pool)
 
     def retire(self, pool: str) -> None:
@@ -163,7 +167,7 @@ class Model:
         announced channel's own target is on top of its live entries: what is still to acquire)."""
         model = self.pools[pool]
         count, consumable, reason = 0, 0, model.every.reason
-        if slot in model.config_slots:
+        if slot in model.configured:
             count, consumable = model.every.count, model.every.consumable
         own = model.own.get(slot)
         if own is not None:
