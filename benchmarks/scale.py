@@ -399,6 +399,44 @@ def announcements_served(sizes: Sizes) -> Outcome:
         server.stop()
 
 
+def announcements_ending(sizes: Sizes) -> Outcome:
+    """20,000 announcements ending in the same second: afterwards a template pool refills what is popped from it,
+    `announce` takes a new one, and Redis forgets the ended ones (no call fails on Lua's unpack limit)."""
+    n = sizes.ending
+    server = LocalRedis().start()
+    sim = SimProcess(rate_limit=10, latency=0.15, jitter=0.05)
+    try:
+        r = redis.Redis.from_url(server.url)
+        classes = {"name": "classes", "appid": APPID, "announced": True, "uid": "527841", "announce_grace": 0}
+        config = config_of(server.url, sim.url, [template("web", 3), classes])
+        keys = pool_keys(PREFIX, "classes")
+        with fleet(config) as f, PoolClient.from_url(server.url, prefix=PREFIX) as client:
+            wait(lambda: r.zcard(pool_keys(PREFIX, "web").queue(None)) == 3, 60)
+            at = server_ms(r) + 10_000
+            pipe = r.pipeline(transaction=False)
+            for i in range(n):
+                call = functions.announce_call(keys, f"class-{i}", at=at)
+                pipe.fcall(call.function, len(call.keys), *call.keys, *call.args)
+            pipe.execute()
+            wait(lambda: server_ms(r) > at + 1000, 30)
+            for _ in range(3):
+                client.pop("web")
+            wait(lambda: r.zcard(pool_keys(PREFIX, "web").queue(None)) == 3, 30)  # refills go on
+            ended = time.monotonic()
+            late = client.announce("classes", "late-class", at=60)
+            forgotten = wait(lambda: r.zcard(keys.announced) == 1, 60) - ended
+            errors = f.errors()
+        ok = late.until_ms >= late.at_ms and not errors
+        result = (
+            f"after the end: web refilled its 3 pops, a new announcement taken, the {n:,} ended ones forgotten "
+            f"within {max(0.0, forgotten):.1f} s" + (f"; errors: {errors[:2]}" if errors else "")
+        )
+        return Outcome(f"{n:,} announcements ending together", result, ok)
+    finally:
+        sim.stop()
+        server.stop()
+
+
 # -- pop latency under load -----------------------------------------------------------------------------------------
 
 
@@ -721,7 +759,7 @@ def _at_rate(sizes: Sizes, res: Results) -> None:
 
 
 def _sizes(sizes: Sizes, res: Results) -> None:
-    for scenario in (ten_thousand_channels, announcements_served):
+    for scenario in (ten_thousand_channels, announcements_served, announcements_ending):
         res.sizes.append(scenario(sizes))
         print(res.sizes[-1], flush=True)
 
