@@ -154,7 +154,10 @@ async def test_three_replicas_and_32_consumers_never_hand_out_an_id_twice_nor_ov
 ) -> None:
     """3 replicas refill one pool while 32 tasks pop flat out: every ID once, valid for its session, no overfill."""
     size = 8
-    config = make_config(redis_url, sim.url, web_pool(size, max_in_flight=6), rate_limit=10)
+    # The 32 consumers are threads sharing the GIL with the three daemons' event loop, which delays a granted send
+    # by up to a GIL switch or two: a host as starved as that is what `agora.jitter` is for (README, Limits), and
+    # with the default 50 ms the simulator once saw 11 in a second. The ceiling asserted below is unchanged.
+    config = make_config(redis_url, sim.url, web_pool(size, max_in_flight=6), rate_limit=10, jitter=0.15)
     samples: list[tuple[int, int]] = []  # (queue, leases) read in one MULTI
 
     async def sample(probe: redis.asyncio.Redis, stop: asyncio.Event) -> None:
