@@ -36,7 +36,7 @@ from ridpool import PoolClient, functions
 from ridpool.daemon.config import parse_config
 from ridpool.daemon.localredis import LocalRedis
 from ridpool.daemon.publish import meta_of
-from ridpool.keys import pool_keys
+from ridpool.keys import PoolKeys, pool_keys
 from ridpool.meta import publish
 
 from benchmarks import page
@@ -59,6 +59,8 @@ from tests.proxy import Proxy
 LIFE_S = 290  # the entries the idle runs fill their pools with live this long: `max_age = 290`
 TICK = 0.2
 IDLE_RATE = 50  # the quota of the idle curves (see idle())
+# An announced pool whose announcements end at their instant (no grace): what the ending scenarios flood.
+ENDING_CLASSES = {"name": "classes", "appid": APPID, "announced": True, "uid": "527841", "announce_grace": 0}
 
 
 @dataclass(frozen=True, slots=True)
@@ -228,19 +230,20 @@ def fill(
 def announce_far(r: redis.Redis, config: dict[str, Any], pool: str, n: int, *, seed: int = 7) -> None:
     """`n` announcements between an hour and seven days ahead (beyond any planning horizon), published as the
     daemon publishes the pool (same fingerprint: no conflict)."""
-    keys = pool_keys(PREFIX, pool)
     publish_as_daemon(r, config, pool)
     rng = random.Random(seed)
     now = server_ms(r)
-    pipe = r.pipeline(transaction=False)
-    for i in range(n):
-        at = now + rng.randint(3_600_000, 7 * 86_400_000 - 60_000)
-        call = functions.announce_call(keys, f"class-{i}", at=at)
-        pipe.fcall(call.function, len(call.keys), *call.keys, *call.args)
-        if i % 2_000 == 1_999:
-            pipe.execute()
-            pipe = r.pipeline(transaction=False)
-    pipe.execute()
+    announce_many(r, pool_keys(PREFIX, pool), [now + rng.randint(3_600_000, 7 * 86_400_000 - 60_000) for _ in range(n)])
+
+
+def announce_many(r: redis.Redis, keys: PoolKeys, ats: Sequence[int]) -> None:
+    """Channels class-0, class-1, ... announced for the instants `ats` (server ms), pipelined 2,000 at a time."""
+    for first in range(0, len(ats), 2_000):
+        pipe = r.pipeline(transaction=False)
+        for i, at in enumerate(ats[first : first + 2_000], start=first):
+            call = functions.announce_call(keys, f"class-{i}", at=at)
+            pipe.fcall(call.function, len(call.keys), *call.keys, *call.args)
+        pipe.execute()
 
 
 # -- idle curves ---------------------------------------------------------------------------------------------------
@@ -407,17 +410,13 @@ def announcements_ending(sizes: Sizes) -> Outcome:
     sim = SimProcess(rate_limit=10, latency=0.15, jitter=0.05)
     try:
         r = redis.Redis.from_url(server.url)
-        classes = {"name": "classes", "appid": APPID, "announced": True, "uid": "527841", "announce_grace": 0}
+        classes = ENDING_CLASSES
         config = config_of(server.url, sim.url, [template("web", 3), classes])
         keys = pool_keys(PREFIX, "classes")
         with fleet(config) as f, PoolClient.from_url(server.url, prefix=PREFIX) as client:
             wait(lambda: r.zcard(pool_keys(PREFIX, "web").queue(None)) == 3, 60)
             at = server_ms(r) + 10_000
-            pipe = r.pipeline(transaction=False)
-            for i in range(n):
-                call = functions.announce_call(keys, f"class-{i}", at=at)
-                pipe.fcall(call.function, len(call.keys), *call.keys, *call.args)
-            pipe.execute()
+            announce_many(r, keys, [at] * n)
             wait(lambda: server_ms(r) > at + 1000, 30)
             for _ in range(3):
                 client.pop("web")
@@ -472,7 +471,7 @@ def latency(sizes: Sizes, *, pending: int, ending: bool) -> Latency:
     sim = SimProcess(rate_limit=10, latency=0.15, jitter=0.05)
     try:
         r = redis.Redis.from_url(server.url)
-        classes = {"name": "classes", "appid": APPID, "announced": True, "uid": "527841", "announce_grace": 0}
+        classes = ENDING_CLASSES
         config = config_of(server.url, sim.url, [template("web", 0), classes])
         rate, seconds = 500.0, 20.0
         fill(r, config, "web", [None], int(rate * seconds) + 500)
@@ -482,12 +481,7 @@ def latency(sizes: Sizes, *, pending: int, ending: bool) -> Latency:
             if ending:
                 wait(lambda: r.exists(pool_keys(PREFIX, "classes").meta), 15)
                 keys = pool_keys(PREFIX, "classes")
-                at = server_ms(r) + 8_000
-                pipe = r.pipeline(transaction=False)
-                for i in range(pending):
-                    call = functions.announce_call(keys, f"class-{i}", at=at)
-                    pipe.fcall(call.function, len(call.keys), *call.keys, *call.args)
-                pipe.execute()
+                announce_many(r, keys, [server_ms(r) + 8_000] * pending)
             time.sleep(2.0)
             samples = popper(server.url, seconds, rate)
         if ending:
