@@ -216,6 +216,7 @@ def start_slot(
     functions.check_pop(cname, min_ttl)
     check_wait(wait)
     trips = trips or RoundTrips()
+    keep_ms = math.ceil(min_ttl * 1000)  # an entry's use-by: its expiry less the life the start needs
     use_by = None
     if cname:
         # A channel's own entry is the one this starter will start: its line place is when that entry must be
@@ -224,7 +225,7 @@ def start_slot(
         oldest = yield ("ZRANGE", keys.queue(cname), 0, 0, "WITHSCORES")
         if oldest:  # [[member, score]] as redis-py parses it; [member, score] as it comes off the wire
             score = oldest[0][1] if isinstance(oldest[0], list | tuple) else oldest[1]
-            use_by = int(float(score)) - math.ceil(min_ttl * 1000)
+            use_by = int(float(score)) - keep_ms
     grant = yield from take(account, window, trips=trips, clock=clock, use_by_ms=use_by)
     try:
         entry = yield from pop(keys, cname, min_ttl, 0.0, clock=clock, miss=wait <= 0)
@@ -242,5 +243,5 @@ def start_slot(
         entry = yield from pop(keys, cname, min_ttl, wait, slice_seconds=slice_seconds, clock=clock)
     except PoolEmpty:
         return Slot(None, None)
-    use_by = entry.expires_at_ms - math.ceil(min_ttl * 1000)  # it holds its entry now: placed by when it must go
+    use_by = entry.expires_at_ms - keep_ms  # it holds its entry now: placed by when it must go
     return Slot(entry, (yield from take(account, window, trips=trips, clock=clock, use_by_ms=use_by)).at)
